@@ -1,0 +1,3 @@
+from fleetmon.supervisor.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Everything on disk: the writer process, history rings, metadata, thresholds and queries."""

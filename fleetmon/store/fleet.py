@@ -1,0 +1,267 @@
+"""The writer's model of the fleet: what each sample and each disappearance means for an agent's
+status, identity, restart count, history and alert state. No process or socket here; disk access
+goes through the ``RingStore`` and the alert sink given to it, so it is testable with a fake clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from loguru import logger
+
+from fleetmon.store import thresholds as th
+from fleetmon.store.records import AgentRecord, AlertBrief, point_json
+from fleetmon.store.ring import Point, RingStore
+from fleetmon.units import format_duration, rfc3339
+from fleetmon.wire import Gone, RegisteredAgent, Sample, Thresholds
+
+IDENTITY_TOLERANCE = 0.05  # seconds; create times are jiffies (10 ms) since a fixed boot time
+
+
+class Agent:
+    __slots__ = (
+        "id", "type", "registered_pid", "pid", "create_time", "status", "restart_count",
+        "last", "alerts", "limits", "meta_dirty", "meta_written", "registered",
+    )
+
+    def __init__(self, agent_id: str, agent_type: str = "default"):
+        self.id = agent_id
+        self.type = agent_type
+        self.registered_pid: int | None = None
+        self.pid: int | None = None  # the pid of the process last identified as this agent
+        self.create_time: float | None = None
+        self.status = "not_running"
+        self.restart_count = 0
+        self.last: Point | None = None
+        self.alerts: dict[str, th.Alert] = {}
+        self.limits = th.Limits()
+        self.meta_dirty = True
+        self.meta_written = 0.0
+        self.registered = False
+
+    def record(self, now: float) -> AgentRecord:
+        return AgentRecord(
+            id=self.id,
+            type=self.type,
+            pid=self.pid if self.pid is not None else self.registered_pid,
+            status=self.status,
+            restart_count=self.restart_count,
+            start_time=rfc3339(self.create_time),
+            last_sample=point_json(self.last) if self.last is not None else None,
+            alerts=[AlertBrief(r, a.state, rfc3339(a.since)) for r, a in self.alerts.items()],
+            updated=rfc3339(now),
+        )
+
+
+EventSink = Callable[[th.Event], None]
+
+
+class Fleet:
+    def __init__(
+        self,
+        rings: RingStore,
+        emit: EventSink,
+        default_thresholds: Thresholds | None = None,
+        type_thresholds: dict[str, Thresholds] | None = None,
+        alert_repeat: float = 600.0,
+    ):
+        self.agents: dict[str, Agent] = {}
+        self.rings = rings
+        self.emit = emit
+        self.default_thresholds = default_thresholds
+        self.type_thresholds = type_thresholds or {}
+        self.alert_repeat = alert_repeat
+        self.alerts_dirty = False
+        self.retired: list[tuple[str, int, float]] = []  # (agent, pid, create_time) to tell the supervisor
+        self.samples_total = 0
+        self.write_errors = 0
+        self._last_write_error = -1e9
+        self._registry: dict[str, RegisteredAgent] = {}
+
+    # --- registry and config ------------------------------------------------------------------
+
+    def set_registry(self, entries: list[RegisteredAgent], now: float) -> None:
+        self._registry = {e.id: e for e in entries}
+        for e in entries:
+            a = self.agents.get(e.id)
+            if a is None:
+                a = self.agents[e.id] = Agent(e.id, e.type)
+            if not a.registered or a.type != e.type or a.registered_pid != e.pid:
+                a.meta_dirty = True
+            a.registered = True
+            a.type = e.type
+            a.registered_pid = e.pid
+            self._apply_limits(a, e.thresholds, now)
+        for a in self.agents.values():
+            if a.id not in self._registry and a.registered:
+                a.registered = False
+                self._close_alerts(a, now, "removed")
+                self.rings.close(a.id)
+
+    def set_thresholds(self, default: Thresholds | None, types: dict[str, Thresholds], now: float) -> None:
+        self.default_thresholds, self.type_thresholds = default, types
+        for a in self.agents.values():
+            entry = self._registry.get(a.id)
+            self._apply_limits(a, entry.thresholds if entry else None, now)
+
+    def _apply_limits(self, a: Agent, own: Thresholds | None, now: float) -> None:
+        limits = th.resolve(own, self.type_thresholds.get(a.type), self.default_thresholds)
+        if limits == a.limits:
+            return
+        a.limits = limits
+        for resource in list(a.alerts):
+            if not limits.for_resource(resource):
+                self._change(a, resource, None, "ok", None, now, reason="threshold_off")
+
+    # --- samples ------------------------------------------------------------------------------
+
+    def on_sample(self, s: Sample) -> None:
+        a = self.agents.get(s.agent_id)
+        if a is None or not a.registered:
+            return  # removed from the registry while the sample was in flight
+        if s.create_time:  # 0.0: even the identity was unreadable (access denied)
+            if a.pid == s.pid and a.create_time is not None:
+                if abs(a.create_time - s.create_time) > IDENTITY_TOLERANCE:
+                    self._pid_reused(a, s.pid, s.timestamp)
+                    return
+            elif a.pid != s.pid:
+                if a.create_time is not None:
+                    a.restart_count += 1
+                    logger.bind(agent_id=a.id, pid=s.pid).info(
+                        "agent {} now runs as pid {} (was {}): restart {}", a.id, s.pid, a.pid, a.restart_count
+                    )
+                a.pid, a.create_time = s.pid, s.create_time
+                a.meta_dirty = True
+            else:
+                a.create_time = s.create_time
+                a.meta_dirty = True
+        elif a.pid != s.pid:
+            a.pid = s.pid
+            a.meta_dirty = True
+        if a.status != "running" and a.status != "stalled":
+            a.status = "running"
+            a.meta_dirty = True
+        point = Point(
+            s.timestamp, s.cpu, s.memory_rss, s.memory_vms, s.disk_read_bytes, s.disk_write_bytes,
+            s.open_files, s.num_threads,
+        )
+        a.last = point
+        self.samples_total += 1
+        try:
+            self.rings.append(a.id, point)
+        except OSError as exc:
+            self._write_error(f"history of {a.id}", exc, s.timestamp)
+        if a.limits.any or a.alerts:
+            self._evaluate(a, s)
+
+    def _evaluate(self, a: Agent, s: Sample) -> None:
+        limits = a.limits
+        for resource in th.RESOURCES:
+            threshold = limits.for_resource(resource)
+            alert = a.alerts.get(resource)
+            if not threshold and alert is None:
+                continue
+            value = th.value_of(resource, s.cpu, s.memory_rss, s.open_files)
+            new, change = th.step(alert, value, threshold, limits.duration, s.timestamp)
+            if change is not None:
+                self._change(a, resource, new, change, value, s.timestamp, previous=alert)
+            elif new is not None and s.timestamp - new.logged >= self.alert_repeat:
+                new.logged = s.timestamp
+                self._log(a, resource, new.state, value, threshold, new.since, s.timestamp, repeat=True)
+
+    def _change(
+        self, a: Agent, resource: str, new: th.Alert | None, state: str, value, ts: float,
+        previous: th.Alert | None = None, reason: str | None = None,
+    ) -> None:
+        previous = previous or a.alerts.get(resource)
+        since = new.since if new is not None else (previous.since if previous is not None else ts)
+        threshold = a.limits.for_resource(resource)
+        if new is None:
+            a.alerts.pop(resource, None)
+        else:
+            new.logged = ts
+            a.alerts[resource] = new
+        a.meta_dirty = True
+        self.alerts_dirty = True
+        self.emit(th.Event(rfc3339(ts), a.id, resource, state, value, threshold, rfc3339(since), reason))
+        self._log(a, resource, state, value, threshold, since, ts, reason=reason)
+
+    def _log(self, a, resource, state, value, threshold, since, ts, repeat=False, reason=None) -> None:
+        level = th.LEVEL[state]
+        log = logger.bind(
+            agent_id=a.id, resource=resource, state=state, value=value, threshold=threshold,
+            duration=round(ts - since, 3),
+        )
+        shown = _show(resource, value)
+        if state == "ok":
+            why = f" ({reason})" if reason else ""
+            log.log(level, "agent {} {} back to ok{} at {} after {}", a.id, resource, why, shown, format_duration(ts - since))
+        else:
+            log.log(
+                level, "agent {} {} {} over {} for {}{}", a.id, resource, shown, _show(resource, threshold),
+                format_duration(ts - since), " (still)" if repeat else "",
+            )
+
+    def _close_alerts(self, a: Agent, ts: float, reason: str) -> None:
+        for resource in list(a.alerts):
+            self._change(a, resource, None, "ok", None, ts, reason=reason)
+
+    # --- disappearance ------------------------------------------------------------------------
+
+    def on_gone(self, g: Gone) -> None:
+        a = self.agents.get(g.agent_id)
+        if a is None or not a.registered:
+            return
+        if g.reason == "reused" and g.pid is not None:
+            self._pid_reused(a, g.pid, g.timestamp, tell=False)
+            return
+        was_alive = a.status in ("running", "stalled")
+        new = "exited" if was_alive or (a.status == "exited") else "not_running"
+        if new != a.status:
+            a.status = new
+            a.meta_dirty = True
+            if new == "exited":
+                logger.bind(agent_id=a.id, pid=a.pid).info("agent {} (pid {}) exited", a.id, a.pid)
+        if new == "exited":
+            self._close_alerts(a, g.timestamp, "exited")
+
+    def _pid_reused(self, a: Agent, pid: int, ts: float, tell: bool = True) -> None:
+        if a.status != "exited":
+            logger.bind(agent_id=a.id, pid=pid).warning(
+                "agent {}: pid {} now belongs to another process (pid reuse): agent exited, the stranger is not sampled",
+                a.id, pid,
+            )
+            a.status = "exited"
+            a.meta_dirty = True
+        self._close_alerts(a, ts, "exited")
+        if tell and a.create_time is not None:
+            self.retired.append((a.id, pid, a.create_time))
+
+    def on_stalled(self, agent_id: str, pid: int, stalled: bool) -> None:
+        a = self.agents.get(agent_id)
+        if a is None:
+            return
+        if stalled and a.status != "stalled":
+            a.status = "stalled"
+            a.meta_dirty = True
+        elif not stalled and a.status == "stalled":
+            a.status = "running"
+            a.meta_dirty = True
+
+    def _write_error(self, what: str, exc: OSError, now: float) -> None:
+        self.write_errors += 1
+        if now - self._last_write_error >= 10.0:
+            self._last_write_error = now
+            logger.error("cannot write {}: {} (sampling goes on; {} write errors so far)", what, exc.strerror or exc, self.write_errors)
+
+
+def _show(resource: str, value) -> str:
+    if value is None:
+        return "null"
+    if resource == "cpu":
+        return f"{value:.1f}%"
+    if resource == "memory":
+        from fleetmon.units import format_size
+
+        return format_size(value)
+    return f"{value:g}"

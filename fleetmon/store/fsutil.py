@@ -1,0 +1,167 @@
+"""File primitives: atomic replace, private modes, no symlinks followed, corrupt files moved aside.
+
+Atomic replace = exclusive temp file in the same directory, write, flush, fsync, ``os.replace``, fsync
+the directory. Many files at once are synced with one ``syncfs`` where Linux has it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+_libc = None
+
+
+def _syncfs(fd: int) -> bool:
+    """syncfs(2) on Linux: one call flushes every file of the filesystem. False where unavailable."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            _libc.syncfs  # noqa: B018 - probe
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        return False
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) with mode 0700; refuse a symlink; tighten the mode if needed."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"{path} is not a directory (symlinks are not followed)")
+    if stat.S_IMODE(st.st_mode) != DIR_MODE:
+        os.chmod(path, DIR_MODE)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(directory: Path, name: str, data: bytes, sync: bool) -> Path:
+    tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
+    tmp = _write_temp(path.parent, path.name, data, sync)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if sync:
+        fsync_dir(path.parent)
+
+
+def atomic_write_many(directory: Path, files: Iterable[tuple[str, bytes]]) -> int:
+    """Atomically replace many files of one directory, with one filesystem sync for all of them.
+
+    Returns how many were written. On an error the files already renamed stay valid (each is whole)
+    and the error propagates after the temp files are removed.
+    """
+    items = list(files)
+    if not items:
+        return 0
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    temps: list[tuple[Path, Path]] = []
+    try:
+        bulk = len(items) > 4 and _syncfs_ok(dfd)
+        for name, data in items:
+            temps.append((_write_temp(directory, name, data, sync=not bulk), directory / name))
+        if bulk:
+            _syncfs(dfd)
+        for tmp, final in temps:
+            os.replace(tmp, final)
+        temps.clear()
+        os.fsync(dfd)
+    finally:
+        for tmp, _ in temps:
+            _unlink_quietly(tmp)
+        os.close(dfd)
+    return len(items)
+
+
+def _syncfs_ok(fd: int) -> bool:
+    try:
+        return _syncfs(fd)
+    except OSError:
+        return False
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every dirty page of the filesystem holding ``path`` (one syscall on Linux)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not _syncfs(fd):
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def read_private(path: Path, limit: int = 64 * 1024 * 1024) -> bytes:
+    """Read a file without following a symlink at its last component; refuse anything not regular."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"{path} is {st.st_size} bytes, more than {limit}")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a corrupt file to ``<name>.corrupt-<timestamp>`` so it can be inspected and rebuilt."""
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}")
+    os.replace(path, target)
+    return target

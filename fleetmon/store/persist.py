@@ -1,0 +1,188 @@
+"""The writer's files besides history: alerts.jsonl, thresholds.json, status.json, daemon.json and
+agents/<id>.json. Loading them back at start (moving a corrupt one aside) and writing them after
+each tick."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import msgspec
+from loguru import logger
+
+from fleetmon.store import fsutil
+from fleetmon.store import thresholds as th
+from fleetmon.store.fleet import Agent, Fleet
+from fleetmon.store.layout import StateDir
+from fleetmon.store.records import AgentRecord, AlertState, DaemonJSON, StatusSnapshot, point_from_json
+from fleetmon.units import parse_rfc3339, rfc3339
+
+METADATA_REFRESH = 60.0  # seconds between rewrites of an unchanged agent's metadata file
+METADATA_PER_FLUSH = 2000  # bound on metadata files written after one tick
+
+_json = msgspec.json.Encoder()
+_status_decoder = msgspec.json.Decoder(StatusSnapshot)
+_record_decoder = msgspec.json.Decoder(AgentRecord)
+_alert_state_decoder = msgspec.json.Decoder(dict[str, dict[str, AlertState]])
+
+
+class AlertLog:
+    """alerts.jsonl, appended with O_APPEND; lines that fail to be written are kept and retried."""
+
+    MAX_PENDING = 100_000
+
+    def __init__(self, path):
+        self.path = path
+        self.pending: list[bytes] = []
+        self.unsynced = False
+        self.fd = -1
+
+    def add(self, event: th.Event) -> None:
+        self.pending.append(_json.encode(event) + b"\n")
+        if len(self.pending) > self.MAX_PENDING:
+            del self.pending[: len(self.pending) - self.MAX_PENDING]
+
+    def write(self) -> None:
+        if not self.pending:
+            return
+        if self.fd < 0:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        data = b"".join(self.pending)
+        n = os.write(self.fd, data)
+        if n < len(data):
+            # Keep whole lines only: a short append at a full disk is cut back to the last newline.
+            written = data[:n]
+            cut = written.rfind(b"\n") + 1
+            if cut < n:
+                os.ftruncate(self.fd, os.fstat(self.fd).st_size - (n - cut))
+            raise OSError(28, "No space left on device (short write)")
+        self.pending.clear()
+        self.unsynced = True
+
+    def sync(self) -> None:
+        if self.unsynced and self.fd >= 0:
+            os.fsync(self.fd)
+            self.unsynced = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
+    """Rebuild agents (identity, status, restart count, last sample) and open alerts from disk.
+    Returns how many agents were loaded."""
+    records = _load_records(state)
+    for rec in records:
+        a = fleet.agents.get(rec.id) or Agent(rec.id, rec.type)
+        a.pid = rec.pid
+        a.create_time = parse_rfc3339(rec.start_time) if rec.start_time else None
+        a.status = rec.status if rec.status != "stalled" else "running"
+        a.restart_count = rec.restart_count
+        a.last = point_from_json(rec.last_sample) if rec.last_sample else None
+        a.meta_dirty = False
+        a.meta_written = time.time()
+        fleet.agents[rec.id] = a
+    try:
+        raw = fsutil.read_private(state.alert_state)
+        alerts = _alert_state_decoder.decode(raw)
+    except FileNotFoundError:
+        alerts = {}
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        _corrupt(state.alert_state, exc)
+        alerts = _alerts_from_records(records)
+    for agent_id, by_resource in alerts.items():
+        a = fleet.agents.get(agent_id)
+        if a is None:
+            continue
+        for resource, st in by_resource.items():
+            if resource in th.RESOURCES and st.state in ("warning", "error"):
+                a.alerts[resource] = th.Alert(st.state, st.since, st.logged)
+    return len(records)
+
+
+def _alerts_from_records(records: list[AgentRecord]) -> dict[str, dict[str, AlertState]]:
+    return {
+        r.id: {b.resource: AlertState(b.state, parse_rfc3339(b.since)) for b in r.alerts} for r in records if r.alerts
+    }
+
+
+def _load_records(state: StateDir) -> list[AgentRecord]:
+    """From status.json; per-agent files fill in (and stand in when status.json is lost)."""
+    by_id: dict[str, AgentRecord] = {}
+    try:
+        snap = _status_decoder.decode(fsutil.read_private(state.status, 1 << 30))
+        by_id = {r.id: r for r in snap.agents}
+    except FileNotFoundError:
+        pass
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        _corrupt(state.status, exc)
+    try:
+        names = os.listdir(state.agents)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        agent_id = name[:-5]
+        path = state.agents / name
+        try:
+            rec = _record_decoder.decode(fsutil.read_private(path, 1 << 20))
+            if rec.id != agent_id:
+                raise ValueError(f"id {rec.id!r} does not match the file name")
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            _corrupt(path, exc)
+            continue
+        cur = by_id.get(agent_id)
+        if cur is None or (rec.updated or "") > (cur.updated or ""):
+            by_id[agent_id] = rec
+    return list(by_id.values())
+
+
+def _corrupt(path, exc) -> None:
+    try:
+        aside = fsutil.move_aside(path)
+    except OSError as err:
+        logger.error("{} is unreadable ({}) and could not be moved aside: {}", path, exc, err)
+        return
+    logger.error("{} is corrupt ({}): moved aside to {}; it will be rebuilt", path, str(exc).splitlines()[0], aside)
+
+
+def save_alert_state(state: StateDir, fleet: Fleet) -> None:
+    data = {
+        a.id: {r: AlertState(al.state, al.since, al.logged) for r, al in a.alerts.items()}
+        for a in fleet.agents.values()
+        if a.alerts
+    }
+    fsutil.atomic_write(state.alert_state, _json.encode(data))
+
+
+def save_status(state: StateDir, fleet: Fleet, now: float) -> None:
+    records = [a.record(now) for a in fleet.agents.values() if a.registered]
+    fsutil.atomic_write(state.status, _json.encode(StatusSnapshot(rfc3339(now), records)))
+
+
+def save_metadata(state: StateDir, fleet: Fleet, now: float) -> int:
+    """Rewrite agents/<id>.json for agents whose metadata changed, and refresh the others'
+    last_sample every METADATA_REFRESH seconds, at most METADATA_PER_FLUSH files per call."""
+    due = []
+    for a in fleet.agents.values():
+        if a.meta_dirty or (a.registered and now - a.meta_written >= METADATA_REFRESH):
+            due.append(a)
+            if len(due) >= METADATA_PER_FLUSH:
+                break
+    if not due:
+        return 0
+    files = [(f"{a.id}.json", _json.encode(a.record(now))) for a in due]
+    fsutil.atomic_write_many(state.agents, files)
+    for a in due:
+        a.meta_dirty = False
+        a.meta_written = now
+    return len(files)
+
+
+def save_daemon(state: StateDir, info: DaemonJSON) -> None:
+    fsutil.atomic_write(state.daemon, _json.encode(info))

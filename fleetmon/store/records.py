@@ -1,0 +1,96 @@
+"""JSON shapes on disk and on the command line (contract: field names), shared by the writer that
+produces them and the queries that read them."""
+
+from __future__ import annotations
+
+import msgspec
+
+from fleetmon.store.ring import Point
+from fleetmon.units import rfc3339
+
+
+class PointJSON(msgspec.Struct):
+    timestamp: str
+    cpu: float | None
+    memory_rss: int | None
+    memory_vms: int | None
+    disk_read_bytes: int | float | None
+    disk_write_bytes: int | float | None
+    open_files: int | float | None
+    num_threads: int | float | None
+
+
+class AlertBrief(msgspec.Struct):
+    resource: str
+    state: str
+    since: str
+
+
+class AgentRecord(msgspec.Struct):
+    """One agent's metadata: ``agents/<id>.json`` and an entry of ``status --json``."""
+
+    id: str
+    type: str
+    pid: int | None
+    status: str
+    restart_count: int
+    start_time: str | None
+    last_sample: PointJSON | None
+    alerts: list[AlertBrief]
+    updated: str | None = None
+
+
+class StatusSnapshot(msgspec.Struct):
+    updated: str
+    agents: list[AgentRecord]
+
+
+class WorkerJSON(msgspec.Struct):
+    index: int
+    pid: int
+    agents: int
+    restarts: int = 0
+
+
+class DaemonJSON(msgspec.Struct):
+    supervisor_pid: int
+    writer_pid: int
+    workers: list[WorkerJSON]
+    tick: int
+    updated: str
+    running: bool
+    interval: float | None = None
+    persisted_tick: int | None = None
+    writer_restarts: int = 0
+    stalled_pids: list[int] = []
+    samples_total: int = 0
+    lost_batches: int = 0
+    write_errors: int = 0
+
+
+class AlertState(msgspec.Struct):
+    """One open episode in ``thresholds.json``."""
+
+    state: str
+    since: float
+    logged: float = 0.0
+
+
+def point_json(p: Point | tuple) -> PointJSON:
+    ts, cpu, rss, vms, rd, wr, fds, thr = p
+    return PointJSON(rfc3339(ts), cpu, rss, vms, rd, wr, fds, thr)
+
+
+def point_from_json(p: PointJSON) -> Point:
+    from fleetmon.units import parse_rfc3339
+
+    return Point(
+        parse_rfc3339(p.timestamp),
+        p.cpu,
+        p.memory_rss,
+        p.memory_vms,
+        p.disk_read_bytes,
+        p.disk_write_bytes,
+        p.open_files,
+        p.num_threads,
+    )

@@ -1,0 +1,251 @@
+"""Per-agent history: a fixed-size ring of 64-byte records in ``history/<id>.ring``.
+
+Persisting a sample is one ``pwrite`` of one record, whatever the history length. Each record carries
+a sequence number and a CRC32, so a torn or never-written record is ignored on read, and the ring's
+head is found again after a restart from the highest valid sequence number. The file is preallocated
+when created, so a full disk cannot fail a later write into it.
+
+Record layout (little endian): timestamp f64, cpu f32, rss i64, vms i64, read i64, write i64,
+fds i32, threads i32, seq u32, null-mask u16, pad u16, crc32 u32 (of the first 60 bytes).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import struct
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import NamedTuple
+
+from fleetmon.store import fsutil
+
+MAGIC = b"FLMRING1"
+HEADER = struct.Struct("<8sIII40sI")  # magic, record size, capacity, version, reserved, crc
+BODY = struct.Struct("<dfqqqqiiIHH")
+CRC = struct.Struct("<I")
+RECORD_SIZE = 64
+assert HEADER.size == RECORD_SIZE and BODY.size + CRC.size == RECORD_SIZE
+_SEQ_WORD = 13  # index of ``seq`` when a record is viewed as sixteen u32 words
+
+METRICS = ("cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads")
+
+
+class Point(NamedTuple):
+    timestamp: float
+    cpu: float | None
+    memory_rss: int | None
+    memory_vms: int | None
+    disk_read_bytes: int | None
+    disk_write_bytes: int | None
+    open_files: int | None
+    num_threads: int | None
+
+
+class CorruptRing(Exception):
+    """The file is not a ring we can read (bad header); the caller moves it aside."""
+
+
+def _header(capacity: int) -> bytes:
+    body = struct.pack("<8sIII40s", MAGIC, RECORD_SIZE, capacity, 1, b"")
+    return body + CRC.pack(zlib.crc32(body))
+
+
+def _parse_header(data: bytes) -> int:
+    if len(data) < RECORD_SIZE:
+        raise CorruptRing("short header")
+    magic, size, capacity, _version, _reserved, crc = HEADER.unpack_from(data)
+    if magic != MAGIC or size != RECORD_SIZE or crc != zlib.crc32(data[:60]) or capacity <= 0:
+        raise CorruptRing("bad header")
+    return capacity
+
+
+def encode_record(seq: int, p: Point | tuple) -> bytes:
+    ts, cpu, rss, vms, rd, wr, fds, thr = p
+    mask = 0
+    if cpu is None:
+        mask |= 1
+        cpu = 0.0
+    if rss is None:
+        mask |= 2
+        rss = 0
+    if vms is None:
+        mask |= 4
+        vms = 0
+    if rd is None:
+        mask |= 8
+        rd = 0
+    if wr is None:
+        mask |= 16
+        wr = 0
+    if fds is None:
+        mask |= 32
+        fds = 0
+    if thr is None:
+        mask |= 64
+        thr = 0
+    body = BODY.pack(ts, cpu, rss, vms, rd, wr, fds, thr, seq, mask, 0)
+    return body + CRC.pack(zlib.crc32(body))
+
+
+def decode_records(data: bytes | memoryview) -> list[tuple[int, Point]]:
+    """Every valid record of a ring's record area as ``(seq, point)``, in file order."""
+    out = []
+    crc32 = zlib.crc32
+    for off in range(0, len(data) - RECORD_SIZE + 1, RECORD_SIZE):
+        rec = data[off : off + RECORD_SIZE]
+        ts, cpu, rss, vms, rd, wr, fds, thr, seq, mask, _pad = BODY.unpack_from(rec)
+        if seq == 0 or CRC.unpack_from(rec, 60)[0] != crc32(rec[:60]):
+            continue
+        if mask:
+            cpu = None if mask & 1 else cpu
+            rss = None if mask & 2 else rss
+            vms = None if mask & 4 else vms
+            rd = None if mask & 8 else rd
+            wr = None if mask & 16 else wr
+            fds = None if mask & 32 else fds
+            thr = None if mask & 64 else thr
+        if cpu is not None and not math.isfinite(cpu):
+            cpu = None
+        out.append((seq, Point(ts, cpu, rss, vms, rd, wr, fds, thr)))
+    return out
+
+
+def read_points(path: Path) -> list[Point]:
+    """All valid points of a ring file, oldest first. Raises FileNotFoundError or CorruptRing."""
+    data = fsutil.read_private(path, limit=1 << 31)
+    _parse_header(data)
+    records = decode_records(memoryview(data)[RECORD_SIZE:])
+    records.sort(key=lambda r: r[0])
+    return [p for _, p in records]
+
+
+class Ring:
+    """An open ring file: ``append`` writes one record in place."""
+
+    __slots__ = ("path", "fd", "capacity", "head", "seq")
+
+    def __init__(self, path: Path, fd: int, capacity: int, head: int, seq: int):
+        self.path, self.fd, self.capacity, self.head, self.seq = path, fd, capacity, head, seq
+
+    @classmethod
+    def open(cls, path: Path, capacity: int) -> Ring:
+        """Open or create the ring. A ring of another capacity is migrated (its newest points kept);
+        a file with a bad header raises CorruptRing."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return cls._create(path, capacity, [])
+        try:
+            data = _read_all(fd)
+            file_capacity = _parse_header(data)
+        except BaseException:
+            os.close(fd)
+            raise
+        if file_capacity != capacity:
+            os.close(fd)
+            records = decode_records(memoryview(data)[RECORD_SIZE:])
+            records.sort(key=lambda r: r[0])
+            return cls._create(path, capacity, [p for _, p in records[-capacity:]])
+        head, seq = _find_head(memoryview(data)[RECORD_SIZE:], capacity)
+        return cls(path, fd, capacity, head, seq)
+
+    @classmethod
+    def _create(cls, path: Path, capacity: int, points: list[Point]) -> Ring:
+        body = bytearray(_header(capacity))
+        for i, p in enumerate(points, start=1):
+            body += encode_record(i, p)
+        size = RECORD_SIZE * (capacity + 1)
+        body += bytes(size - len(body))
+        fsutil.atomic_write(path, bytes(body), sync=False)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return cls(path, fd, capacity, len(points) % capacity, len(points))
+
+    def append(self, point: Point | tuple) -> None:
+        seq = self.seq + 1
+        os.pwrite(self.fd, encode_record(seq, point), RECORD_SIZE * (self.head + 1))
+        self.seq = seq
+        self.head = (self.head + 1) % self.capacity
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
+
+
+def _find_head(records: memoryview, capacity: int) -> tuple[int, int]:
+    """(index to write next, highest valid seq) from the record area."""
+    n = min(len(records) // RECORD_SIZE, capacity)
+    if n == 0:
+        return 0, 0
+    words = records[: n * RECORD_SIZE].cast("I")
+    seqs = list(words[_SEQ_WORD::16])
+    crc32 = zlib.crc32
+    for seq, idx in sorted(((s, i) for i, s in enumerate(seqs) if s), reverse=True):
+        rec = records[idx * RECORD_SIZE : (idx + 1) * RECORD_SIZE]
+        if CRC.unpack_from(rec, 60)[0] == crc32(rec[:60]):
+            return (idx + 1) % capacity, seq
+    return 0, 0
+
+
+class RingStore:
+    """The writer's open rings, one per agent, with a bound on open file descriptors."""
+
+    def __init__(self, directory: Path, capacity: int, max_open: int = 4096):
+        self.directory = directory
+        self.capacity = capacity
+        self.max_open = max_open
+        self._open: OrderedDict[str, Ring] = OrderedDict()
+        self._seq: dict[str, tuple[int, int]] = {}  # head and seq of rings closed by the LRU
+
+    def path(self, agent_id: str) -> Path:
+        return self.directory / f"{agent_id}.ring"
+
+    def ring(self, agent_id: str) -> Ring:
+        ring = self._open.get(agent_id)
+        if ring is not None:
+            self._open.move_to_end(agent_id)
+            return ring
+        if len(self._open) >= self.max_open:
+            self._evict(max(1, self.max_open // 8))
+        path = self.path(agent_id)
+        try:
+            ring = Ring.open(path, self.capacity)
+        except CorruptRing:
+            aside = fsutil.move_aside(path)
+            from loguru import logger
+
+            logger.bind(agent_id=agent_id).error("history file {} is corrupt: moved aside to {}, starting a new one", path, aside)
+            ring = Ring.open(path, self.capacity)
+        self._open[agent_id] = ring
+        return ring
+
+    def append(self, agent_id: str, point: Point | tuple) -> None:
+        ring = self.ring(agent_id)
+        try:
+            ring.append(point)
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.ESTALE, errno.ENOENT):
+                self.close(agent_id)
+            raise
+
+    def close(self, agent_id: str) -> None:
+        ring = self._open.pop(agent_id, None)
+        if ring is not None:
+            ring.close()
+
+    def _evict(self, count: int) -> None:
+        for _ in range(min(count, len(self._open))):
+            _, ring = self._open.popitem(last=False)
+            ring.close()
+
+    def close_all(self) -> None:
+        self._evict(len(self._open))

@@ -1,0 +1,1 @@
+"""The parent process: config, registry, sharding, ticks, health of children, signals, CLI."""

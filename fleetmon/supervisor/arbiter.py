@@ -1,0 +1,389 @@
+"""The supervisor's main loop: registry, sharding, ticks, health of children, signals.
+
+Signal handlers only record the signal; the loop acts on it through ``handle_<signal>`` methods.
+Every wait has a deadline on ``time.monotonic()``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import time
+from pathlib import Path
+
+import msgspec
+from loguru import logger
+
+from fleetmon import channel, wire
+from fleetmon.store.layout import StateDir
+from fleetmon.supervisor import children, sharding
+from fleetmon.supervisor.config import Config
+from fleetmon.supervisor.registry import RegistryScanner
+from fleetmon.workers import worker as W
+
+DRAIN_TIMEOUT = 10.0
+
+
+class Quarantined:
+    __slots__ = ("agent_id", "pid", "strikes", "retry_at")
+
+    def __init__(self, agent_id: str, pid: int):
+        self.agent_id, self.pid, self.strikes, self.retry_at = agent_id, pid, 1, 0.0
+
+
+class Arbiter:
+    def __init__(self, config: Config, state: StateDir, config_path: Path | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.state = state
+        self.signals: list[int] = []
+        self.tick_no = 0
+        self.encoder = msgspec.msgpack.Encoder()
+        self.decoder = msgspec.msgpack.Decoder(wire.ToSupervisor)
+        self.token = secrets.token_hex(16)
+        self.registry = RegistryScanner(state.registry)
+        self.workers: list[children.Child] = []
+        self.quarantine_worker = children.Child("quarantine", -2)
+        self.writer = children.Child("writer", -1)
+        self.shards: dict[int, list[wire.AgentRef]] = {}
+        self.sent_tick: dict[int, int] = {}
+        self.busy_since: dict[int, float] = {}
+        self.quarantine: dict[str, Quarantined] = {}
+        self.q_batch: list[str] = []
+        self.known: dict[str, tuple[int, float]] = {}  # agent -> (pid, start) from the writer's Retire
+        self.persisted_tick = 0
+        self.persisted_at = time.monotonic()
+        self.started_at = time.monotonic()
+        self.listener: socket.socket | None = None
+        self.link: channel.Link | None = None
+        self.stopping = False
+
+    # --- start and stop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.state.create()
+        address = self.state.writer_socket()
+        self.listener = channel.listen_unix(address)
+        self.workers = [children.Child(f"worker-{i}", i) for i in range(self.config.worker_count)]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._record_signal)
+        self.link = channel.Link(address, self._greeting)
+        self._start_writer()
+        self.registry.scan(force=True)
+        self._reshard()
+        for w in self.workers:
+            self._start_worker(w)
+        logger.info(
+            "fleetmon started (pid {}): {} workers, interval {}s, {} agents, state dir {}",
+            os.getpid(), len(self.workers), self.config.interval, len(self.registry.entries), self.state.root,
+        )
+        next_tick = time.monotonic()
+        while not self.stopping:
+            self._handle_signals()
+            if self.stopping:
+                break
+            now = time.monotonic()
+            if now >= next_tick:
+                self.tick()
+                interval = float(self.config.interval)
+                next_tick += interval
+                if next_tick <= now:  # we fell behind: skip missed ticks rather than burst
+                    next_tick = now + interval
+            self._check_children()
+            self._pump_writer()
+            self._wait(min(max(0.0, next_tick - time.monotonic()), 0.25))
+        return self._drain()
+
+    def _record_signal(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.pop(0)
+            {signal.SIGTERM: self.handle_term, signal.SIGINT: self.handle_int, signal.SIGHUP: self.handle_hup}[sig]()
+
+    def handle_term(self) -> None:
+        logger.info("SIGTERM: draining and stopping")
+        self.stopping = True
+
+    def handle_int(self) -> None:
+        logger.info("SIGINT: draining and stopping")
+        self.stopping = True
+
+    def handle_hup(self) -> None:
+        from fleetmon.supervisor import reload
+
+        reload.handle_hup(self)
+
+    def _drain(self) -> int:
+        for w in self.workers + [self.quarantine_worker]:
+            self._send(w, wire.Stop())
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        live = [w for w in self.workers + [self.quarantine_worker] if w.alive]
+        while live and time.monotonic() < deadline:
+            for w in live:
+                if w.ctl is not None and w.ctl.want_write:
+                    try:
+                        w.ctl.flush()
+                    except channel.ChannelClosed:
+                        pass
+            children.mp_connection.wait([w.proc.sentinel for w in live], timeout=0.1)
+            live = [w for w in live if w.alive]
+        children.stop_all(self.workers + [self.quarantine_worker], grace=1.0)
+        if self.link is not None and self.writer.alive:
+            self.link.send(self.encoder.encode(self._daemon_info(running=False)))
+            self.link.send(self.encoder.encode(wire.Stop()))
+            self.link.flush_until(time.monotonic() + 2.0)
+            wdeadline = time.monotonic() + DRAIN_TIMEOUT
+            while self.writer.alive and time.monotonic() < wdeadline:
+                children.mp_connection.wait([self.writer.proc.sentinel], timeout=0.2)
+        children.stop_all([self.writer], grace=2.0)
+        if self.link is not None:
+            self.link.close()
+        if self.listener is not None:
+            self.listener.close()
+        logger.info("fleetmon stopped")
+        return 0
+
+    # --- children -----------------------------------------------------------------------------
+
+    def _inherited_fds(self) -> list[int]:
+        fds = [self._wake_r.fileno(), self._wake_w.fileno()]
+        fds += [w.ctl.fileno() for w in self.workers + [self.quarantine_worker] if w.ctl is not None]
+        if self.link is not None and self.link.fileno() is not None:
+            fds.append(self.link.fileno())
+        return fds
+
+    def _start_writer(self) -> None:
+        assert self.listener is not None
+        fds = self._inherited_fds()
+        children.start_writer(self.writer, str(self.state.root), self.config, self.listener, self.token, fds)
+        if self.writer.restarts:
+            logger.warning("writer restarted (pid {}), restart {}", self.writer.pid, self.writer.restarts)
+
+    def _start_worker(self, w: children.Child) -> None:
+        parent_end, child_end = channel.pair()
+        fds = self._inherited_fds()
+        children.start_worker(w, child_end, self.state.writer_socket(), self.token, self.config.sampler_hook, fds)
+        child_end.close()
+        w.ctl = channel.FramedConn(parent_end)
+        self.sent_tick[w.index] = 0
+        self._send(w, wire.Assign(self.shards.get(w.index, [])))
+        if w.restarts:
+            logger.warning("{} restarted (pid {}), restart {}", w.name, w.pid, w.restarts)
+
+    def _send(self, w: children.Child, msg) -> None:
+        if w.ctl is None:
+            return
+        try:
+            w.ctl.send(self.encoder.encode(msg))
+        except channel.ChannelClosed:
+            pass  # its death is noticed through its sentinel
+
+    def _check_children(self) -> None:
+        now = time.monotonic()
+        for w in self.workers + [self.quarantine_worker, self.writer]:
+            how = w.reap()
+            if how is not None:
+                level = "INFO" if self.stopping else "ERROR"
+                logger.log(level, "{} exited ({})", w.name, how)
+                if w is self.quarantine_worker:
+                    self._quarantine_failed()
+            if w.alive:
+                self._check_stall(w, now)
+        if not self.writer.alive and now >= self.writer.respawn_at:
+            self._start_writer()
+        for w in self.workers:
+            if not w.alive and now >= w.respawn_at:
+                self._start_worker(w)
+        if self.q_batch and not self.quarantine_worker.alive and now >= self.quarantine_worker.respawn_at:
+            self._start_worker(self.quarantine_worker)
+
+    def _check_stall(self, w: children.Child, now: float) -> None:
+        timeout = float(self.config.stall_timeout)
+        hb = w.heartbeat
+        if w is self.writer:
+            if hb[0] and now - hb[0] > 3 * timeout and w.killing_since is None:
+                logger.error("writer (pid {}) made no progress for {:.1f}s: killing it", w.pid, now - hb[0])
+                w.kill()
+            return
+        if w.killing_since is not None:
+            return
+        if self.sent_tick.get(w.index, 0) <= hb[W.HB_TICK_DONE]:
+            return  # nothing outstanding
+        progress = max(hb[W.HB_PROGRESS], self.busy_since.get(w.index, 0.0))
+        if now - progress <= timeout:
+            return
+        agent_id = None
+        index = int(hb[W.HB_INDEX])
+        shard = self.shards.get(w.index, [])
+        mid_read = hb[W.HB_TICK_STARTED] > hb[W.HB_TICK_DONE] and 0 <= index < len(shard)
+        state = w.proc_state()
+        if mid_read and state != "T":  # a stopped worker is not blocked on the agent it holds
+            agent_id = shard[index].id
+        logger.bind(worker=w.index).error(
+            "{} (pid {}, state {}) made no progress for {:.1f}s{}: replacing it",
+            w.name, w.pid, state, now - progress, f" while reading agent {agent_id}" if agent_id else "",
+        )
+        w.kill()
+        w.failures = 0
+        if agent_id is not None:
+            self._quarantine_agent(agent_id, int(hb[W.HB_PID]), w)
+
+    # --- quarantine ---------------------------------------------------------------------------
+
+    def _quarantine_agent(self, agent_id: str, pid: int, w: children.Child) -> None:
+        q = self.quarantine.get(agent_id)
+        if q is None:
+            q = self.quarantine[agent_id] = Quarantined(agent_id, pid)
+            logger.bind(agent_id=agent_id, pid=pid).error(
+                "agent {} (pid {}) stalled {}: quarantined, sampled on its own with backoff", agent_id, pid, w.name
+            )
+            self._tell_writer(wire.Stalled(agent_id, max(pid, 0), True))
+        else:
+            q.strikes += 1
+        q.retry_at = time.monotonic() + sharding.quarantine_delay(q.strikes, float(self.config.interval))
+        self._reshard()
+
+    def _quarantine_failed(self) -> None:
+        """The quarantine worker died or was killed: its batch stays quarantined, with backoff."""
+        self.q_batch = []
+
+    def _tick_quarantine(self) -> None:
+        qw = self.quarantine_worker
+        now = time.monotonic()
+        if self.q_batch and qw.alive and qw.heartbeat[W.HB_TICK_DONE] >= self.sent_tick.get(qw.index, 0):
+            for agent_id in self.q_batch:  # a whole pass went through: they read normally again
+                q = self.quarantine.pop(agent_id, None)
+                if q is not None:
+                    logger.bind(agent_id=agent_id).info("agent {} reads normally again: back in the pool", agent_id)
+                    self._tell_writer(wire.Stalled(agent_id, max(q.pid, 0), False))
+            self.q_batch = []
+            self._reshard()
+        if self.q_batch:
+            return
+        due = sorted(a for a, q in self.quarantine.items() if q.retry_at <= now and a in self.registry.entries)
+        if not due:
+            return
+        self.q_batch = due
+        self.shards[qw.index] = [self._ref(a) for a in due]
+        if not qw.alive:
+            if now < qw.respawn_at:
+                return
+            self._start_worker(qw)
+        else:
+            self._send(qw, wire.Assign(self.shards[qw.index]))
+        for a in due:
+            self.quarantine[a].retry_at = now + sharding.quarantine_delay(self.quarantine[a].strikes + 1, float(self.config.interval))
+        self._send_tick(qw)
+
+    # --- ticks --------------------------------------------------------------------------------
+
+    def _ref(self, agent_id: str) -> wire.AgentRef:
+        e = self.registry.entries[agent_id]
+        known = self.known.get(agent_id)
+        if known is not None and e.pid is not None and known[0] != e.pid:
+            known = None
+        return wire.AgentRef(e.id, e.pid, e.pidfile, known[0] if known else None, known[1] if known else None)
+
+    def _reshard(self) -> None:
+        n = len(self.workers)
+        shards: dict[int, list[wire.AgentRef]] = {i: [] for i in range(n)}
+        for agent_id in sorted(self.registry.entries):
+            if agent_id in self.quarantine:
+                continue
+            shards[sharding.shard_for(agent_id, n)].append(self._ref(agent_id))
+        for i, refs in shards.items():
+            if self.shards.get(i) != refs:
+                self.shards[i] = refs
+                if i < len(self.workers):
+                    self._send(self.workers[i], wire.Assign(refs))
+
+    def tick(self) -> None:
+        self.tick_no += 1
+        if self.registry.scan():
+            self._reshard()
+            self._tell_writer(self._registry_msg())
+            logger.debug("registry changed: {} agents", len(self.registry.entries))
+        for w in self.workers:
+            self._send_tick(w)
+        self._tick_quarantine()
+        self._tell_writer(self._daemon_info())
+
+    def _send_tick(self, w: children.Child) -> None:
+        if not w.alive:
+            return
+        if self.sent_tick.get(w.index, 0) <= w.heartbeat[W.HB_TICK_DONE]:
+            self.busy_since[w.index] = time.monotonic()  # it was idle: the clock for a stall starts now
+        self.sent_tick[w.index] = self.tick_no
+        self._send(w, wire.Tick(self.tick_no, time.time()))
+
+    # --- the writer link ----------------------------------------------------------------------
+
+    def _greeting(self) -> list[bytes]:
+        """Sent first on every connection to a (re)started writer: who we are and what it must know."""
+        msgs: list = [wire.Hello(-1, os.getpid(), self.token), self._registry_msg(), self._daemon_info()]
+        msgs += [wire.Stalled(a, max(q.pid, 0), True) for a, q in self.quarantine.items()]
+        return [self.encoder.encode(m) for m in msgs]
+
+    def _registry_msg(self) -> wire.Registry:
+        return wire.Registry(
+            [
+                wire.RegisteredAgent(e.id, e.type, e.pid, e.pidfile, e.thresholds or wire.Thresholds())
+                for e in self.registry.entries.values()
+            ]
+        )
+
+    def _daemon_info(self, running: bool = True) -> wire.DaemonInfo:
+        return wire.DaemonInfo(
+            supervisor_pid=os.getpid(),
+            writer_pid=self.writer.pid,
+            workers=[wire.WorkerInfo(w.index, w.pid, len(self.shards.get(w.index, [])), w.restarts) for w in self.workers],
+            tick=self.tick_no,
+            interval=float(self.config.interval),
+            running=running,
+            writer_restarts=self.writer.restarts,
+            stalled_pids=sorted({q.pid for q in self.quarantine.values() if q.pid > 0}),
+        )
+
+    def _tell_writer(self, msg) -> None:
+        if self.link is not None:
+            self.link.send(self.encoder.encode(msg))
+
+    def _pump_writer(self) -> None:
+        assert self.link is not None
+        self.link.pump()
+        for frame in self.link.recv():
+            msg = self.decoder.decode(frame)
+            if isinstance(msg, wire.Persisted):
+                if msg.tick > self.persisted_tick:
+                    self.persisted_tick = msg.tick
+                    self.persisted_at = time.monotonic()
+            elif isinstance(msg, wire.Retire):
+                self.known[msg.agent_id] = (msg.pid, msg.create_time)
+                self._reshard()
+
+    def _wait(self, timeout: float) -> None:
+        fds: list = [self._wake_r]
+        fds += [c.proc.sentinel for c in self.workers + [self.quarantine_worker, self.writer] if c.alive]
+        if self.link is not None and self.link.fileno() is not None:
+            fds.append(self.link.fileno())
+        ready = children.mp_connection.wait(fds, timeout)
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(512):
+                    pass
+            except BlockingIOError:
+                pass
+        for w in self.workers + [self.quarantine_worker]:
+            if w.ctl is not None and w.ctl.want_write:
+                try:
+                    w.ctl.flush()
+                except channel.ChannelClosed:
+                    pass

@@ -1,0 +1,146 @@
+"""Child processes of the supervisor: start, watch, stop, restart with backoff.
+
+Start method: ``fork`` (named here, once). The supervisor starts every child before any thread
+exists in it; the HTTP server thread lives in the writer, which forks nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import multiprocess
+from multiprocess import connection as mp_connection
+from loguru import logger
+
+from fleetmon import channel
+from fleetmon.supervisor import sharding
+from fleetmon.workers import worker as worker_mod
+
+MP = multiprocess.get_context("fork")
+
+
+class Child:
+    """One slot of the pool (a worker, the quarantine worker or the writer)."""
+
+    def __init__(self, name: str, index: int):
+        self.name = name
+        self.index = index
+        self.proc = None
+        self.heartbeat = None
+        self.ctl: channel.FramedConn | None = None
+        self.started_at = 0.0
+        self.failures = 0
+        self.restarts = 0
+        self.respawn_at = 0.0
+        self.killing_since: float | None = None
+        self.ever_started = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.exitcode is None
+
+    def start(self, target, args: tuple, heartbeat_size: int) -> None:
+        self.heartbeat = MP.RawArray("d", heartbeat_size)
+        self.proc = MP.Process(target=target, args=(*args, self.heartbeat), name=f"fleetmon-{self.name}", daemon=False)
+        self.proc.start()
+        self.started_at = time.monotonic()
+        self.killing_since = None
+        if self.ever_started:
+            self.restarts += 1
+        self.ever_started = True
+
+    def reap(self) -> str | None:
+        """If the child has exited, collect it and schedule its restart. Returns how it ended."""
+        if self.proc is None or self.proc.exitcode is None:
+            return None
+        code = self.proc.exitcode
+        lived = time.monotonic() - self.started_at
+        self.proc.join(0)
+        self.proc.close()
+        self.proc = None
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        if self.killing_since is None:  # died on its own: count boot failures
+            self.failures = sharding.next_failures(self.failures, lived)
+        self.respawn_at = time.monotonic() + sharding.restart_delay(self.failures)
+        return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.exitcode is None:
+            if self.killing_since is None:
+                self.killing_since = time.monotonic()
+            try:
+                os.kill(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def proc_state(self) -> str:
+        """The child's scheduler state letter from /proc (``T`` stopped, ``D`` in I/O ...)."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                data = f.read()
+            return data[data.rfind(b")") + 2 : data.rfind(b")") + 3].decode()
+        except OSError:
+            return "?"
+
+
+def start_worker(child: Child, control_child_end, writer_address: str, token: str, hook: str | None, close_fds: list[int]) -> None:
+    child.start(
+        _worker_entry,
+        (child.index, control_child_end, writer_address, token, os.getpid(), hook, close_fds),
+        worker_mod.HB_SIZE,
+    )
+
+
+def _worker_entry(index, control, writer_address, token, parent_pid, hook, close_fds, heartbeat) -> None:
+    _close_inherited(close_fds)
+    worker_mod.run(index, control, heartbeat, writer_address, token, parent_pid, hook)
+
+
+def start_writer(child: Child, state_root: str, config, listener, token: str, close_fds: list[int]) -> None:
+    child.start(_writer_entry, (state_root, config, listener, token, os.getpid(), close_fds), 2)
+
+
+def _writer_entry(state_root, config, listener, token, parent_pid, close_fds, heartbeat) -> None:
+    from fleetmon.store import writer
+
+    _close_inherited(close_fds)
+    writer.run(state_root, config, listener, token, heartbeat, parent_pid)
+
+
+def _close_inherited(fds: list[int]) -> None:
+    """Close the supervisor's ends of other channels that fork copied into this child."""
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def stop_all(children: list[Child], grace: float) -> None:
+    """TERM, then KILL after ``grace`` seconds; waits until every child is reaped."""
+    deadline = time.monotonic() + grace
+    for c in children:
+        c.kill(signal.SIGTERM)
+    while any(c.alive for c in children):
+        if time.monotonic() >= deadline:
+            for c in children:
+                if c.alive:
+                    logger.warning("{} (pid {}) did not stop within {:.0f}s: killing it", c.name, c.pid, grace)
+                    c.kill(signal.SIGKILL)
+            deadline = float("inf")
+        mp_connection.wait([c.proc.sentinel for c in children if c.alive], timeout=0.1)
+    for c in children:
+        if c.proc is not None:
+            c.proc.join(0)

@@ -1,0 +1,187 @@
+"""The ``fleetmon`` command line. Exit codes: 0 success, 1 runtime failure, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+
+from fleetmon import __version__
+from fleetmon.units import check_agent_id, parse_duration, parse_size
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+_json = msgspec.json.Encoder()
+
+
+class BadInput(Exception):
+    """Exit 2 with this one-line message."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse would print the whole usage)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_duration(text: str) -> float:
+    value = _duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, not {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pid must be a positive integer, not {text!r}") from None
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"pid must be a positive integer, not {text!r}")
+    return pid
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return n
+
+
+def _agent_id(text: str) -> str:
+    try:
+        return check_agent_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> Parser:
+    state_parent = Parser(add_help=False)
+    state_parent.add_argument(
+        "--state-dir", type=Path, metavar="DIR",
+        help="state directory (default: $FLEETMON_STATE_DIR, else $XDG_STATE_HOME/fleetmon, else ~/.local/state/fleetmon)",
+    )
+    p = Parser(
+        prog="fleetmon",
+        description="Watch the resource usage of a fleet of long-running agent processes on this host, keep a "
+        "bounded history per agent, and warn, then error, when an agent stays over its limits.",
+        epilog="Start with `fleetmon demo`. Durations: 250ms, 30s, 5m, 1h, 1d or seconds. "
+        "Sizes: 512MiB, 1GiB, 100MB or bytes. Exit codes: 0 ok, 1 runtime failure, 2 bad input.",
+    )
+    p.add_argument("--version", action="version", version=f"fleetmon {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    run = sub.add_parser(
+        "run", parents=[state_parent], help="run the daemon in the foreground",
+        description="Run the daemon in the foreground: a supervisor, N sampling workers and one writer. "
+        "Logs go to stderr. SIGTERM or SIGINT drain and exit 0; SIGHUP reloads the config and the registry.",
+    )
+    run.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (flags override it)")
+    run.add_argument("--workers", type=_count, metavar="N", help="sampling processes (default: number of CPUs)")
+    run.add_argument("--interval", type=_positive_duration, metavar="DUR", help="time between samples (default 60s)")
+    run.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and the JSON API (a bare port binds 127.0.0.1)")
+    run.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO (default), WARNING or ERROR")
+    run.add_argument("--log-format", choices=["text", "json"], help="text (default) or one JSON object per line")
+
+    agents = sub.add_parser("agents", help="add, remove and list registered agents", description="Manage the registry: <state>/registry/<id>.json.")
+    asub = agents.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser, required=True)
+    add = asub.add_parser(
+        "add", parents=[state_parent], help="register an agent (or point it at a new process)",
+        description="Register an agent to watch, by pid or by pidfile (re-read every tick). "
+        "Registering an existing id again replaces its entry; a new pid counts as a restart.",
+    )
+    add.add_argument("id", type=_agent_id, metavar="ID", help="agent id: 1-128 of A-Z a-z 0-9 . _ -")
+    target = add.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pid", type=_pid, help="the agent's process id")
+    target.add_argument("--pidfile", metavar="PATH", help="a file holding the agent's pid")
+    add.add_argument("--type", default="default", help="agent type, selects [thresholds.types.TYPE] (default: default)")
+    add.add_argument("--cpu", type=float, metavar="PERCENT", help="cpu threshold, percent of one CPU (0 = off)")
+    add.add_argument("--memory", type=_size, metavar="SIZE", help="RSS threshold, e.g. 512MiB (0 = off)")
+    add.add_argument("--open-files", type=_count, metavar="N", help="open file descriptor threshold (0 = off)")
+    add.add_argument("--for", dest="duration", type=_duration, metavar="DUR", help="how long over before error (0 = at once)")
+    rm = asub.add_parser("rm", parents=[state_parent], help="unregister an agent (its history is kept)")
+    rm.add_argument("id", type=_agent_id, metavar="ID")
+    ls = asub.add_parser("ls", parents=[state_parent], help="list registered agents")
+    ls.add_argument("--json", action="store_true", help='print {"agents": [ENTRY, ...]}')
+
+    st = sub.add_parser("status", parents=[state_parent], help="every agent's status, last sample and alerts")
+    st.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+
+    hist = sub.add_parser("history", parents=[state_parent], help="an agent's resource usage history")
+    hist.add_argument("id", type=_agent_id, metavar="ID")
+    hist.add_argument("--since", type=_positive_duration, default=3600.0, metavar="DUR", help="how far back (default 1h)")
+    hist.add_argument("--every", type=_positive_duration, metavar="DUR", help="mean per epoch-aligned bucket of this width")
+    fmt = hist.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help='print {"agent_id": ID, "points": [...]}')
+    fmt.add_argument("--csv", action="store_true", help="print CSV with a header; null is an empty cell")
+    fmt.add_argument("--plot", type=Path, metavar="FILE.png", help="draw cpu, memory, fds and threads to a PNG")
+
+    al = sub.add_parser("alerts", parents=[state_parent], help="alert state changes")
+    al.add_argument("--since", type=_positive_duration, default=3600.0, metavar="DUR", help="how far back (default 1h)")
+    al.add_argument("--json", action="store_true", help='print {"events": [...]}')
+
+    top = sub.add_parser("top", parents=[state_parent], help="live full-screen view of the fleet")
+    top.add_argument("--refresh", type=_positive_duration, default=1.0, metavar="DUR", help="redraw every DUR (default 1s)")
+
+    demo = sub.add_parser(
+        "demo", parents=[state_parent], help="run a small live fleet with alerts, then clean up",
+        description="Spawn a small fleet of its own (idle agents, a CPU hog, a memory grower, an fd leaker), "
+        "register them with thresholds, run the daemon with a 1s interval and show live status. Everything it "
+        "started is stopped at the end or on Ctrl-C; the state dir is left to explore.",
+    )
+    demo.add_argument("--agents", type=_count, default=8, metavar="N", help="how many agents (at least 4; default 8)")
+    demo.add_argument("--duration", type=_positive_duration, default=60.0, metavar="DUR", help="how long to run (default 60s)")
+    demo.add_argument("--interval", type=_positive_duration, default=1.0, metavar="DUR", help="sampling interval (default 1s)")
+    return p
+
+
+def state_dir(args) -> Path:
+    from fleetmon.store.layout import default_state_dir
+
+    return args.state_dir if getattr(args, "state_dir", None) else default_state_dir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    from fleetmon.supervisor import commands
+
+    try:
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except BadInput as exc:
+        print(f"fleetmon: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"fleetmon: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(_json.encode(obj).decode() + "\n")

@@ -1,0 +1,151 @@
+"""What each subcommand does. Queries read the state dir; ``run`` starts the supervisor."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+from fleetmon.store import queries
+from fleetmon.store.layout import StateDir
+from fleetmon.supervisor.cli import EXIT_BAD_INPUT, EXIT_OK, BadInput, print_json, state_dir
+from fleetmon.units import check_agent_id
+
+
+def _state(args, create: bool = False) -> StateDir:
+    state = StateDir(state_dir(args))
+    return state.create() if create else state
+
+
+def cmd_run(args) -> int:
+    from fleetmon import logs
+    from fleetmon.supervisor.arbiter import Arbiter
+    from fleetmon.supervisor.config import ConfigError, load
+
+    overrides = {
+        "workers": args.workers,
+        "interval": args.interval,
+        "http": args.http,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "state_dir": str(args.state_dir) if args.state_dir else None,
+    }
+    try:
+        config = load(args.config, overrides)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    if config.http:
+        from fleetmon.supervisor.httpaddr import parse_http
+
+        try:
+            parse_http(config.http)
+        except ValueError as exc:
+            raise BadInput(f"http: {exc}") from None
+    logs.configure(config.log_level, config.log_format)
+    from pathlib import Path
+
+    from fleetmon.store.layout import default_state_dir
+
+    root = Path(config.state_dir) if config.state_dir else default_state_dir()
+    return Arbiter(config, StateDir(root), args.config).run()
+
+
+def cmd_agents(args) -> int:
+    from fleetmon.supervisor import registry as reg
+    from fleetmon.wire import Thresholds
+
+    if args.agents_command == "add":
+        state = _state(args, create=True)
+        thresholds = None
+        if any(v is not None for v in (args.cpu, args.memory, args.open_files, args.duration)):
+            if args.cpu is not None and args.cpu < 0:
+                raise BadInput("--cpu must not be negative")
+            thresholds = Thresholds(args.cpu, args.memory, args.open_files, args.duration)
+        try:
+            entry = reg.RegistryEntry(args.id, args.type, args.pid, args.pidfile, thresholds)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        path = reg.write_entry(state.registry, entry)
+        print(f"registered {entry.id} ({'pid ' + str(entry.pid) if entry.pid else 'pidfile ' + str(entry.pidfile)}) in {path}")
+        return EXIT_OK
+    if args.agents_command == "rm":
+        state = _state(args)
+        if not reg.remove_entry(state.registry, args.id):
+            raise BadInput(f"unknown agent {args.id!r}: not registered")
+        print(f"unregistered {args.id} (its history is kept)")
+        return EXIT_OK
+    entries, errors = reg.read_all(_state(args).registry)
+    if args.json:
+        print_json({"agents": [entries[k] for k in sorted(entries)]})
+    else:
+        from fleetmon.supervisor import render
+
+        render.agents_table(entries, errors)
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    st = queries.status(_state(args))
+    if args.json:
+        print_json(st)
+    else:
+        from fleetmon.supervisor import render
+
+        render.status_view(st)
+    return EXIT_OK
+
+
+def cmd_history(args) -> int:
+    state = _state(args)
+    check_agent_id(args.id)
+    try:
+        points = queries.history_points(state, args.id, args.since, args.every)
+    except queries.UnknownAgent:
+        print(f"fleetmon: error: unknown agent {args.id!r}: not registered and no history", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from fleetmon.store.records import point_json
+
+    if args.json:
+        print_json(queries.HistoryJSON(args.id, [point_json(p) for p in points]))
+    elif args.csv:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"])
+        for p in points:
+            j = point_json(p)
+            w.writerow(["" if v is None else v for v in (j.timestamp, j.cpu, j.memory_rss, j.memory_vms, j.disk_read_bytes, j.disk_write_bytes, j.open_files, j.num_threads)])
+    elif args.plot:
+        try:
+            from fleetmon.supervisor import plot
+        except ImportError:
+            raise BadInput("--plot needs matplotlib: pip install 'fleetmon[plot]'") from None
+        plot.history_png(state, args.id, points, args.plot, args.since)
+        print(f"wrote {args.plot}")
+    else:
+        from fleetmon.supervisor import render
+
+        render.history_table(args.id, points)
+    return EXIT_OK
+
+
+def cmd_alerts(args) -> int:
+    result = queries.alerts(_state(args), args.since)
+    if args.json:
+        print_json(result)
+    else:
+        from fleetmon.supervisor import render
+
+        render.alerts_table(result.events)
+    return EXIT_OK
+
+
+def cmd_top(args) -> int:
+    from fleetmon.supervisor import top
+
+    return top.run(_state(args), args.refresh)
+
+
+def cmd_demo(args) -> int:
+    from fleetmon.supervisor import demo
+
+    if args.agents < 4:
+        raise BadInput("--agents must be at least 4 (one of each kind)")
+    return demo.run(_state(args), args.agents, args.duration, args.interval)

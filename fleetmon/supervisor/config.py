@@ -1,0 +1,150 @@
+"""The config file (TOML, decoded into msgspec structs so that an error names its key) and flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from fleetmon.units import parse_duration, parse_size
+from fleetmon.wire import Thresholds
+
+
+class ConfigError(ValueError):
+    """Bad config: the message names the key. Exit code 2."""
+
+
+class ThresholdsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    cpu_threshold: float | None = None
+    memory_threshold: int | str | None = None
+    open_files_threshold: int | None = None
+    threshold_duration: float | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpu_threshold is not None and self.cpu_threshold < 0:
+            raise ValueError("cpu_threshold: must not be negative")
+        if self.open_files_threshold is not None and self.open_files_threshold < 0:
+            raise ValueError("open_files_threshold: must not be negative")
+        if self.memory_threshold is not None:
+            self.memory_threshold = _field("memory_threshold", parse_size, self.memory_threshold)
+        if self.threshold_duration is not None:
+            self.threshold_duration = _field("threshold_duration", parse_duration, self.threshold_duration)
+
+    def to_wire(self) -> Thresholds:
+        return Thresholds(
+            cpu_threshold=self.cpu_threshold,
+            memory_threshold=self.memory_threshold,  # type: ignore[arg-type]
+            open_files_threshold=self.open_files_threshold,
+            threshold_duration=self.threshold_duration,  # type: ignore[arg-type]
+        )
+
+
+class ThresholdSources(msgspec.Struct, forbid_unknown_fields=True):
+    default: ThresholdsConfig = msgspec.field(default_factory=ThresholdsConfig)
+    types: dict[str, ThresholdsConfig] = {}
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    state_dir: str | None = None
+    workers: int = 0  # 0: the number of CPUs
+    interval: float | str = 60.0
+    history_size: int = 1440
+    stall_timeout: float | str = 10.0
+    alert_repeat: float | str = 600.0
+    http: str | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
+    thresholds: ThresholdSources = msgspec.field(default_factory=ThresholdSources)
+    # For tests and diagnosis: "module:function" called as hook(agent_id, pid) before each sample.
+    sampler_hook: str | None = None
+
+    def __post_init__(self) -> None:
+        self.interval = _field("interval", parse_duration, self.interval)
+        self.stall_timeout = _field("stall_timeout", parse_duration, self.stall_timeout)
+        self.alert_repeat = _field("alert_repeat", parse_duration, self.alert_repeat)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.workers < 0 or self.workers > 1024:
+            raise ValueError("workers: must be between 1 and 1024 (0 = number of CPUs)")
+        if self.interval <= 0:  # type: ignore[operator]
+            raise ValueError("interval: must be positive")
+        if self.stall_timeout <= 0:  # type: ignore[operator]
+            raise ValueError("stall_timeout: must be positive")
+        if not 1 <= self.history_size <= 10_000_000:
+            raise ValueError("history_size: must be between 1 and 10000000")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format: must be text or json")
+        if self.log_level.upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("log_level: must be one of DEBUG, INFO, WARNING, ERROR")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def thresholds_for_type(self, agent_type: str) -> Thresholds | None:
+        t = self.thresholds.types.get(agent_type)
+        return t.to_wire() if t is not None else None
+
+    def default_thresholds(self) -> Thresholds:
+        return self.thresholds.default.to_wire()
+
+
+def load(path: Path | None, overrides: dict | None = None) -> Config:
+    """Read the TOML file (if any), apply flag overrides, validate. Raises ConfigError naming the key."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    where = f"config file {path}" if path else "config"
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    # Convert each [thresholds.types.<type>] table on its own so that an error names the type.
+    types = {}
+    raw_thresholds = data.get("thresholds")
+    if isinstance(raw_thresholds, dict) and isinstance(raw_thresholds.get("types"), dict):
+        raw_thresholds = dict(raw_thresholds)
+        for name, table in raw_thresholds.pop("types").items():
+            try:
+                types[name] = msgspec.convert(table, ThresholdsConfig, strict=False)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(f"{where}: {_name_key(str(exc), f'thresholds.types.{name}')}") from None
+        data = {**data, "thresholds": raw_thresholds}
+    try:
+        config = msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {_name_key(str(exc))}") from None
+    config.thresholds.types.update(types)
+    return config
+
+
+def _field(name: str, parse, value):
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _name_key(message: str, prefix: str = "") -> str:
+    """msgspec says ``... - at `$.thresholds.default```; a post-init check says ``key: ...``.
+    Lead with the full dotted key."""
+    text, sep, where = message.rpartition(" - at `$")
+    path = where.rstrip("`").lstrip(".") if sep else ""
+    if not sep:
+        text = message
+    inner, colon, rest = text.partition(": ")
+    if colon and " " not in inner:
+        path = f"{path}.{inner}" if path else inner
+        text = rest
+    full = ".".join(p for p in (prefix, path) if p)
+    return f"{full}: {text}" if full else text

@@ -1,0 +1,175 @@
+"""The registry: ``<state>/registry/<id>.json``, one agent to watch per file, written by
+``fleetmon agents add`` or any other tool.
+
+The supervisor rescans it every tick, cheaply: the directory's mtime says whether files came or went,
+and a full stat pass (no reads) runs every ``FULL_RESCAN`` seconds to catch files edited in place. A
+file is only read again when its (mtime, size, inode) changed. An invalid file is skipped with one
+ERROR naming it, and named again only once it changes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import msgspec
+from loguru import logger
+
+from fleetmon.store import fsutil
+from fleetmon.units import check_agent_id
+from fleetmon.wire import Thresholds
+
+MAX_ENTRY_BYTES = 64 * 1024
+FULL_RESCAN = 10.0
+
+
+class RegistryEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    id: str
+    type: str = "default"
+    pid: int | None = None
+    pidfile: str | None = None
+    thresholds: Thresholds | None = None
+
+    def __post_init__(self) -> None:
+        check_agent_id(self.id)
+        if (self.pid is None) == (self.pidfile is None):
+            raise ValueError("an entry names exactly one of pid and pidfile")
+        if self.pid is not None and (isinstance(self.pid, bool) or self.pid <= 0):
+            raise ValueError(f"pid must be a positive integer, not {self.pid!r}")
+        if self.pidfile is not None and (not self.pidfile or "\0" in self.pidfile):
+            raise ValueError("pidfile must be a non-empty path")
+        if not self.type or len(self.type) > 128:
+            raise ValueError("type must be 1-128 characters")
+        t = self.thresholds
+        if t is not None:
+            for key in ("cpu_threshold", "memory_threshold", "open_files_threshold", "threshold_duration"):
+                value = getattr(t, key)
+                if value is not None and value < 0:
+                    raise ValueError(f"thresholds.{key} must not be negative")
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(RegistryEntry)
+
+
+class InvalidEntry(ValueError):
+    pass
+
+
+def parse_entry(data: bytes, filename: str) -> RegistryEntry:
+    """Decode one registry file. Raises InvalidEntry with a one-line reason."""
+    try:
+        entry = _decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidEntry(str(exc).splitlines()[0]) from None
+    if filename != f"{entry.id}.json":
+        raise InvalidEntry(f"id {entry.id!r} does not match the file name {filename!r}")
+    return entry
+
+
+def encode_entry(entry: RegistryEntry) -> bytes:
+    return msgspec.json.format(_encoder.encode(entry), indent=2) + b"\n"
+
+
+def write_entry(directory: Path, entry: RegistryEntry) -> Path:
+    fsutil.ensure_dir(directory)
+    path = directory / f"{entry.id}.json"
+    fsutil.atomic_write(path, encode_entry(entry))
+    return path
+
+
+def remove_entry(directory: Path, agent_id: str) -> bool:
+    check_agent_id(agent_id)
+    try:
+        os.unlink(directory / f"{agent_id}.json")
+    except FileNotFoundError:
+        return False
+    fsutil.fsync_dir(directory)
+    return True
+
+
+def read_all(directory: Path) -> tuple[dict[str, RegistryEntry], dict[str, str]]:
+    """Every valid entry by id, and every invalid file with its reason (for the CLI)."""
+    entries: dict[str, RegistryEntry] = {}
+    errors: dict[str, str] = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return entries, errors
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            entry = parse_entry(fsutil.read_private(directory / name, MAX_ENTRY_BYTES), name)
+        except (OSError, InvalidEntry) as exc:
+            errors[name] = getattr(exc, "strerror", None) or str(exc)
+            continue
+        entries[entry.id] = entry
+    return entries, errors
+
+
+class RegistryScanner:
+    """Incremental rescans for the supervisor."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._files: dict[str, tuple[tuple[int, int, int], RegistryEntry | None]] = {}
+        self._dir_mtime = -1
+        self._last_full = 0.0
+        self.entries: dict[str, RegistryEntry] = {}
+
+    def scan(self, force: bool = False) -> bool:
+        """Bring ``entries`` up to date. True when they changed."""
+        now = time.monotonic()
+        try:
+            dir_mtime = os.stat(self.directory).st_mtime_ns
+        except FileNotFoundError:
+            dir_mtime = 0
+        # A directory changed within the last 2 s may change again within its mtime granularity.
+        recent = time.time_ns() - dir_mtime < 2_000_000_000
+        if not force and dir_mtime == self._dir_mtime and not recent and now - self._last_full < FULL_RESCAN:
+            return False
+        self._dir_mtime = dir_mtime
+        self._last_full = now
+        try:
+            names = [n for n in os.listdir(self.directory) if n.endswith(".json") and not n.startswith(".")]
+        except FileNotFoundError:
+            names = []
+        changed = False
+        seen = set(names)
+        for name in list(self._files):
+            if name not in seen:
+                del self._files[name]
+                changed = True
+        for name in names:
+            path = self.directory / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            old = self._files.get(name)
+            if old is not None and old[0] == key:
+                continue
+            entry = self._load(path, name, st)
+            self._files[name] = (key, entry)
+            if old is None or old[1] != entry:
+                changed = True
+        if changed:
+            self.entries = {e.id: e for _, e in self._files.values() if e is not None}
+        return changed
+
+    def _load(self, path: Path, name: str, st: os.stat_result) -> RegistryEntry | None:
+        log = logger.bind(file=str(path))
+        if stat.S_ISLNK(st.st_mode):
+            log.error("registry file {} is a symlink: skipped (symlinks are not followed)", path)
+            return None
+        try:
+            return parse_entry(fsutil.read_private(path, MAX_ENTRY_BYTES), name)
+        except OSError as exc:
+            log.error("registry file {} cannot be read: {}: skipped", path, exc.strerror or exc)
+        except InvalidEntry as exc:
+            log.error("registry file {} is invalid: {}: skipped", path, exc)
+        return None

@@ -1,0 +1,121 @@
+"""Human-readable tables (rich) for the query commands."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from fleetmon.units import format_size, parse_rfc3339
+
+STATE_STYLE = {"warning": "yellow", "error": "bold red", "ok": "green"}
+STATUS_STYLE = {"running": "green", "exited": "dim", "not_running": "yellow", "stalled": "bold red"}
+
+
+def _console() -> Console:
+    import sys
+
+    # Piped output is not cut to 80 columns: scripts and pagers get whole rows.
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _num(v, fmt: str = "{:g}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _age(ts: str | None) -> str:
+    if not ts:
+        return "-"
+    ago = time.time() - parse_rfc3339(ts)
+    if ago < 120:
+        return f"{ago:.0f}s ago"
+    if ago < 7200:
+        return f"{ago / 60:.0f}m ago"
+    return f"{ago / 3600:.1f}h ago"
+
+
+def daemon_line(d) -> str:
+    if d is None:
+        return "daemon: none has run on this state dir"
+    state = "running" if d.running and time.time() - parse_rfc3339(d.updated) < 3 * (d.interval or 60) + 5 else "stopped"
+    workers = ", ".join(f"{w.index}:{w.pid}({w.agents})" for w in d.workers)
+    return (
+        f"daemon: {state} - supervisor {d.supervisor_pid}, writer {d.writer_pid}, workers [{workers}], "
+        f"tick {d.tick}, updated {_age(d.updated)}"
+    )
+
+
+def status_view(st, console: Console | None = None, limit: int | None = None) -> None:
+    console = console or _console()
+    console.print(daemon_line(st.daemon))
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "TYPE", "PID", "STATUS", "CPU%", "RSS", "FDS", "THR", "RESTARTS", "ALERTS", "LAST SAMPLE"):
+        table.add_column(col, justify="right" if col in ("PID", "CPU%", "RSS", "FDS", "THR", "RESTARTS") else "left")
+    for a in st.agents[:limit] if limit else st.agents:
+        s = a.last_sample
+        alerts = " ".join(f"[{STATE_STYLE[b.state]}]{b.resource}:{b.state}[/]" for b in a.alerts) or "-"
+        table.add_row(
+            a.id, a.type, _num(a.pid), f"[{STATUS_STYLE.get(a.status, '')}]{a.status}[/]",
+            _num(s.cpu if s else None, "{:.1f}"), format_size(s.memory_rss if s else None),
+            _num(s.open_files if s else None), _num(s.num_threads if s else None), str(a.restart_count), alerts,
+            _age(s.timestamp if s else None),
+        )
+    console.print(table)
+    if not st.agents:
+        console.print("no agents registered: fleetmon agents add ID --pid PID")
+
+
+def history_table(agent_id: str, points) -> None:
+    console = _console()
+    table = Table(title=f"{agent_id}: {len(points)} points", box=None, header_style="bold")
+    for col in ("TIMESTAMP", "CPU%", "RSS", "VMS", "READ", "WRITTEN", "FDS", "THREADS"):
+        table.add_column(col, justify="left" if col == "TIMESTAMP" else "right")
+    from fleetmon.units import rfc3339
+
+    for p in points:
+        table.add_row(
+            rfc3339(p.timestamp), _num(p.cpu, "{:.1f}"), format_size(p.memory_rss), format_size(p.memory_vms),
+            format_size(p.disk_read_bytes), format_size(p.disk_write_bytes), _num(p.open_files, "{:.0f}"),
+            _num(p.num_threads, "{:.0f}"),
+        )
+    console.print(table)
+
+
+def alerts_table(events) -> None:
+    console = _console()
+    table = Table(title=f"{len(events)} alert events", box=None, header_style="bold")
+    for col in ("TIMESTAMP", "AGENT", "RESOURCE", "STATE", "VALUE", "THRESHOLD", "SINCE"):
+        table.add_column(col)
+    for e in events:
+        value = "-" if e.value is None else (format_size(e.value) if e.resource == "memory" else f"{e.value:.1f}" if e.resource == "cpu" else f"{e.value:g}")
+        threshold = format_size(e.threshold) if e.resource == "memory" else f"{e.threshold:g}"
+        state = f"[{STATE_STYLE[e.state]}]{e.state}[/]" + (f" ({e.reason})" if e.reason else "")
+        table.add_row(e.timestamp, e.agent_id, e.resource, state, value, threshold, e.since)
+    console.print(table)
+
+
+def agents_table(entries, errors) -> None:
+    console = _console()
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "TYPE", "PID / PIDFILE", "THRESHOLDS"):
+        table.add_column(col)
+    for agent_id in sorted(entries):
+        e = entries[agent_id]
+        t = e.thresholds
+        limits = "-"
+        if t is not None:
+            parts = []
+            if t.cpu_threshold:
+                parts.append(f"cpu>{t.cpu_threshold:g}%")
+            if t.memory_threshold:
+                parts.append(f"rss>{format_size(t.memory_threshold)}")
+            if t.open_files_threshold:
+                parts.append(f"fds>{t.open_files_threshold}")
+            if t.threshold_duration is not None:
+                parts.append(f"for {t.threshold_duration:g}s")
+            limits = " ".join(parts) or "-"
+        table.add_row(e.id, e.type, str(e.pid) if e.pid else e.pidfile, limits)
+    console.print(table)
+    for name, why in sorted(errors.items()):
+        console.print(f"[red]invalid registry file {name}: {why}[/]")

@@ -1,0 +1,96 @@
+"""Parsing and formatting of the values users type and read: durations, sizes, ids, timestamps."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """``250ms``, ``30s``, ``5m``, ``1h``, ``1d`` or plain seconds -> seconds (float, >= 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r}: must not be negative")
+        return float(value)
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise ValueError(f"invalid duration {value!r} (use e.g. 250ms, 30s, 5m, 1h, 1d)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_size(value: str | int | float) -> int:
+    """``512MiB``, ``1GiB``, ``100MB`` or plain bytes -> bytes (int, >= 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"invalid size {value!r}: must not be negative")
+        return int(value)
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"invalid size {value!r} (use e.g. 512MiB, 1GiB, 100MB or bytes)")
+    unit = (m.group(2) or "b").lower()
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def check_agent_id(agent_id: str) -> str:
+    if not isinstance(agent_id, str) or not AGENT_ID_RE.match(agent_id):
+        raise ValueError(
+            f"invalid agent id {agent_id!r}: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    return agent_id
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Epoch seconds -> RFC 3339 UTC with microseconds, e.g. ``2026-11-28T23:50:10.123456Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_rfc3339(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds:.3g}s"
+
+
+def format_size(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)

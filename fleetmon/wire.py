@@ -1,0 +1,171 @@
+"""Wire types shared by the supervisor, the workers and the writer.
+
+Every message is a frozen, tagged msgspec Struct encoded as msgpack. New fields get defaults and go
+last. The receiving end decodes with one typed decoder (``ToWorker``, ``ToWriter``, ``ToSupervisor``):
+that decoder is the only place where types are checked.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Thresholds(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Limits for one agent. ``None`` means "not set here" (fall through to the next source);
+    0 means off."""
+
+    cpu_threshold: float | None = None
+    memory_threshold: int | None = None
+    open_files_threshold: int | None = None
+    threshold_duration: float | None = None
+
+
+class AgentRef(msgspec.Struct, frozen=True, array_like=True):
+    """One agent as a worker needs it: where to find its process. ``known_pid``/``known_start``:
+    the process at that pid that was this agent started then (so a stranger there is not it)."""
+
+    id: str
+    pid: int | None = None
+    pidfile: str | None = None
+    known_pid: int | None = None
+    known_start: float | None = None
+
+
+# --- supervisor -> worker -------------------------------------------------------------------------
+
+
+class Assign(msgspec.Struct, frozen=True, tag=True):
+    """The worker's whole shard. Sent when it changes; replaces the previous one."""
+
+    agents: list[AgentRef]
+
+
+class Tick(msgspec.Struct, frozen=True, tag=True):
+    number: int
+    wall: float
+
+
+class Stop(msgspec.Struct, frozen=True, tag=True):
+    pass
+
+
+ToWorker = Assign | Tick | Stop
+
+
+# --- worker -> writer -----------------------------------------------------------------------------
+
+
+class Sample(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One reading of one agent. A metric that could not be read is None and named in ``denied``."""
+
+    agent_id: str
+    pid: int
+    create_time: float
+    timestamp: float
+    cpu: float | None
+    memory_rss: int | None
+    memory_vms: int | None
+    disk_read_bytes: int | None
+    disk_write_bytes: int | None
+    open_files: int | None
+    num_threads: int | None
+    denied: tuple[str, ...] = ()
+
+
+class Gone(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """An agent whose process could not be sampled this tick.
+
+    reason: ``no_process`` (pid does not exist or is a zombie), ``no_pidfile`` (pidfile missing or
+    invalid), ``reused`` (the pid now belongs to another process).
+    """
+
+    agent_id: str
+    pid: int | None
+    timestamp: float
+    reason: str
+
+
+class Hello(msgspec.Struct, frozen=True, tag=True):
+    """First message on a worker's connection to the writer."""
+
+    worker: int
+    pid: int
+    token: str
+
+
+class Batch(msgspec.Struct, frozen=True, tag=True):
+    """Everything one worker read in one tick: one message per worker per tick."""
+
+    worker: int
+    tick: int
+    started: float
+    finished: float
+    samples: list[Sample]
+    gone: list[Gone] = []
+    lost_batches: int = 0
+
+
+class Registry(msgspec.Struct, frozen=True, tag=True):
+    """Supervisor -> writer: the registered agents (sent when the registry changes)."""
+
+    agents: list[RegisteredAgent]
+
+
+class RegisteredAgent(msgspec.Struct, frozen=True, array_like=True):
+    id: str
+    type: str
+    pid: int | None
+    pidfile: str | None
+    thresholds: Thresholds
+
+
+class WorkerInfo(msgspec.Struct, frozen=True):
+    index: int
+    pid: int
+    agents: int
+    restarts: int = 0
+
+
+class DaemonInfo(msgspec.Struct, frozen=True, tag=True):
+    """Supervisor -> writer at every tick: what ``status`` shows as the daemon."""
+
+    supervisor_pid: int
+    writer_pid: int
+    workers: list[WorkerInfo]
+    tick: int
+    interval: float
+    running: bool = True
+    writer_restarts: int = 0
+    stalled_pids: list[int] = []
+
+
+class Stalled(msgspec.Struct, frozen=True, tag=True):
+    """Supervisor -> writer: this agent's pid stalled a worker (or reads normally again)."""
+
+    agent_id: str
+    pid: int
+    stalled: bool
+
+
+ToWriter = Hello | Batch | Registry | DaemonInfo | Stalled | Stop
+
+
+# --- writer -> supervisor -------------------------------------------------------------------------
+
+
+class Persisted(msgspec.Struct, frozen=True, tag=True):
+    """The writer has persisted everything of this tick it received."""
+
+    tick: int
+    samples: int
+
+
+class Retire(msgspec.Struct, frozen=True, tag=True):
+    """The writer saw the agent's pid reused by a stranger: workers must not sample it as the agent."""
+
+    agent_id: str
+    pid: int
+    create_time: float
+
+
+ToSupervisor = Persisted | Retire

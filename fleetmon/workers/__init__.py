@@ -1,0 +1,1 @@
+"""The sampling processes: each reads its shard of agents with psutil and sends one batch per tick."""

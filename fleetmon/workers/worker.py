@@ -1,0 +1,139 @@
+"""A worker process: samples its shard at every tick and sends one batch per tick to the writer.
+
+Channels: a control socket from the supervisor (Assign, Tick, Stop), a connection of its own to the
+writer's listener (re-established if the writer restarts; batches wait in a bounded outbox meanwhile),
+and a heartbeat array in shared memory, apart from the data, that says which tick it is on and which
+pid it has in hand, so the supervisor can see a stall even when the data channel is busy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import msgspec
+from loguru import logger
+
+from fleetmon import channel, wire
+from fleetmon.workers.sampler import Sampler
+
+# Heartbeat slots (a multiprocess RawArray of doubles, written only by the worker).
+HB_TICK_STARTED, HB_TICK_DONE, HB_PROGRESS, HB_PID, HB_INDEX, HB_SIZE = 0, 1, 2, 3, 4, 5
+
+def load_hook(spec: str | None) -> Callable[[str, int | None], None] | None:
+    """``module:function`` -> the function; used by tests to inject a slow or blocking read."""
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to kill us when the supervisor dies (Linux); the loop also checks getppid()."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def run(
+    index: int,
+    control: socket.socket,
+    heartbeat,
+    writer_address: str,
+    token: str,
+    parent_pid: int,
+    sampler_hook: str | None = None,
+    max_outbox: int = 64 * 1024 * 1024,
+) -> None:
+    """Entry point of a worker process."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    terminated: list[int] = []
+    # SIGTERM (systemd stopping the whole group, or the supervisor escalating): finish the tick in
+    # hand, hand its batch over, exit.
+    signal.signal(signal.SIGTERM, lambda s, f: terminated.append(s))
+    log = logger.bind(worker=index)
+    hook = load_hook(sampler_hook)
+    encoder = msgspec.msgpack.Encoder()
+    decoder = msgspec.msgpack.Decoder(wire.ToWorker)
+    ctl = channel.FramedConn(control)
+    hello = encoder.encode(wire.Hello(index, os.getpid(), token))
+    link = channel.Link(writer_address, lambda: [hello], max_outbox)
+    sampler = Sampler()
+    agents: list[wire.AgentRef] = []
+    sel = selectors.DefaultSelector()
+    sel.register(ctl.sock, selectors.EVENT_READ)
+    link.pump()
+    log.debug("worker {} started (pid {})", index, os.getpid())
+    while not terminated:
+        if os.getppid() != parent_pid:
+            log.warning("supervisor is gone: worker {} exits", index)
+            os._exit(1)
+        events = sel.select(timeout=0.2 if (link.pending or link.want_write) else 1.0)
+        link.pump()
+        if not events:
+            continue
+        try:
+            frames = ctl.recv()
+        except channel.ChannelClosed:
+            log.debug("control channel closed: worker {} exits", index)
+            break
+        tick: wire.Tick | None = None
+        stop = False
+        for frame in frames:
+            msg = decoder.decode(frame)
+            if isinstance(msg, wire.Assign):
+                agents = msg.agents
+                sampler.forget_except({a.id for a in agents})
+            elif isinstance(msg, wire.Tick):
+                tick = msg  # ticks that queued up while we were busy coalesce into the newest
+            elif isinstance(msg, wire.Stop):
+                stop = True
+        if tick is not None:
+            batch = sample_tick(index, tick, agents, sampler, heartbeat, hook, link.lost)
+            link.send(encoder.encode(batch))
+        if stop:
+            link.flush_until(time.monotonic() + 5.0)
+            break
+    if terminated:
+        link.flush_until(time.monotonic() + 2.0)
+    ctl.close()
+    link.close()
+
+
+def sample_tick(index, tick: wire.Tick, agents, sampler: Sampler, heartbeat, hook, lost: int) -> wire.Batch:
+    """Sample every agent of the shard once, updating the heartbeat before each read."""
+    heartbeat[HB_TICK_STARTED] = tick.number
+    heartbeat[HB_PROGRESS] = time.monotonic()
+    started = time.time()
+    samples: list[wire.Sample] = []
+    gone: list[wire.Gone] = []
+    sample = sampler.sample
+    for i, ref in enumerate(agents):
+        heartbeat[HB_PID] = ref.pid or -1
+        heartbeat[HB_INDEX] = i
+        heartbeat[HB_PROGRESS] = time.monotonic()
+        if hook is not None:
+            hook(ref.id, ref.pid)
+        result = sample(ref)
+        if type(result) is wire.Sample:
+            samples.append(result)
+        else:
+            gone.append(result)
+    heartbeat[HB_PID] = 0
+    heartbeat[HB_INDEX] = -1
+    heartbeat[HB_PROGRESS] = time.monotonic()
+    heartbeat[HB_TICK_DONE] = tick.number
+    return wire.Batch(index, tick.number, started, time.time(), samples, gone, lost)
