@@ -148,4 +148,5 @@ def cmd_demo(args) -> int:
 
     if args.agents < 4:
         raise BadInput("--agents must be at least 4 (one of each kind)")
-    return demo.run(_state(args), args.agents, args.duration, args.interval)
+    state = StateDir(args.state_dir) if args.state_dir else None  # default: a fresh temp dir
+    return demo.run(state, args.agents, args.duration, args.interval)

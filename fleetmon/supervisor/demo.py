@@ -1,0 +1,141 @@
+"""``fleetmon demo``: a small live fleet of its own, watched by a real daemon, then cleaned up.
+
+Spawns idle agents, a CPU hog, a memory grower and an fd leaker, registers them with thresholds,
+runs ``fleetmon run`` in a subprocess with a short interval, and shows live status. Every process it
+started is stopped by its pid at the end or on Ctrl-C; the state dir is left behind to explore.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from fleetmon.store import queries
+from fleetmon.store.layout import StateDir
+from fleetmon.supervisor import registry as reg
+from fleetmon.wire import Thresholds
+
+HOG = "import time\nend = time.time() + 3600\nwhile time.time() < end: pass\n"
+GROWER = (
+    "import time\nblocks = []\n"
+    "for _ in range(3600):\n"
+    "    if len(blocks) < 40: blocks.append(bytearray(8 * 1024 * 1024))\n"
+    "    for b in blocks[-1:]:\n"
+    "        b[::4096] = b'x' * len(b[::4096])\n"
+    "    time.sleep(1)\n"
+)
+LEAKER = (
+    "import os, time\nfds = []\n"
+    "for _ in range(36000):\n"
+    "    if len(fds) < 400: fds += [os.open(os.devnull, os.O_RDONLY) for _ in range(8)]\n"
+    "    time.sleep(1)\n"
+)
+IDLE = "import time\ntime.sleep(3600)\n"
+
+KINDS = [
+    ("cpu-hog", "batch", HOG, Thresholds(cpu_threshold=50, threshold_duration=5)),
+    ("mem-grower", "worker", GROWER, Thresholds(memory_threshold=128 * 2**20, threshold_duration=5)),
+    ("fd-leaker", "worker", LEAKER, Thresholds(open_files_threshold=64, threshold_duration=5)),
+]
+
+
+def run(state: StateDir | None, agents: int, duration: float, interval: float, console: Console | None = None) -> int:
+    console = console or Console(highlight=False)
+    if state is None or str(state.root) == "":
+        state = StateDir(Path(tempfile.mkdtemp(prefix="fleetmon-demo-")))
+    state.create()
+    procs: list[subprocess.Popen] = []
+    daemon: subprocess.Popen | None = None
+    try:
+        for i in range(agents):
+            name, agent_type, code, limits = KINDS[i] if i < len(KINDS) else (f"idle-{i - len(KINDS) + 1}", "default", IDLE, Thresholds(cpu_threshold=50, memory_threshold=256 * 2**20))
+            p = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdin=subprocess.DEVNULL)
+            procs.append(p)
+            reg.write_entry(state.registry, reg.RegistryEntry(name, agent_type, p.pid, None, limits))
+        log_path = state.root / "demo.log"
+        with open(log_path, "ab") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "fleetmon", "run", "--state-dir", str(state.root), "--interval", f"{interval}s",
+                 "--workers", "2", "--log-level", "INFO"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+        console.print(f"fleetmon demo: {agents} agents, daemon pid {daemon.pid}, state dir {state.root} (log: {log_path})")
+        console.print(f"running for {duration:g}s; Ctrl-C stops earlier")
+        _watch(state, daemon, duration, console)
+    except KeyboardInterrupt:
+        console.print("interrupted: cleaning up")
+    finally:
+        code = _stop_daemon(daemon)
+        _stop_agents(procs)
+    summary = queries.alerts(state, 24 * 3600)
+    console.print(
+        f"demo done: daemon exited {code}, {len(summary.events)} alert events recorded. Explore with:\n"
+        f"  fleetmon status --state-dir {state.root}\n"
+        f"  fleetmon alerts --state-dir {state.root}\n"
+        f"  fleetmon history cpu-hog --state-dir {state.root} --every 5s"
+    )
+    return 0 if code == 0 else 1
+
+
+def _view(state: StateDir) -> Group:
+    from fleetmon.supervisor import render
+
+    console = Console(width=120, record=True, file=open(os.devnull, "w"))
+    render.status_view(queries.status(state), console)
+    events = queries.alerts(state, 3600).events[-6:]
+    lines = [Text.from_markup(f"[{render.STATE_STYLE[e.state]}]{e.timestamp[11:19]} {e.agent_id} {e.resource} {e.state}[/]") for e in events]
+    return Group(Text.from_ansi(console.export_text(styles=True)), Text("recent alerts:", style="bold"), *lines)
+
+
+def _watch(state: StateDir, daemon: subprocess.Popen, duration: float, console: Console) -> None:
+    deadline = time.monotonic() + duration
+    if console.is_terminal:
+        with Live(_view(state), console=console, refresh_per_second=2) as live:
+            while time.monotonic() < deadline and daemon.poll() is None:
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                live.update(_view(state))
+    else:
+        seen = 0
+        while time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            events = queries.alerts(state, 3600).events
+            for e in events[seen:]:
+                console.print(f"{e.timestamp} {e.agent_id} {e.resource} -> {e.state}")
+            seen = len(events)
+    if daemon.poll() is not None:
+        console.print(f"[red]the daemon exited early ({daemon.returncode}); see {state.root / 'demo.log'}[/]")
+
+
+def _stop_daemon(daemon: subprocess.Popen | None) -> int | None:
+    if daemon is None:
+        return None
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            return daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            return daemon.wait()
+    return daemon.returncode
+
+
+def _stop_agents(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + 5
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
