@@ -202,8 +202,6 @@ class Arbiter:
         for w in self.workers:
             if not w.alive and now >= w.respawn_at:
                 self._start_worker(w)
-        if self.q_batch and not self.quarantine_worker.alive and now >= self.quarantine_worker.respawn_at:
-            self._start_worker(self.quarantine_worker)
 
     def _check_stall(self, w: children.Child, now: float) -> None:
         timeout = float(self.config.stall_timeout)

@@ -11,8 +11,8 @@ import signal
 import time
 
 import multiprocess
-from multiprocess import connection as mp_connection
 from loguru import logger
+from multiprocess import connection as mp_connection
 
 from fleetmon import channel
 from fleetmon.supervisor import sharding
