@@ -32,6 +32,7 @@ class FramedConn:
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
         self._in = bytearray()
+        self._eof: str | None = None
         self.dropped = 0
 
     def fileno(self) -> int:
@@ -83,16 +84,19 @@ class FramedConn:
         return True
 
     def recv(self) -> list[bytes]:
-        """Every complete message readable now (possibly none). Raises ChannelClosed at EOF."""
-        while True:
+        """Every complete message readable now (possibly none). Raises ChannelClosed at EOF, once
+        the messages that arrived before it have been returned."""
+        while self._eof is None:
             try:
                 chunk = self.sock.recv(1 << 20)
             except BlockingIOError:
                 break
             except (ConnectionResetError, OSError) as exc:
-                raise ChannelClosed(str(exc)) from exc
+                self._eof = str(exc)
+                break
             if not chunk:
-                raise ChannelClosed("end of stream")
+                self._eof = "end of stream"
+                break
             self._in += chunk
             if len(chunk) < (1 << 20):
                 break
@@ -109,6 +113,8 @@ class FramedConn:
             pos += 4 + size
         if pos:
             del buf[:pos]
+        if self._eof is not None and not out:
+            raise ChannelClosed(self._eof)
         return out
 
     def close(self) -> None:
@@ -154,15 +160,28 @@ def connect_unix(path: str, timeout: float = 1.0) -> socket.socket:
 class Link:
     """A client connection to the writer: reconnects with backoff, keeps a bounded outbox of whole
     messages while the writer is unreachable (the oldest are dropped past ``max_outbox`` bytes and
-    counted in ``lost``). ``greeting()`` gives the messages to send first on every connection."""
+    counted in ``lost``). ``greeting()`` gives the messages to send first on every connection.
 
-    def __init__(self, address: str, greeting, max_outbox: int = 64 * 1024 * 1024):
+    With ``acks`` (a function that maps a frame from the peer to the cumulative number of messages
+    it has taken in on this connection, or None for another frame), every message is kept until the
+    peer acknowledges it. When the connection breaks, the acknowledgements that arrived before the
+    break are read, and the rest is sent again, first thing on the next connection, after
+    ``resend_marker(n)`` (which tells the peer that the next n messages may duplicate ones it already
+    took in before it restarted). So a message is delivered, or counted in ``lost``, never dropped
+    silently: not even when the peer dies with it unread in its socket buffer."""
+
+    def __init__(self, address: str, greeting, max_outbox: int = 64 * 1024 * 1024, acks=None, resend_marker=None):
         self.address = address
         self.greeting = greeting
         self.max_outbox = max_outbox
+        self.acks = acks
+        self.resend_marker = resend_marker
         self.conn: FramedConn | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
+        self.unacked: deque[tuple[int, bytes]] = deque()  # (number on this connection, message)
+        self.unacked_bytes = 0
+        self._sent = 0  # messages sent on this connection (after the greeting)
         self.lost = 0
         self._retry_at = 0.0
         self._backoff = 0.05
@@ -170,8 +189,11 @@ class Link:
     def send(self, payload: bytes) -> None:
         self.pending.append(payload)
         self.pending_bytes += len(payload)
-        while self.pending_bytes > self.max_outbox and len(self.pending) > 1:
-            self.pending_bytes -= len(self.pending.pop(0))
+        while self.pending_bytes + self.unacked_bytes > self.max_outbox and len(self.pending) + len(self.unacked) > 1:
+            if self.unacked:  # the oldest first; if it still arrives, it is counted lost but kept
+                self.unacked_bytes -= len(self.unacked.popleft()[1])
+            else:
+                self.pending_bytes -= len(self.pending.pop(0))
             self.lost += 1
         self.pump()
 
@@ -183,6 +205,10 @@ class Link:
             while self.pending:
                 payload = self.pending.pop(0)
                 self.pending_bytes -= len(payload)
+                if self.acks is not None:
+                    self._sent += 1
+                    self.unacked.append((self._sent, payload))
+                    self.unacked_bytes += len(payload)
                 self.conn.send(payload)
             self.conn.flush()
         except ChannelClosed:
@@ -199,10 +225,21 @@ class Link:
             self._backoff = min(self._backoff * 2, RECONNECT_MAX)
             return False
         self._backoff = 0.05
-        self.conn = FramedConn(sock, self.max_outbox)
+        # With acks the Link bounds its memory itself: the stream must never drop a message, or the
+        # peer's count would no longer match ours.
+        self.conn = FramedConn(sock, self.max_outbox if self.acks is None else 1 << 62)
+        self._sent = 0
         try:
             for payload in self.greeting():
                 self.conn.send(payload)
+            if self.unacked:
+                if self.resend_marker is not None:
+                    self.conn.send(self.resend_marker(len(self.unacked)))
+                resend, self.unacked = self.unacked, deque()
+                for _, payload in resend:
+                    self._sent += 1
+                    self.unacked.append((self._sent, payload))
+                    self.conn.send(payload)
         except ChannelClosed:
             self._drop_connection()
             return False
@@ -210,11 +247,36 @@ class Link:
 
     def _drop_connection(self) -> None:
         if self.conn is not None:
-            # Frames not yet fully sent on a dead connection are lost with it.
-            self.lost += len(self.conn._out) + self.conn.dropped
+            if self.acks is not None:
+                # Acknowledgements sent before the peer went away are still readable: take them, so
+                # that only what it never took in is sent again.
+                for _ in range(64):
+                    try:
+                        frames = self.conn.recv()
+                    except ChannelClosed:
+                        break
+                    if not frames:
+                        break
+                    self._take(frames)
+            else:
+                # Frames not yet fully sent on a dead connection are lost with it.
+                self.lost += len(self.conn._out) + self.conn.dropped
             self.conn.close()
         self.conn = None
         self._retry_at = time.monotonic() + self._backoff
+
+    def _take(self, frames: list[bytes]) -> list[bytes]:
+        """Apply the acknowledgements among ``frames``; return the other frames."""
+        other = []
+        for frame in frames:
+            count = self.acks(frame)
+            if count is None:
+                other.append(frame)
+                continue
+            unacked = self.unacked
+            while unacked and unacked[0][0] <= count:
+                self.unacked_bytes -= len(unacked.popleft()[1])
+        return other
 
     @property
     def want_write(self) -> bool:
@@ -225,10 +287,11 @@ class Link:
         if self.conn is None:
             return []
         try:
-            return self.conn.recv()
+            frames = self.conn.recv()
         except ChannelClosed:
             self._drop_connection()
             return []
+        return self._take(frames) if self.acks is not None else frames
 
     def fileno(self) -> int | None:
         return self.conn.fileno() if self.conn is not None else None

@@ -137,6 +137,7 @@ class DaemonInfo(msgspec.Struct, frozen=True, tag=True):
     running: bool = True
     writer_restarts: int = 0
     stalled_pids: list[int] = []
+    tick_wall: float = 0.0  # wall-clock time the supervisor sent this tick (for the opt-in timing log)
 
 
 class Stalled(msgspec.Struct, frozen=True, tag=True):
@@ -147,7 +148,33 @@ class Stalled(msgspec.Struct, frozen=True, tag=True):
     stalled: bool
 
 
-ToWriter = Hello | Batch | Registry | DaemonInfo | Stalled | Stop
+class ConfigUpdate(msgspec.Struct, frozen=True, tag=True):
+    """Supervisor -> writer after SIGHUP reloaded the config: the config's threshold sources and
+    ``alert_repeat`` (the registry's own thresholds come with ``Registry``)."""
+
+    default: Thresholds
+    types: dict[str, Thresholds]
+    alert_repeat: float
+
+
+class Resend(msgspec.Struct, frozen=True, tag=True):
+    """Worker -> writer, after a reconnection: the next ``count`` batches were sent before, to a writer
+    that may have taken them in before it died (so their samples may already be in the history)."""
+
+    count: int
+
+
+ToWriter = Hello | Batch | Registry | DaemonInfo | Stalled | Stop | ConfigUpdate | Resend
+
+
+# --- writer -> worker -----------------------------------------------------------------------------
+
+
+class Ack(msgspec.Struct, frozen=True, tag=True):
+    """Writer -> worker: it has taken in ``count`` batches on this connection so far (applied to the
+    history, which survives the writer's death). The worker sends the others again if it reconnects."""
+
+    count: int
 
 
 # --- writer -> supervisor -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ goes through the ``RingStore`` and the alert sink given to it, so it is testable
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from loguru import logger
@@ -39,18 +40,25 @@ class Agent:
         self.meta_written = 0.0
         self.registered = False
 
-    def record(self, now: float) -> AgentRecord:
+    def record(self, now: float, updated: str | None = None) -> AgentRecord:
+        """The agent's metadata; ``updated``: ``rfc3339(now)`` when the caller formatted it already."""
         return AgentRecord(
             id=self.id,
             type=self.type,
             pid=self.pid if self.pid is not None else self.registered_pid,
             status=self.status,
             restart_count=self.restart_count,
-            start_time=rfc3339(self.create_time),
+            start_time=_start_time(self.create_time),
             last_sample=point_json(self.last) if self.last is not None else None,
-            alerts=[AlertBrief(r, a.state, rfc3339(a.since)) for r, a in self.alerts.items()],
-            updated=rfc3339(now),
+            alerts=[AlertBrief(r, a.state, rfc3339(a.since)) for r, a in self.alerts.items()] if self.alerts else [],
+            updated=updated or rfc3339(now),
         )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _start_time(create_time: float | None) -> str | None:
+    """A process's start time, formatted once (status.json repeats it for every agent every tick)."""
+    return rfc3339(create_time)
 
 
 EventSink = Callable[[th.Event], None]

@@ -58,7 +58,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(directory: Path, name: str, data: bytes, sync: bool) -> Path:
+def _write_temp(directory: Path, name: str, data: bytes, sync: bool, size: int | None = None) -> Path:
     tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -66,6 +66,8 @@ def _write_temp(directory: Path, name: str, data: bytes, sync: bool) -> Path:
         while view:
             n = os.write(fd, view)
             view = view[n:]
+        if size is not None and size > len(data):
+            preallocate(fd, size)
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -76,6 +78,21 @@ def _write_temp(directory: Path, name: str, data: bytes, sync: bool) -> Path:
     return tmp
 
 
+def preallocate(fd: int, size: int) -> None:
+    """Extend the file to ``size`` bytes of zeros with every block allocated (so a full disk cannot
+    fail a later write into it), without writing the zeros: a big write would leave the file in the
+    page cache as large folios, and every later small write in place would cost in proportion to
+    their size (measured on Linux 6.18 ext4: a 64-byte pwrite into a 900 KB file written at once,
+    5x the cost of one into a file preallocated so)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        end = os.fstat(fd).st_size  # no fallocate on this filesystem: write the zeros
+        os.pwrite(fd, bytes(size - end), end)
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -83,9 +100,10 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
-    tmp = _write_temp(path.parent, path.name, data, sync)
+def atomic_write(path: Path, data: bytes, *, sync: bool = True, size: int | None = None) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix.
+    ``size``: the new file is ``size`` bytes, zeros after ``data``, with its blocks allocated."""
+    tmp = _write_temp(path.parent, path.name, data, sync, size)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -141,8 +159,9 @@ def sync_filesystem(path: Path) -> None:
 
 
 def read_private(path: Path, limit: int = 64 * 1024 * 1024) -> bytes:
-    """Read a file without following a symlink at its last component; refuse anything not regular."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Read a file without following a symlink at its last component; refuse anything not regular.
+    O_NONBLOCK: opening a FIFO planted in place of the file must not block the reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

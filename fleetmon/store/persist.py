@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 
 import msgspec
 from loguru import logger
@@ -50,11 +51,14 @@ class AlertLog:
         data = b"".join(self.pending)
         n = os.write(self.fd, data)
         if n < len(data):
-            # Keep whole lines only: a short append at a full disk is cut back to the last newline.
+            # Keep whole lines only: a short append at a full disk is cut back to the last newline,
+            # and the lines that made it are not written again.
             written = data[:n]
             cut = written.rfind(b"\n") + 1
             if cut < n:
                 os.ftruncate(self.fd, os.fstat(self.fd).st_size - (n - cut))
+            del self.pending[: written.count(b"\n")]
+            self.unsynced = True
             raise OSError(28, "No space left on device (short write)")
         self.pending.clear()
         self.unsynced = True
@@ -82,7 +86,7 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
         a.restart_count = rec.restart_count
         a.last = point_from_json(rec.last_sample) if rec.last_sample else None
         a.meta_dirty = False
-        a.meta_written = time.time()
+        a.meta_written = time.time() - _refresh_phase(rec.id)
         fleet.agents[rec.id] = a
     try:
         raw = fsutil.read_private(state.alert_state)
@@ -92,6 +96,7 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         _corrupt(state.alert_state, exc)
         alerts = _alerts_from_records(records)
+        fleet.alerts_dirty = True  # rebuild the file now, not at the next alert change
     for agent_id, by_resource in alerts.items():
         a = fleet.agents.get(agent_id)
         if a is None:
@@ -161,8 +166,9 @@ def save_alert_state(state: StateDir, fleet: Fleet) -> None:
 
 
 def save_status(state: StateDir, fleet: Fleet, now: float) -> None:
-    records = [a.record(now) for a in fleet.agents.values() if a.registered]
-    fsutil.atomic_write(state.status, _json.encode(StatusSnapshot(rfc3339(now), records)))
+    updated = rfc3339(now)
+    records = [a.record(now, updated) for a in fleet.agents.values() if a.registered]
+    fsutil.atomic_write(state.status, _json.encode(StatusSnapshot(updated, records)))
 
 
 def save_metadata(state: StateDir, fleet: Fleet, now: float) -> int:
@@ -179,9 +185,16 @@ def save_metadata(state: StateDir, fleet: Fleet, now: float) -> int:
     files = [(f"{a.id}.json", _json.encode(a.record(now))) for a in due]
     fsutil.atomic_write_many(state.agents, files)
     for a in due:
+        # After a change, the next refresh comes a fixed fraction of the period early: the refreshes
+        # of a large fleet then spread over the period instead of all falling due after one tick.
+        a.meta_written = now - _refresh_phase(a.id) if a.meta_dirty else now
         a.meta_dirty = False
-        a.meta_written = now
     return len(files)
+
+
+def _refresh_phase(agent_id: str) -> float:
+    """A fixed offset in [0, METADATA_REFRESH) for each agent."""
+    return zlib.crc32(agent_id.encode()) % 1024 / 1024 * METADATA_REFRESH
 
 
 def save_daemon(state: StateDir, info: DaemonJSON) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import stat
 import struct
 import zlib
 from collections import OrderedDict
@@ -125,10 +126,11 @@ def read_points(path: Path) -> list[Point]:
 class Ring:
     """An open ring file: ``append`` writes one record in place."""
 
-    __slots__ = ("path", "fd", "capacity", "head", "seq")
+    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts")
 
-    def __init__(self, path: Path, fd: int, capacity: int, head: int, seq: int):
+    def __init__(self, path: Path, fd: int, capacity: int, head: int, seq: int, last_ts: float = 0.0):
         self.path, self.fd, self.capacity, self.head, self.seq = path, fd, capacity, head, seq
+        self.last_ts = last_ts  # timestamp of the newest record (0.0: none)
 
     @classmethod
     def open(cls, path: Path, capacity: int) -> Ring:
@@ -140,6 +142,8 @@ class Ring:
         except FileNotFoundError:
             return cls._create(path, capacity, [])
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted in its place
+                raise CorruptRing("not a regular file")
             data = _read_all(fd)
             file_capacity = _parse_header(data)
         except BaseException:
@@ -151,7 +155,8 @@ class Ring:
             records.sort(key=lambda r: r[0])
             return cls._create(path, capacity, [p for _, p in records[-capacity:]])
         head, seq = _find_head(memoryview(data)[RECORD_SIZE:], capacity)
-        return cls(path, fd, capacity, head, seq)
+        last_ts = struct.unpack_from("<d", data, RECORD_SIZE * (1 + (head - 1) % capacity))[0] if seq else 0.0
+        return cls(path, fd, capacity, head, seq, last_ts)
 
     @classmethod
     def _create(cls, path: Path, capacity: int, points: list[Point]) -> Ring:
@@ -159,15 +164,15 @@ class Ring:
         for i, p in enumerate(points, start=1):
             body += encode_record(i, p)
         size = RECORD_SIZE * (capacity + 1)
-        body += bytes(size - len(body))
-        fsutil.atomic_write(path, bytes(body), sync=False)
+        fsutil.atomic_write(path, bytes(body), sync=False, size=size)  # preallocated, zeros after the points
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        return cls(path, fd, capacity, len(points) % capacity, len(points))
+        return cls(path, fd, capacity, len(points) % capacity, len(points), points[-1][0] if points else 0.0)
 
     def append(self, point: Point | tuple) -> None:
         seq = self.seq + 1
         os.pwrite(self.fd, encode_record(seq, point), RECORD_SIZE * (self.head + 1))
         self.seq = seq
+        self.last_ts = point[0]
         self.head = (self.head + 1) % self.capacity
 
     def close(self) -> None:
@@ -219,14 +224,24 @@ class RingStore:
         path = self.path(agent_id)
         try:
             ring = Ring.open(path, self.capacity)
-        except CorruptRing:
+        except (CorruptRing, OSError) as exc:
+            # A bad header, or something planted in place of the file (a symlink is not followed:
+            # ELOOP; a directory: EISDIR) is moved aside; any other OSError (ENOSPC ...) propagates.
+            if isinstance(exc, OSError) and exc.errno not in (errno.ELOOP, errno.EISDIR):
+                raise
             aside = fsutil.move_aside(path)
             from loguru import logger
 
-            logger.bind(agent_id=agent_id).error("history file {} is corrupt: moved aside to {}, starting a new one", path, aside)
+            logger.bind(agent_id=agent_id).error(
+                "history file {} is corrupt ({}): moved aside to {}, starting a new one", path, exc, aside
+            )
             ring = Ring.open(path, self.capacity)
         self._open[agent_id] = ring
         return ring
+
+    def newest(self, agent_id: str) -> float:
+        """Timestamp of the agent's newest point in its history (0.0 when it has none)."""
+        return self.ring(agent_id).last_ts
 
     def append(self, agent_id: str, point: Point | tuple) -> None:
         ring = self.ring(agent_id)

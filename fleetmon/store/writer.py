@@ -23,10 +23,13 @@ from fleetmon.store.fleet import Fleet
 from fleetmon.store.layout import StateDir
 from fleetmon.store.records import DaemonJSON, WorkerJSON
 from fleetmon.store.ring import RingStore
+from fleetmon.store.timing import TickTiming
 from fleetmon.units import rfc3339
 
 RING_SYNC_EVERY = 30.0  # seconds between filesystem syncs of history rings
+FLUSH_AFTER = 1.0  # seconds; see Writer._flush_delay
 DRAIN_TIMEOUT = 5.0
+EARLY_MAX = 1000  # batches held until the first Registry arrives
 HB_PROGRESS = 0
 
 
@@ -60,11 +63,22 @@ class Writer:
         self.dirty = False
         self.dirty_since = 0.0
         self.flushed_tick = -1
+        self.fresh: set[int] = set()  # workers whose batch came since the last flush
+        self.flushed_at = 0.0  # monotonic time flushed_tick last advanced (read by /healthz)
         self.last_ring_sync = time.monotonic()
         self.stopping = False
         self.signals: list[int] = []
         self.http = None
-        self.early: list[tuple[int, wire.Batch]] | None = []
+        # Batches that came before the first Registry (just started), applied when it comes:
+        # (fd, batch, connection, arrival number, resent).
+        self.early: list[tuple[int, wire.Batch, channel.FramedConn, int, bool]] | None = []
+        self.arrived: dict[int, int] = {}  # fd -> batches received on the connection (numbered from 1)
+        self.applied: dict[int, int] = {}  # fd -> arrival number of the last batch taken in: acknowledged
+        self.resends: dict[int, int] = {}  # fd -> how many of the next batches are sent again (Resend)
+        self.ack_due: set[int] = set()
+        self.write_failing = False  # the last flush failed (full disk, EIO): say so when it works again
+        timing_log = getattr(config, "timing_log", None)
+        self.timing = TickTiming(timing_log) if timing_log else None  # opt-in, for benchmarks
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -107,8 +121,10 @@ class Writer:
         return 0.5
 
     def _flush_delay(self) -> float:
-        interval = self.daemon.interval if self.daemon else float(self.config.interval)
-        return min(interval, 1.0)
+        """How long changes may wait for a tick (or a round) to complete: a stalled worker must not
+        hold back the others' samples. Not shorter than a second: a fleet that takes longer than the
+        interval to sample would otherwise have status.json rewritten at every (coalesced) tick."""
+        return FLUSH_AFTER
 
     # --- I/O ----------------------------------------------------------------------------------
 
@@ -130,6 +146,7 @@ class Writer:
                     logger.error("writer: undecodable message dropped: {}", exc)
                     continue
                 self._dispatch(conn, msg)
+        self._send_acks()
         self._send_pending()
 
     def _accept(self) -> None:
@@ -148,6 +165,9 @@ class Writer:
         role = self.roles.pop(fd, None)
         self.conns.pop(fd, None)
         self.lost_by_conn.pop(fd, None)
+        for per_conn in (self.arrived, self.applied, self.resends):
+            per_conn.pop(fd, None)
+        self.ack_due.discard(fd)
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -170,26 +190,82 @@ class Writer:
             return
         t = type(msg)
         if t is wire.Batch:
+            seq = self.arrived[fd] = self.arrived.get(fd, 0) + 1
+            resent = self.resends.get(fd, 0) > 0
+            if resent:
+                self.resends[fd] -= 1
             if self.early is not None:  # no registry yet (just started): hold batches until it comes
-                self.early.append((fd, msg))
-                del self.early[:-1000]
+                self.early.append((fd, msg, conn, seq, resent))
+                if len(self.early) > EARLY_MAX:
+                    self.early.pop(0)
+                    self.lost_batches += 1
+                    logger.error("writer: no registry from the supervisor yet: oldest held batch dropped (counted lost)")
                 return
-            self._on_batch(fd, msg)
+            self._take_batch(fd, conn, msg, seq, resent)
         elif t is wire.DaemonInfo:
             self.daemon = msg
+            if self.timing is not None:
+                self.timing.on_tick(msg.tick, msg.tick_wall)
         elif t is wire.Registry:
             self.fleet.set_registry(msg.agents, time.time())
             self._mark_dirty()
             early, self.early = self.early, None
-            for early_fd, batch in early or ():
-                self._on_batch(early_fd, batch)
+            for early_fd, batch, early_conn, seq, resent in early or ():
+                self._take_batch(early_fd, early_conn, batch, seq, resent)
         elif t is wire.Stalled:
             self.fleet.on_stalled(msg.agent_id, msg.pid, msg.stalled)
             self._mark_dirty()
+        elif t is wire.ConfigUpdate:
+            self.fleet.set_thresholds(msg.default, dict(msg.types), time.time())
+            self.fleet.alert_repeat = msg.alert_repeat
+            self._mark_dirty()
+        elif t is wire.Resend:
+            self.resends[fd] = msg.count
         elif t is wire.Stop:
             self.stopping = True
 
+    def _take_batch(self, fd: int, conn: channel.FramedConn, batch: wire.Batch, seq: int, resent: bool) -> None:
+        """Apply a batch, then acknowledge it to its worker (which keeps it until then and sends it
+        again to a restarted writer). A batch sent again may hold samples that the previous writer
+        already put in the history before it died: those are skipped, so no point is recorded twice."""
+        if resent:
+            samples = [s for s in batch.samples if not self._in_history(s)]
+            if len(samples) < len(batch.samples):
+                logger.info(
+                    "writer: batch of worker {} (tick {}) sent again: {} samples already in the history skipped",
+                    batch.worker, batch.tick, len(batch.samples) - len(samples),
+                )
+                batch = msgspec.structs.replace(batch, samples=samples)
+        self._on_batch(fd, batch)
+        if self.conns.get(fd) is conn:
+            self.applied[fd] = seq
+            self.ack_due.add(fd)
+
+    def _in_history(self, s: wire.Sample) -> bool:
+        a = self.fleet.agents.get(s.agent_id)
+        if a is None or not a.registered:
+            return False
+        try:
+            return s.timestamp <= self.rings.newest(s.agent_id)
+        except OSError:
+            return False
+
+    def _send_acks(self) -> None:
+        for fd in list(self.ack_due):
+            conn = self.conns.get(fd)
+            if conn is None:
+                continue
+            try:
+                conn.send(self.encoder.encode(wire.Ack(self.applied[fd])))
+            except channel.ChannelClosed:
+                self._close(conn)
+        self.ack_due.clear()
+
     def _on_batch(self, fd: int, batch: wire.Batch) -> None:
+        if self.timing is not None:
+            self.timing.on_batch(batch.tick, len(batch.samples))
+        if self.http is not None:
+            self.http.observe_batch(batch)  # tick duration and sample-error counters for /metrics
         on_sample = self.fleet.on_sample
         for s in batch.samples:
             on_sample(s)
@@ -202,6 +278,7 @@ class Writer:
             self.lost_by_conn[fd] = batch.lost_batches
         if batch.tick > self.worker_ticks.get(batch.worker, -1):
             self.worker_ticks[batch.worker] = batch.tick
+        self.fresh.add(batch.worker)
         try:
             self.alert_log.write()
         except OSError as exc:
@@ -213,16 +290,27 @@ class Writer:
             self.dirty = True
             self.dirty_since = time.monotonic()
 
-    def _tick_complete(self) -> bool:
+    def _persisted_through(self) -> int:
+        """The newest tick every worker has delivered a batch for, or for a later tick (a worker
+        still busy when a tick comes coalesces it into the next)."""
         d = self.daemon
         if d is None:
-            return False
-        return all(self.worker_ticks.get(w.index, -1) >= d.tick for w in d.workers)
+            return -1
+        return min((self.worker_ticks.get(w.index, -1) for w in d.workers), default=d.tick)
+
+    def _tick_complete(self) -> bool:
+        return self.daemon is not None and self._persisted_through() >= self.daemon.tick
+
+    def _round_complete(self) -> bool:
+        """Every worker has delivered a batch since the last flush: what "after each tick" is when
+        sampling the fleet takes longer than the interval and ticks coalesce."""
+        d = self.daemon
+        return d is not None and bool(d.workers) and all(w.index in self.fresh for w in d.workers)
 
     def _maybe_flush(self) -> None:
         if not self.dirty:
             return
-        if self._tick_complete() or time.monotonic() - self.dirty_since >= self._flush_delay():
+        if self._tick_complete() or self._round_complete() or time.monotonic() - self.dirty_since >= self._flush_delay():
             self._flush()
 
     def _flush(self, final: bool = False) -> None:
@@ -246,11 +334,19 @@ class Writer:
             except OSError as exc:
                 ok = False
                 fleet._write_error(what, exc, now)
+        self.fresh.clear()
+        tick = self._persisted_through()
+        if ok and self.timing is not None:
+            self.timing.on_flush(tick, time.time(), fleet.samples_total)
         if not ok:
             self._mark_dirty()  # try again after the next tick, or sooner
-        tick = self.daemon.tick if self.daemon else 0
-        if self._tick_complete() and tick > self.flushed_tick:
+            self.write_failing = True
+        elif self.write_failing:
+            self.write_failing = False
+            logger.info("writing to the state dir works again ({} write errors in all)", fleet.write_errors)
+        if tick > self.flushed_tick:
             self.flushed_tick = tick
+            self.flushed_at = time.monotonic()
             self._tell(wire.Persisted(tick, fleet.samples_total))
         for agent_id, pid, create_time in fleet.retired:
             self._tell(wire.Retire(agent_id, pid, create_time))
@@ -269,6 +365,8 @@ class Writer:
         d = self.daemon
         if d is None:
             return DaemonJSON(self.parent_pid, os.getpid(), [], 0, rfc3339(now), not final)
+        # daemon.json is written last in a flush: a complete tick is persisted by this very flush.
+        persisted = max(self.flushed_tick, self._persisted_through())
         return DaemonJSON(
             supervisor_pid=d.supervisor_pid,
             writer_pid=os.getpid(),
@@ -277,7 +375,7 @@ class Writer:
             updated=rfc3339(now),
             running=d.running and not final,
             interval=d.interval,
-            persisted_tick=self.flushed_tick if self.flushed_tick >= 0 else None,
+            persisted_tick=persisted if persisted >= 0 else None,
             writer_restarts=d.writer_restarts,
             stalled_pids=d.stalled_pids,
             samples_total=self.fleet.samples_total,
@@ -294,11 +392,11 @@ class Writer:
             self._close(self.supervisor)
 
     def _send_pending(self) -> None:
-        if self.supervisor is not None and self.supervisor.want_write:
+        for conn in [c for c in self.conns.values() if c.want_write]:  # the supervisor's, and acks
             try:
-                self.supervisor.flush()
+                conn.flush()
             except channel.ChannelClosed:
-                self._close(self.supervisor)
+                self._close(conn)
 
     def _start_http(self) -> None:
         """The HTTP endpoint, when configured, is served from a thread of this process."""

@@ -18,12 +18,21 @@ from loguru import logger
 
 from fleetmon import channel, wire
 from fleetmon.store.layout import StateDir
-from fleetmon.supervisor import children, sharding
+from fleetmon.supervisor import children, notify, sharding
 from fleetmon.supervisor.config import Config
 from fleetmon.supervisor.registry import RegistryScanner
 from fleetmon.workers import worker as W
 
 DRAIN_TIMEOUT = 10.0
+
+
+def _agent_in_hand(shard: list[wire.AgentRef], index: int, pid: int) -> str | None:
+    """The agent a stalled worker was reading: the one at its heartbeat's index, unless the shard
+    was reassigned since the worker began its pass (then the one whose pid is in hand, if unique)."""
+    if (shard[index].pid or -1) == pid:
+        return shard[index].id
+    held = [ref.id for ref in shard if ref.pid == pid] if pid > 0 else []
+    return held[0] if len(held) == 1 else None
 
 
 class Quarantined:
@@ -40,6 +49,7 @@ class Arbiter:
         self.state = state
         self.signals: list[int] = []
         self.tick_no = 0
+        self.tick_wall = 0.0
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(wire.ToSupervisor)
         self.token = secrets.token_hex(16)
@@ -50,6 +60,8 @@ class Arbiter:
         self.shards: dict[int, list[wire.AgentRef]] = {}
         self.sent_tick: dict[int, int] = {}
         self.busy_since: dict[int, float] = {}
+        self.checked_at = time.monotonic()  # when _check_children last ran
+        self.judge_after = 0.0  # no stall verdicts before this (the supervisor itself was not running)
         self.quarantine: dict[str, Quarantined] = {}
         self.q_batch: list[str] = []
         self.known: dict[str, tuple[int, float]] = {}  # agent -> (pid, start) from the writer's Retire
@@ -59,6 +71,8 @@ class Arbiter:
         self.listener: socket.socket | None = None
         self.link: channel.Link | None = None
         self.stopping = False
+        self.notifier = notify.Notifier.from_env()
+        self.reschedule: float | None = None  # a reload changed the interval: tick no later than this
 
     # --- start and stop -----------------------------------------------------------------------
 
@@ -88,6 +102,8 @@ class Arbiter:
             self._handle_signals()
             if self.stopping:
                 break
+            if self.reschedule is not None:
+                next_tick, self.reschedule = min(next_tick, self.reschedule), None
             now = time.monotonic()
             if now >= next_tick:
                 self.tick()
@@ -97,7 +113,8 @@ class Arbiter:
                     next_tick = now + interval
             self._check_children()
             self._pump_writer()
-            self._wait(min(max(0.0, next_tick - time.monotonic()), 0.25))
+            self.notifier.poll(self)
+            self._wait(min(max(0.0, next_tick - time.monotonic()), 0.25, self.notifier.wait_hint()))
         return self._drain()
 
     def _record_signal(self, signum, frame) -> None:
@@ -122,6 +139,7 @@ class Arbiter:
         reload.handle_hup(self)
 
     def _drain(self) -> int:
+        self.notifier.stopping()
         for w in self.workers + [self.quarantine_worker]:
             self._send(w, wire.Stop())
         deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -188,6 +206,12 @@ class Arbiter:
 
     def _check_children(self) -> None:
         now = time.monotonic()
+        if now - self.checked_at > 2 * W.IDLE_BEAT:
+            # The supervisor itself did not run for a while (stopped with its process group, a paused
+            # container, swapped out): the children's silence may not be theirs. Give them a few
+            # beats to show they are alive before judging.
+            self.judge_after = now + 3 * W.IDLE_BEAT
+        self.checked_at = now
         for w in self.workers + [self.quarantine_worker, self.writer]:
             how = w.reap()
             if how is not None:
@@ -195,12 +219,14 @@ class Arbiter:
                 logger.log(level, "{} exited ({})", w.name, how)
                 if w is self.quarantine_worker:
                     self._quarantine_failed()
-            if w.alive:
+            if w.alive and now >= self.judge_after:
                 self._check_stall(w, now)
-        if not self.writer.alive and now >= self.writer.respawn_at:
+        # Restart only what was reaped above (proc None): a child that died since then is reaped,
+        # logged and counted on the next pass, not replaced behind the supervisor's back.
+        if self.writer.proc is None and now >= self.writer.respawn_at:
             self._start_writer()
         for w in self.workers:
-            if not w.alive and now >= w.respawn_at:
+            if w.proc is None and now >= w.respawn_at:
                 self._start_worker(w)
 
     def _check_stall(self, w: children.Child, now: float) -> None:
@@ -213,21 +239,28 @@ class Arbiter:
             return
         if w.killing_since is not None:
             return
-        if self.sent_tick.get(w.index, 0) <= hb[W.HB_TICK_DONE]:
-            return  # nothing outstanding
-        progress = max(hb[W.HB_PROGRESS], self.busy_since.get(w.index, 0.0))
-        if now - progress <= timeout:
+        # A worker updates HB_PROGRESS before each read and, while idle, at least every W.IDLE_BEAT
+        # seconds: silent for stall_timeout (never less than three beats), it is stuck, whether a
+        # tick is outstanding or not (a worker stopped between ticks is caught without waiting for a
+        # tick to go unanswered). A tick unanswered for stall_timeout is a stall too (a worker that
+        # never beat: stuck at boot).
+        beat = hb[W.HB_PROGRESS]
+        silent = now - beat if beat else 0.0
+        outstanding = self.sent_tick.get(w.index, 0) > hb[W.HB_TICK_DONE]
+        waited = now - max(beat, self.busy_since.get(w.index, 0.0)) if outstanding else 0.0
+        if silent <= max(timeout, 3 * W.IDLE_BEAT) and waited <= timeout:
             return
+        stuck_for = max(silent, waited)
         agent_id = None
         index = int(hb[W.HB_INDEX])
         shard = self.shards.get(w.index, [])
         mid_read = hb[W.HB_TICK_STARTED] > hb[W.HB_TICK_DONE] and 0 <= index < len(shard)
         state = w.proc_state()
         if mid_read and state != "T":  # a stopped worker is not blocked on the agent it holds
-            agent_id = shard[index].id
+            agent_id = _agent_in_hand(shard, index, int(hb[W.HB_PID]))
         logger.bind(worker=w.index).error(
             "{} (pid {}, state {}) made no progress for {:.1f}s{}: replacing it",
-            w.name, w.pid, state, now - progress, f" while reading agent {agent_id}" if agent_id else "",
+            w.name, w.pid, state, stuck_for, f" while reading agent {agent_id}" if agent_id else "",
         )
         w.kill()
         w.failures = 0
@@ -269,11 +302,13 @@ class Arbiter:
         due = sorted(a for a, q in self.quarantine.items() if q.retry_at <= now and a in self.registry.entries)
         if not due:
             return
+        if qw.proc is None and now < qw.respawn_at:
+            return  # backing off after a failure: try at a later tick (q_batch stays empty meanwhile)
+        if qw.proc is not None and not qw.alive:
+            return  # just died: _check_children reaps and logs it first
         self.q_batch = due
         self.shards[qw.index] = [self._ref(a) for a in due]
-        if not qw.alive:
-            if now < qw.respawn_at:
-                return
+        if qw.proc is None:
             self._start_worker(qw)
         else:
             self._send(qw, wire.Assign(self.shards[qw.index]))
@@ -291,6 +326,8 @@ class Arbiter:
         return wire.AgentRef(e.id, e.pid, e.pidfile, known[0] if known else None, known[1] if known else None)
 
     def _reshard(self) -> None:
+        for agent_id in [a for a in self.quarantine if a not in self.registry.entries]:
+            del self.quarantine[agent_id]  # unregistered while quarantined: nothing left to retry
         n = len(self.workers)
         shards: dict[int, list[wire.AgentRef]] = {i: [] for i in range(n)}
         for agent_id in sorted(self.registry.entries):
@@ -305,6 +342,7 @@ class Arbiter:
 
     def tick(self) -> None:
         self.tick_no += 1
+        self.tick_wall = time.time()
         if self.registry.scan():
             self._reshard()
             self._tell_writer(self._registry_msg())
@@ -348,6 +386,7 @@ class Arbiter:
             running=running,
             writer_restarts=self.writer.restarts,
             stalled_pids=sorted({q.pid for q in self.quarantine.values() if q.pid > 0}),
+            tick_wall=self.tick_wall,
         )
 
     def _tell_writer(self, msg) -> None:

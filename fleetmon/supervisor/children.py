@@ -68,7 +68,10 @@ class Child:
             self.ctl.close()
             self.ctl = None
         if self.killing_since is None:  # died on its own: count boot failures
-            self.failures = sharding.next_failures(self.failures, lived)
+            if self.index != -1 and self.heartbeat is not None and self.heartbeat[worker_mod.HB_TICK_DONE] > 0:
+                self.failures = 0  # a worker that had finished a tick died in service: restart at once
+            else:
+                self.failures = sharding.next_failures(self.failures, lived)
         self.respawn_at = time.monotonic() + sharding.restart_delay(self.failures)
         return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 

@@ -23,21 +23,24 @@ from fleetmon.wire import Thresholds
 
 MAX_ENTRY_BYTES = 64 * 1024
 FULL_RESCAN = 10.0
+MAX_PID = 2**31 - 1  # pid_t; a larger number is no pid (and would not fit the wire)
 
 
 class RegistryEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     id: str
-    type: str = "default"
+    type: str | None = None  # "default" when absent; always written out
     pid: int | None = None
     pidfile: str | None = None
     thresholds: Thresholds | None = None
 
     def __post_init__(self) -> None:
         check_agent_id(self.id)
+        if self.type is None:
+            self.type = "default"
         if (self.pid is None) == (self.pidfile is None):
             raise ValueError("an entry names exactly one of pid and pidfile")
-        if self.pid is not None and (isinstance(self.pid, bool) or self.pid <= 0):
-            raise ValueError(f"pid must be a positive integer, not {self.pid!r}")
+        if self.pid is not None and (isinstance(self.pid, bool) or not 0 < self.pid <= MAX_PID):
+            raise ValueError(f"pid must be a positive integer up to {MAX_PID}, not {self.pid!r}")
         if self.pidfile is not None and (not self.pidfile or "\0" in self.pidfile):
             raise ValueError("pidfile must be a non-empty path")
         if not self.type or len(self.type) > 128:
@@ -165,6 +168,9 @@ class RegistryScanner:
         log = logger.bind(file=str(path))
         if stat.S_ISLNK(st.st_mode):
             log.error("registry file {} is a symlink: skipped (symlinks are not followed)", path)
+            return None
+        if not stat.S_ISREG(st.st_mode):  # a directory, FIFO or device: never opened
+            log.error("registry file {} is not a regular file: skipped", path)
             return None
         try:
             return parse_entry(fsutil.read_private(path, MAX_ENTRY_BYTES), name)

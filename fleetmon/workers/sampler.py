@@ -7,6 +7,8 @@ the one first seen at every tick, so a reused pid is never sampled as the agent.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 
 import psutil
@@ -15,6 +17,7 @@ from loguru import logger
 from fleetmon.wire import AgentRef, Gone, Sample
 
 HAS_NUM_FDS = hasattr(psutil.Process, "num_fds")  # False on Windows
+MAX_PID = 2**31 - 1  # pid_t
 
 
 class Tracked:
@@ -41,15 +44,31 @@ def _start_key(proc: psutil.Process) -> object:
         return psutil.Process(proc.pid).create_time()
 
 
-def read_pidfile(path: str) -> int | None:
-    """The pid in a pidfile, or None when it is missing, empty or not a positive integer."""
+def _identity(proc: psutil.Process) -> tuple[object, bool]:
+    """(start key, is a zombie) in one look at the stat file ``oneshot()`` caches (Linux); the
+    public API elsewhere."""
     try:
-        with open(path, "rb") as f:
-            text = f.read(64).split(b"\n", 1)[0].strip()
+        stat = proc._proc._parse_stat_file()
+    except AttributeError:
+        return psutil.Process(proc.pid).create_time(), proc.status() == psutil.STATUS_ZOMBIE
+    return stat["create_time"], stat["status"] == b"Z"
+
+
+def read_pidfile(path: str) -> int | None:
+    """The pid in a pidfile, or None when it is missing, empty, not a regular file or not a positive
+    integer. Opened non-blocking: a FIFO named as a pidfile must not hang the worker."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            text = os.read(fd, 64).split(b"\n", 1)[0].strip()
+        finally:
+            os.close(fd)
         pid = int(text)
     except (OSError, ValueError):
         return None
-    return pid if pid > 0 else None
+    return pid if 0 < pid <= MAX_PID else None  # a larger number is no pid (and would not fit the wire)
 
 
 class Sampler:
@@ -72,6 +91,8 @@ class Sampler:
         t = self.tracked.get(ref.id)
         if t is not None and t.pid != pid:
             t = None  # the agent moved to a new process (pidfile rewritten or re-registered)
+        elif t is not None and ref.known_pid == pid and ref.known_start is not None and abs(t.create_time - ref.known_start) > 0.05:
+            t = None  # the writer says the agent was another process at this pid: check again below
         try:
             if t is None:
                 proc = psutil.Process(pid)
@@ -96,9 +117,10 @@ class Sampler:
         proc = t.proc
         denied: list[str] = []
         with proc.oneshot():
-            if _start_key(proc) != t.start_key:
+            key, zombie = _identity(proc)
+            if key != t.start_key:
                 return Gone(agent_id, t.pid, now, "reused")
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            if zombie:
                 return Gone(agent_id, t.pid, now, "no_process")
             cpu = None
             try:

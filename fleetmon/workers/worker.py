@@ -24,6 +24,7 @@ from fleetmon.workers.sampler import Sampler
 
 # Heartbeat slots (a multiprocess RawArray of doubles, written only by the worker).
 HB_TICK_STARTED, HB_TICK_DONE, HB_PROGRESS, HB_PID, HB_INDEX, HB_SIZE = 0, 1, 2, 3, 4, 5
+IDLE_BEAT = 1.0  # seconds: between ticks, HB_PROGRESS is refreshed at least this often
 
 def load_hook(spec: str | None) -> Callable[[str, int | None], None] | None:
     """``module:function`` -> the function; used by tests to inject a slow or blocking read."""
@@ -70,7 +71,18 @@ def run(
     decoder = msgspec.msgpack.Decoder(wire.ToWorker)
     ctl = channel.FramedConn(control)
     hello = encoder.encode(wire.Hello(index, os.getpid(), token))
-    link = channel.Link(writer_address, lambda: [hello], max_outbox)
+    acks = msgspec.msgpack.Decoder(wire.Ack)
+
+    def ack_count(frame: bytes) -> int | None:
+        try:
+            return acks.decode(frame).count
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    # Batches are kept until the writer acknowledges them, and sent again to a restarted writer.
+    link = channel.Link(
+        writer_address, lambda: [hello], max_outbox, acks=ack_count, resend_marker=lambda n: encoder.encode(wire.Resend(n))
+    )
     sampler = Sampler()
     agents: list[wire.AgentRef] = []
     sel = selectors.DefaultSelector()
@@ -81,8 +93,11 @@ def run(
         if os.getppid() != parent_pid:
             log.warning("supervisor is gone: worker {} exits", index)
             os._exit(1)
-        events = sel.select(timeout=0.2 if (link.pending or link.want_write) else 1.0)
+        heartbeat[HB_PROGRESS] = time.monotonic()  # alive while idle (a stopped worker stops beating)
+        busy = link.pending or link.want_write or (link.unacked and link.conn is None)
+        events = sel.select(timeout=0.2 if busy else IDLE_BEAT)
         link.pump()
+        link.recv()  # acknowledgements (and an EOF from a writer that died: reconnect, send again)
         if not events:
             continue
         try:

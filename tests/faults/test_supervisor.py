@@ -1,0 +1,56 @@
+"""kill -9 of the supervisor: its children notice and exit, and a restart recovers every point of
+history and the alert state (a pending warning keeps its ``since``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.faults._util import check_state_files, daemon_json, gone_within, timestamps, write_config
+from tests.helpers import cli_json, register, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_supervisor_killed_takes_children_down_and_restart_recovers_state(daemons, procs, state_dir, tmp_path):
+    agents = {f"s{i}": procs.sleeper(900).pid for i in range(6)}
+    for agent_id, pid in agents.items():
+        # memory over 1 byte for an hour: a warning that stays pending across the restart
+        register(state_dir, agent_id, pid, memory="1", **({"for": "1h"} if agent_id == "s0" else {}))
+    cfg = write_config(tmp_path / "fleetmon.toml", workers=2, interval="250ms", stall_timeout="3s")
+    d = daemons(state_dir, "--config", str(cfg))
+    d.wait_tick(6, timeout=30)
+    info = daemon_json(state_dir)
+    children = [info["writer_pid"], *(w["pid"] for w in info["workers"])]
+    warning = wait_until(
+        lambda: [a for a in cli_json("status", state_dir=state_dir)["agents"] if a["id"] == "s0" and a["alerts"]],
+        10, what="s0's pending warning",
+    )[0]["alerts"][0]
+    assert warning["state"] == "warning"
+
+    d.kill()
+    gone = gone_within(children, 5.0)
+    before = {a: timestamps(state_dir, a) for a in agents}
+    alert_events = cli_json("alerts", "--since", "1h", state_dir=state_dir)["events"]
+    problems = check_state_files(state_dir)
+    print(f"\n[fault] kill -9 supervisor: writer and {len(children) - 1} workers gone within {gone:.2f}s")
+    assert not problems, problems
+    assert json.loads((state_dir / "daemon.json").read_text())["supervisor_pid"] == d.pid
+
+    d2 = daemons(state_dir, "--config", str(cfg))
+    info2 = wait_until(lambda: (j := daemon_json(state_dir)) and j["supervisor_pid"] == d2.pid and j, 20,
+                       what="the new daemon to record itself")
+    d2.wait_tick(info2["tick"] + 4, timeout=20)
+    for agent_id, old in before.items():
+        now = timestamps(state_dir, agent_id)
+        assert set(old) <= set(now), f"{agent_id}: points lost across the restart"
+        assert len(now) > len(old), f"{agent_id}: history did not continue"
+    st = cli_json("status", state_dir=state_dir)
+    s0 = next(a for a in st["agents"] if a["id"] == "s0")
+    assert s0["alerts"] == [warning], "the pending warning must keep its since"
+    events = cli_json("alerts", "--since", "1h", state_dir=state_dir)["events"]
+    s0_events = [e for e in events if e["agent_id"] == "s0"]
+    assert len(s0_events) == 1 and s0_events[0]["state"] == "warning", s0_events  # no second warning
+    assert len(events) == len(alert_events)  # the others went straight to error before; nothing new
+    assert d2.stop() == 0

@@ -1,0 +1,242 @@
+"""Fault handling of single components, without a daemon: the channel's acknowledgements and
+resends, the writer's deduplication of batches sent again, short appends on a full disk, files
+planted where the store expects its own."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+
+import msgspec
+import pytest
+
+from fleetmon import channel, wire
+from fleetmon.store import persist
+from fleetmon.store.layout import StateDir
+from fleetmon.store.ring import Point, RingStore, read_points
+from tests.helpers import wait_until
+
+# --- the channel ------------------------------------------------------------------------------------
+
+
+def _frames(conn: channel.FramedConn, n: int, timeout: float = 5.0) -> list[bytes]:
+    got: list[bytes] = []
+
+    def more():
+        try:
+            got.extend(conn.recv())
+        except channel.ChannelClosed:
+            pass
+        return len(got) >= n
+
+    wait_until(more, timeout, 0.01, what=f"{n} frames")
+    return got
+
+
+def _ack(n: int) -> bytes:
+    return b"A%d" % n
+
+
+def _parse_ack(frame: bytes) -> int | None:
+    return int(frame[1:]) if frame.startswith(b"A") else None
+
+
+@pytest.fixture
+def address(tmp_path):
+    path = str(tmp_path / "w.sock")
+    listener = channel.listen_unix(path)
+    yield path, listener
+    listener.close()
+
+
+def _accept(listener) -> channel.FramedConn:
+    sock = wait_until(lambda: _try_accept(listener), 5, 0.01, what="a connection")
+    return channel.FramedConn(sock)
+
+
+def _try_accept(listener):
+    try:
+        return listener.accept()[0]
+    except BlockingIOError:
+        return None
+
+
+def test_frames_before_eof_are_delivered_then_eof():
+    """A peer that sends its last messages and exits: they are read, then the EOF is reported."""
+    a, b = socket.socketpair()
+    left, right = channel.FramedConn(a), channel.FramedConn(b)
+    big = b"x" * (3 << 20)  # more than one recv() chunk: several reads, the last one hits EOF
+    left.send(b"one")
+    left.send(big)
+    got: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while not left.flush() and time.monotonic() < deadline:
+        got += right.recv()
+    left.close()
+    with pytest.raises(channel.ChannelClosed):
+        while time.monotonic() < deadline:
+            got += right.recv()
+    assert got == [b"one", big]
+
+
+def test_link_resends_what_the_writer_never_acknowledged(address):
+    path, listener = address
+    link = channel.Link(path, lambda: [b"hello"], acks=_parse_ack, resend_marker=lambda n: b"R%d" % n)
+    for m in (b"m1", b"m2", b"m3"):
+        link.send(m)
+    w1 = _accept(listener)
+    assert _frames(w1, 4) == [b"hello", b"m1", b"m2", b"m3"]
+    w1.send(_ack(2))  # took m1 and m2 in, then dies with m3 unread
+    w1.flush()
+    w1.close()
+    link.send(b"m4")  # fails on the dead connection: the ack that came before is still read
+    wait_until(lambda: (link.pump(), link.conn is not None)[1], 5, 0.01, what="reconnection")
+    w2 = _accept(listener)
+    assert _frames(w2, 4) == [b"hello", b"R2", b"m3", b"m4"]
+    assert link.lost == 0
+    w2.send(_ack(2))
+    w2.flush()
+    wait_until(lambda: (link.recv(), not link.unacked)[1], 5, 0.01, what="everything acknowledged")
+    assert link.unacked_bytes == 0
+    link.close()
+    w2.close()
+
+
+def test_link_without_a_writer_keeps_a_bounded_outbox_and_counts_what_it_drops(tmp_path):
+    link = channel.Link(str(tmp_path / "nobody.sock"), lambda: [], max_outbox=100, acks=_parse_ack)
+    for i in range(10):
+        link.send(b"%02d" % i + b"." * 18)  # 20 bytes each
+    assert link.lost == 5 and len(link.pending) == 5 and link.pending[0].startswith(b"05")
+
+
+# --- the writer: a batch sent again after a restart is not recorded twice ---------------------------
+
+
+def _writer(state: StateDir, listener):
+    from fleetmon.store.writer import Writer
+    from fleetmon.supervisor.config import Config
+
+    return Writer(state, Config(history_size=50), listener, "tok", [0.0, 0.0], os.getppid())
+
+
+def _sample(agent: str, ts: float) -> wire.Sample:
+    return wire.Sample(agent, 4242, 1000.0, ts, 1.0, 2, 3, 4, 5, 6, 7)
+
+
+def _connect(w, role: int):
+    a, b = socket.socketpair()
+    conn = channel.FramedConn(a)
+    w.conns[conn.fileno()] = conn
+    w.roles[conn.fileno()] = None
+    w._dispatch(conn, wire.Hello(role, 1, "tok"))
+    return conn, channel.FramedConn(b)
+
+
+def test_writer_skips_samples_it_already_had_in_a_batch_sent_again(tmp_path, address):
+    _, listener = address
+    state = StateDir(tmp_path / "state").create()
+    registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())])
+    w = _writer(state, listener)
+    sup, _ = _connect(w, -1)
+    conn, peer = _connect(w, 0)
+    w._dispatch(conn, wire.Batch(0, 1, 0, 0, [_sample("x", 100.0)]))  # held until the registry comes
+    w._dispatch(sup, registry)
+    w._dispatch(conn, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
+    w._send_acks()
+    acks = [msgspec.msgpack.decode(f, type=wire.Ack).count for f in _frames(peer, 1)]
+    assert acks[-1] == 2
+    w.rings.close_all()
+    # Restarted: the worker sends tick 2 again (the ack may have been lost) and then tick 3.
+    w2 = _writer(state, listener)
+    persist.load_fleet_state(state, w2.fleet)
+    sup2, _ = _connect(w2, -1)
+    w2._dispatch(sup2, registry)
+    conn2, peer2 = _connect(w2, 0)
+    w2._dispatch(conn2, wire.Resend(1))
+    w2._dispatch(conn2, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
+    w2._dispatch(conn2, wire.Batch(0, 3, 0, 0, [_sample("x", 102.0)]))
+    w2._send_acks()
+    w2.rings.close_all()
+    assert [p.timestamp for p in read_points(state.ring_file("x"))] == [100.0, 101.0, 102.0]
+    assert msgspec.msgpack.decode(_frames(peer2, 1)[-1], type=wire.Ack).count == 2
+
+
+# --- the store on a full disk and with planted files ------------------------------------------------
+
+
+def test_alert_log_short_append_keeps_whole_lines_and_never_repeats_one(tmp_path, monkeypatch):
+    from fleetmon.store import thresholds as th
+
+    log = persist.AlertLog(tmp_path / "alerts.jsonl")
+    for i in range(3):
+        log.add(th.Event(f"2026-01-01T00:00:0{i}Z", "a", "cpu", "warning", float(i), 1.0, "2026-01-01T00:00:00Z", None))
+    line = len(persist._json.encode(th.Event("2026-01-01T00:00:00Z", "a", "cpu", "warning", 0.0, 1.0, "2026-01-01T00:00:00Z", None))) + 1
+    real_write = os.write
+    budget = [line + line // 2]  # room for one line and a half
+
+    def short_write(fd, data):
+        if fd != log.fd:
+            return real_write(fd, data)
+        if budget[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real_write(fd, bytes(data[: budget[0]]))
+        budget[0] -= n
+        return n
+
+    monkeypatch.setattr(os, "write", short_write)
+    with pytest.raises(OSError):
+        log.write()
+    with pytest.raises(OSError):
+        log.write()
+    monkeypatch.setattr(os, "write", real_write)
+    log.write()
+    log.close()
+    lines = (tmp_path / "alerts.jsonl").read_bytes().splitlines()
+    assert [msgspec.json.decode(x)["timestamp"][-3:-1] for x in lines] == ["00", "01", "02"]
+
+
+@pytest.mark.parametrize("planted", ["symlink", "directory", "fifo", "garbage"])
+def test_ring_store_moves_aside_what_is_planted_in_place_of_a_ring(tmp_path, planted):
+    history = tmp_path / "history"
+    history.mkdir()
+    target = tmp_path / "target"
+    target.write_bytes(b"keep me")
+    path = history / "a.ring"
+    if planted == "symlink":
+        os.symlink(target, path)
+    elif planted == "directory":
+        path.mkdir()
+    elif planted == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b"\xff" * 640)
+    rings = RingStore(history, 10)
+    rings.append("a", Point(time.time(), 1.0, 1, 1, 1, 1, 1, 1))
+    rings.close_all()
+    assert target.read_bytes() == b"keep me"
+    assert len(read_points(path)) == 1
+    assert len(list(history.glob("a.ring.corrupt-*"))) == 1
+
+
+def test_corrupt_alert_state_is_rebuilt_at_once(tmp_path):
+    from fleetmon.store.fleet import Fleet
+
+    state = StateDir(tmp_path / "state").create()
+    state.alert_state.write_bytes(b"\x00garbage")
+    fleet = Fleet(RingStore(state.history, 10), lambda e: None)
+    persist.load_fleet_state(state, fleet)
+    assert fleet.alerts_dirty
+    assert list(state.root.glob("thresholds.json.corrupt-*"))
+
+
+def test_reading_a_planted_fifo_does_not_block(tmp_path):
+    from fleetmon.store import fsutil
+
+    fifo = tmp_path / "x.json"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        fsutil.read_private(fifo)
+    assert time.monotonic() - t0 < 1.0
