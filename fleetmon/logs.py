@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
+import traceback
 from datetime import UTC, datetime
 
 import msgspec
@@ -11,20 +14,67 @@ from loguru import logger
 _encoder = msgspec.json.Encoder()
 
 
+def _write_line(line: dict) -> None:
+    """One JSON object, one ``write(2)`` to fd 2: lines from several processes never interleave."""
+    data = _encoder.encode(line) + b"\n"
+    while data:
+        try:
+            data = data[os.write(2, data) :]
+        except InterruptedError:
+            continue
+        except OSError:
+            return  # stderr is gone: nowhere to log that
+
+
 def _json_sink(message) -> None:
     record = message.record
     line = {
         "time": record["time"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "level": record["level"].name,
         "message": record["message"],
-        "pid": record["process"].id,
+        "process": record["process"].id,  # the logging process; a bound ``pid`` is an agent's
     }
     for key, value in record["extra"].items():
         line.setdefault(key, value if isinstance(value, str | int | float | bool | type(None)) else str(value))
-    if record["exception"] is not None:
-        line["exception"] = str(record["exception"])
-    sys.stderr.write(_encoder.encode(line).decode() + "\n")
-    sys.stderr.flush()
+    exc = record["exception"]
+    if exc is not None:
+        line["exception"] = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+    _write_line(line)
+
+
+class _StderrAsJSON(io.TextIOBase):
+    """``sys.stderr`` in JSON mode: whatever else writes there (a child's uncaught traceback, a
+    warning, loguru's own error report) becomes JSON lines too, one per line of text."""
+
+    def __init__(self, original):
+        self.original = original  # restored if logging is configured again as text
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return 2
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        while "\n" in self._pending:
+            line, self._pending = self._pending.split("\n", 1)
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, ""
+            self._emit(line)
+
+    def _emit(self, text: str) -> None:
+        if text.strip():
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            _write_line({"time": now, "level": "ERROR", "message": text.rstrip(), "process": os.getpid(), "stream": "stderr"})
 
 
 TEXT_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSS!UTC}Z {level: <7} {message}"
@@ -33,7 +83,12 @@ TEXT_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSS!UTC}Z {level: <7} {message}"
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     logger.remove()
     level = level.upper()
+    if isinstance(sys.stderr, _StderrAsJSON):
+        sys.stderr.flush()
+        sys.stderr = sys.stderr.original
     if fmt == "json":
+        sys.stderr.flush()
+        sys.stderr = _StderrAsJSON(sys.stderr)
         logger.add(_json_sink, level=level, format="{message}", backtrace=False, diagnose=False)
     else:
         logger.add(sys.stderr, level=level, format=TEXT_FORMAT, backtrace=False, diagnose=False, colorize=False)

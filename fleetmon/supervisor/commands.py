@@ -32,21 +32,36 @@ def cmd_run(args) -> int:
     try:
         config = load(args.config, overrides)
     except ConfigError as exc:
-        raise BadInput(str(exc)) from None
+        return _refuse_run(args, str(exc))
     if config.http:
         from fleetmon.supervisor.httpaddr import parse_http
 
         try:
             parse_http(config.http)
         except ValueError as exc:
-            raise BadInput(f"http: {exc}") from None
+            return _refuse_run(args, f"http: {exc}")
     logs.configure(config.log_level, config.log_format)
     from pathlib import Path
 
     from fleetmon.store.layout import default_state_dir
 
     root = Path(config.state_dir) if config.state_dir else default_state_dir()
-    return Arbiter(config, StateDir(root), args.config).run()
+    arbiter = Arbiter(config, StateDir(root), args.config)
+    arbiter.overrides = overrides  # SIGHUP reloads the file and applies the same flags over it
+    return arbiter.run()
+
+
+def _refuse_run(args, message: str) -> int:
+    """Bad input to ``run``: exit 2 with one line; under ``--log-format json`` a JSON log line."""
+    if args.log_format != "json":
+        raise BadInput(message)
+    from loguru import logger
+
+    from fleetmon import logs
+
+    logs.configure("INFO", "json")
+    logger.error("fleetmon: error: {}", message)
+    return EXIT_BAD_INPUT
 
 
 def cmd_agents(args) -> int:
@@ -54,7 +69,6 @@ def cmd_agents(args) -> int:
     from fleetmon.wire import Thresholds
 
     if args.agents_command == "add":
-        state = _state(args, create=True)
         thresholds = None
         if any(v is not None for v in (args.cpu, args.memory, args.open_files, args.duration)):
             if args.cpu is not None and args.cpu < 0:
@@ -64,6 +78,7 @@ def cmd_agents(args) -> int:
             entry = reg.RegistryEntry(args.id, args.type, args.pid, args.pidfile, thresholds)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
+        state = _state(args, create=True)  # only once the input is valid: bad input writes nothing
         path = reg.write_entry(state.registry, entry)
         print(f"registered {entry.id} ({'pid ' + str(entry.pid) if entry.pid else 'pidfile ' + str(entry.pidfile)}) in {path}")
         return EXIT_OK

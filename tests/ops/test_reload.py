@@ -1,0 +1,134 @@
+"""SIGHUP: the config file and the registry are reloaded without a restart."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from fleetmon.supervisor import reload
+from fleetmon.supervisor.config import load
+from tests.helpers import cli_json, pid_alive, register, wait_until
+from tests.ops._util import daemon_env, hog, write_config
+
+
+def test_config_changes_names_every_reloadable_key(tmp_path):
+    old = load(write_config(tmp_path / "a.toml", "[thresholds.default]\ncpu_threshold = 90\n", workers=2, interval="60s"))
+    new = load(
+        write_config(
+            tmp_path / "b.toml",
+            "[thresholds.default]\ncpu_threshold = 50\n[thresholds.types.web]\nmemory_threshold = \"1GiB\"\n",
+            workers=4, interval="1s", alert_repeat="0",
+        )
+    )
+    assert reload.config_changes(old, new) == [
+        ("workers", 2, 4),
+        ("interval", 60.0, 1.0),
+        ("alert_repeat", 600.0, 0.0),
+        ("thresholds.default.cpu_threshold", 90.0, 50.0),
+        ("thresholds.types.web.memory_threshold", None, 1 << 30),
+    ]
+    assert reload.config_changes(old, old) == []
+    assert "history_size" in reload.restart_only() and "interval" not in reload.restart_only()
+
+
+def _events(state_dir, agent_id: str) -> list[dict]:
+    return [e for e in cli_json("alerts", "--since", "1h", state_dir=state_dir)["events"] if e["agent_id"] == agent_id]
+
+
+@pytest.mark.slow
+def test_sighup_applies_a_new_threshold_without_a_restart(daemons, procs, state_dir, tmp_path):
+    register(state_dir, "busy", pid=hog(procs).pid)  # no thresholds of its own: the config's apply
+    config = tmp_path / "fleetmon.toml"
+    table = "[thresholds.default]\ncpu_threshold = {}\nthreshold_duration = 0\n"
+    write_config(config, table.format(100000), interval="500ms", workers=1)
+    d = daemons(state_dir, "--config", str(config), env=daemon_env())
+    d.wait_tick(4)
+    assert _events(state_dir, "busy") == []
+    write_config(config, table.format(20), interval="500ms", workers=1)
+    d.proc.send_signal(signal.SIGHUP)
+    events = wait_until(lambda: _events(state_dir, "busy"), 15, what="a cpu alert after SIGHUP")
+    assert events[0]["resource"] == "cpu" and events[0]["state"] == "error"
+    assert events[0]["threshold"] == 20
+    assert d.proc.poll() is None
+    assert "thresholds.default.cpu_threshold 100000 -> 20" in d.log()
+    # Turning it off again closes the episode (reason threshold_off), still without a restart.
+    write_config(config, table.format(0), interval="500ms", workers=1)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: _events(state_dir, "busy")[-1]["state"] == "ok", 15, what="the alert closed")
+    assert d.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_sighup_changes_the_number_of_workers_and_reshards(daemons, procs, state_dir, tmp_path):
+    for i in range(6):
+        register(state_dir, f"idle-{i}", pid=procs.sleeper().pid)
+    config = write_config(tmp_path / "fleetmon.toml", interval="500ms", workers=1)
+    d = daemons(state_dir, "--config", str(config), env=daemon_env())
+    first = d.wait_tick(2)
+    assert [w["agents"] for w in first["workers"]] == [6]
+    old_pid = first["workers"][0]["pid"]
+
+    def pool(n: int):
+        info = d.daemon_json()
+        if info and len(info["workers"]) == n and sum(w["agents"] for w in info["workers"]) == 6:
+            return info
+        return None
+
+    write_config(config, interval="500ms", workers=3)
+    d.proc.send_signal(signal.SIGHUP)
+    grown = wait_until(lambda: pool(3), 15, what="3 workers in daemon.json")
+    assert grown["workers"][0]["pid"] == old_pid  # the existing worker kept running
+    assert sum(w["agents"] > 0 for w in grown["workers"]) >= 2, grown["workers"]  # resharded
+    d.wait_tick(grown["tick"] + 2)  # ticks keep being persisted by the bigger pool
+    pids = [w["pid"] for w in grown["workers"]]
+
+    write_config(config, interval="500ms", workers=1)
+    d.proc.send_signal(signal.SIGHUP)
+    shrunk = wait_until(lambda: pool(1), 15, what="1 worker in daemon.json")
+    d.wait_tick(shrunk["tick"] + 2)
+    wait_until(lambda: not any(pid_alive(p) for p in pids[1:]), 10, what="the surplus workers to exit")
+    assert d.proc.poll() is None
+    log = d.log()
+    assert "workers 1 -> 3" in log and "workers 3 -> 1" in log
+    status = cli_json("status", state_dir=state_dir)
+    assert all(a["status"] == "running" for a in status["agents"]), status
+
+
+@pytest.mark.slow
+def test_sighup_interval_applies_at_once_and_flags_still_win(daemons, procs, state_dir, tmp_path):
+    register(state_dir, "idle", pid=procs.sleeper().pid)
+    config = write_config(tmp_path / "fleetmon.toml", interval="60s", workers=2)
+    d = daemons(state_dir, "--config", str(config), "--workers", "1", env=daemon_env())
+    d.wait_tick(1)
+    write_config(config, interval="500ms", workers=3)  # --workers 1 on the command line wins
+    sent = time.monotonic()
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_tick(4, timeout=15)
+    assert time.monotonic() - sent < 10
+    assert len(d.daemon_json()["workers"]) == 1
+    assert "interval 1m -> 500ms" in d.log()
+
+
+@pytest.mark.slow
+def test_an_invalid_config_is_refused_and_the_old_one_kept(daemons, procs, state_dir, tmp_path):
+    register(state_dir, "idle", pid=procs.sleeper().pid)
+    config = write_config(tmp_path / "fleetmon.toml", interval="500ms", workers=1)
+    d = daemons(state_dir, "--config", str(config), env=daemon_env())
+    d.wait_tick(2)
+    for n, bad in enumerate(('interval = "soon"\n', "workers = [\n", "no_such_key = 1\n"), 1):
+        config.write_text(bad)
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda n=n: d.log().count("new config refused") >= n, 10, what=f"refusal {n}")
+    tick = d.daemon_json()["tick"]
+    d.wait_tick(tick + 3, timeout=10)  # still ticking every 500ms with the old config
+    assert d.proc.poll() is None
+    log = d.log()
+    assert log.count("new config refused") == 3
+    assert "interval: invalid duration 'soon'" in log
+    assert "ERROR" in next(line for line in log.splitlines() if "new config refused" in line)
+    # A registry entry added meanwhile was picked up by the same SIGHUPs.
+    register(state_dir, "late", pid=procs.sleeper().pid)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "late" in {a["id"] for a in cli_json("status", state_dir=state_dir)["agents"] if a["last_sample"]}, 10, what="the new agent sampled")
