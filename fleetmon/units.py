@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -54,18 +55,35 @@ def parse_size(value: str | int | float) -> int:
 
 
 def check_agent_id(agent_id: str) -> str:
-    if not isinstance(agent_id, str) or not AGENT_ID_RE.match(agent_id):
+    if not isinstance(agent_id, str) or not AGENT_ID_RE.fullmatch(agent_id):  # not match: "$" also matches before a final newline
         raise ValueError(
             f"invalid agent id {agent_id!r}: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
         )
     return agent_id
 
 
+_SECONDS: dict[int, str] = {}  # "YYYY-MM-DDTHH:MM:SS" of recent whole seconds (the writer formats many per tick)
+
+
 def rfc3339(ts: float | None) -> str | None:
-    """Epoch seconds -> RFC 3339 UTC with microseconds, e.g. ``2026-11-28T23:50:10.123456Z``."""
+    """Epoch seconds -> RFC 3339 UTC with microseconds, e.g. ``2026-11-28T23:50:10.123456Z``.
+
+    Same result as ``datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` (microseconds
+    rounded half to even), about five times faster: the whole-second part is cached."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    frac, whole = math.modf(ts)
+    sec, us = int(whole), round(frac * 1e6)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    elif us < 0:
+        sec, us = sec - 1, us + 1_000_000
+    head = _SECONDS.get(sec)
+    if head is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        head = _SECONDS[sec] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{us:06d}Z"
 
 
 def parse_rfc3339(text: str) -> float:

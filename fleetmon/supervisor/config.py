@@ -53,17 +53,21 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     history_size: int = 1440
     stall_timeout: float | str = 10.0
     alert_repeat: float | str = 600.0
-    http: str | None = None
+    http: str | int | None = None  # [HOST:]PORT; a bare port (also unquoted) binds 127.0.0.1
     log_level: str = "INFO"
     log_format: str = "text"
     thresholds: ThresholdSources = msgspec.field(default_factory=ThresholdSources)
     # For tests and diagnosis: "module:function" called as hook(agent_id, pid) before each sample.
     sampler_hook: str | None = None
+    # For benchmarks: the writer appends one JSON line per persisted tick here (fleetmon/store/timing.py).
+    timing_log: str | None = None
 
     def __post_init__(self) -> None:
         self.interval = _field("interval", parse_duration, self.interval)
         self.stall_timeout = _field("stall_timeout", parse_duration, self.stall_timeout)
         self.alert_repeat = _field("alert_repeat", parse_duration, self.alert_repeat)
+        if isinstance(self.http, int) and not isinstance(self.http, bool):
+            self.http = str(self.http)
         self.validate()
 
     def validate(self) -> None:

@@ -1,0 +1,221 @@
+"""The real CLI in a subprocess: bad input, the state dir's modes, history/status/alerts shapes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import stat
+import time
+
+import pytest
+
+from tests.helpers import cli, cli_json, pid_alive, register, wait_until
+from tests.integration.common import exits_2_and_writes_nothing, history, parse_ts, snapshot, wait_points
+
+BAD_IDS = ["", "a/b", "../etc", "x" * 129, "a b", "é", "a\n", ".hidden", "_x", "a:b"]
+BAD_PIDS = ["0", "-1", "abc", "1.5", "", "true", "99999999999999999999", "0x10"]
+FIELDS = ["timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
+
+
+def bad_add_commands(tmp_path):
+    for agent_id in BAD_IDS:
+        yield ["agents", "add", agent_id, "--pid", str(os.getpid())]
+    for pid in BAD_PIDS:
+        yield ["agents", "add", "good", "--pid", pid]
+    yield ["agents", "add", "good", "--pid", "5", "--pidfile", str(tmp_path / "x.pid")]
+    yield ["agents", "add", "good"]
+    yield ["agents", "add", "good", "--pid", "5", "--cpu", "-5"]
+    yield ["agents", "add", "good", "--pid", "5", "--memory", "lots"]
+    yield ["agents", "add", "good", "--pid", "5", "--for", "forever"]
+    yield ["agents", "add", "good", "--pid", "5", "--open-files", "-1"]
+
+
+def test_bad_ids_and_pids_exit_2_and_write_nothing(state_dir, tmp_path):
+    register(state_dir, "good", os.getpid())
+    before = snapshot(state_dir)
+    assert "registry/good.json" in before
+    for args in bad_add_commands(tmp_path):
+        line = exits_2_and_writes_nothing(args, state_dir)
+        assert "error" in line
+        assert snapshot(state_dir) == before, f"{args} changed the state dir"
+    (entry,) = cli_json("agents", "ls", state_dir=state_dir)["agents"]
+    assert entry["id"] == "good" and entry["pid"] == os.getpid() and entry.get("type", "default") == "default"
+
+
+def test_bad_input_on_a_fresh_state_dir_creates_nothing(state_dir, tmp_path):
+    for args in bad_add_commands(tmp_path):
+        exits_2_and_writes_nothing(args, state_dir)
+        assert not state_dir.exists(), f"{args} created {snapshot(state_dir)}"
+
+
+def test_bad_id_messages_name_the_problem(state_dir):
+    line = exits_2_and_writes_nothing(["agents", "add", "a/b", "--pid", "1"], state_dir)
+    assert "invalid agent id" in line
+    line = exits_2_and_writes_nothing(["agents", "add", "ok", "--pid", "0"], state_dir)
+    assert "pid" in line
+    line = exits_2_and_writes_nothing(["history", "a/b"], state_dir)
+    assert "invalid agent id" in line
+    line = exits_2_and_writes_nothing(["agents", "rm", "nobody"], state_dir)
+    assert "nobody" in line
+
+
+def test_state_dir_is_private_whatever_the_umask(procs, state_dir, daemons):
+    p = procs.sleeper()
+    old = os.umask(0)
+    try:
+        register(state_dir, "a", p.pid, open_files=1, **{"for": "0"})
+        d = daemons(state_dir, "--interval", "250ms", "--workers", "1")
+        wait_points(state_dir, "a", 2)
+        wait_until(lambda: (state_dir / "alerts.jsonl").exists(), 10, what="alerts.jsonl")
+        assert d.stop() == 0
+    finally:
+        os.umask(old)
+    seen = {"dirs": 0, "files": 0}
+    for root, _dirs, files in os.walk(state_dir):
+        assert stat.S_IMODE(os.lstat(root).st_mode) == 0o700, root
+        seen["dirs"] += 1
+        for name in files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            assert not stat.S_ISLNK(st.st_mode)
+            assert stat.S_IMODE(st.st_mode) == 0o600, f"{path}: {oct(st.st_mode)}"
+            seen["files"] += 1
+    assert seen["dirs"] >= 4 and seen["files"] >= 6  # registry, agents, history, status, daemon, alerts ...
+    for name in ("registry/a.json", "agents/a.json", "history/a.ring", "status.json", "daemon.json", "alerts.jsonl"):
+        assert (state_dir / name).is_file(), name
+
+
+def test_history_unknown_agent_exits_2_registered_without_samples_is_empty(state_dir):
+    line = exits_2_and_writes_nothing(["history", "nobody"], state_dir)
+    assert "unknown agent" in line and "nobody" in line
+    exits_2_and_writes_nothing(["history", "nobody", "--csv"], state_dir)
+    register(state_dir, "quiet", os.getpid())
+    assert cli_json("history", "quiet", state_dir=state_dir) == {"agent_id": "quiet", "points": []}
+    proc = cli("history", "quiet", "--csv", state_dir=state_dir)
+    assert proc.returncode == 0 and proc.stdout == ",".join(FIELDS) + "\n"
+    proc = cli("history", "quiet", state_dir=state_dir)
+    assert proc.returncode == 0
+
+
+def test_history_csv_header_and_empty_cells_for_null(procs, state_dir, daemons):
+    p = procs.sleeper()
+    register(state_dir, "c", p.pid)
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "1")
+    wait_points(state_dir, "c", 3)
+    assert d.stop() == 0
+    points = history(state_dir, "c")
+    proc = cli("history", "c", "--csv", state_dir=state_dir, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == ",".join(FIELDS)
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(rows) == len(points) >= 3
+    assert points[0]["cpu"] is None and rows[0]["cpu"] == ""  # null -> empty cell, never 0
+    for row, point in zip(rows, points, strict=True):
+        assert row["timestamp"] == point["timestamp"]
+        for f in FIELDS[1:]:
+            if point[f] is None:
+                assert row[f] == ""
+            else:
+                assert float(row[f]) == pytest.approx(point[f])
+    # unregistering keeps the history queryable
+    assert cli("agents", "rm", "c", state_dir=state_dir).returncode == 0
+    assert history(state_dir, "c") == points
+    assert cli_json("status", state_dir=state_dir)["agents"] == []
+
+
+def test_history_every_buckets_are_the_means_of_the_raw_points(procs, state_dir, daemons):
+    # varying cpu and a growing RSS, so that a wrong mean cannot pass by accident
+    p = procs.python(
+        "import time\nchunks = []\nwhile True:\n"
+        "    chunks.append(bytearray(b'x' * (1 << 20)))\n"
+        "    end = time.time() + 0.05 * (len(chunks) % 3)\n"
+        "    while time.time() < end: pass\n"
+        "    time.sleep(0.1)\n"
+    )
+    register(state_dir, "v", p.pid)
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "1")
+    wait_points(state_dir, "v", 14)
+    now = time.time()
+    recent = history(state_dir, "v", "--since", "1s")
+    assert recent and all(parse_ts(pt["timestamp"]) >= now - 1.0 for pt in recent)
+    assert d.stop() == 0
+    raw = history(state_dir, "v")
+    buckets = history(state_dir, "v", "--every", "1s")
+    expected: dict[float, list[dict]] = {}
+    for pt in raw:
+        expected.setdefault(math.floor(parse_ts(pt["timestamp"])), []).append(pt)
+    assert [parse_ts(b["timestamp"]) for b in buckets] == sorted(expected)
+    assert len(buckets) >= 3
+    assert len({b["memory_rss"] for b in buckets}) > 1
+    for b in buckets:
+        group = expected[parse_ts(b["timestamp"])]
+        for f in FIELDS[1:]:
+            values = [pt[f] for pt in group if pt[f] is not None]
+            if values:
+                assert b[f] == pytest.approx(sum(values) / len(values), rel=1e-9), (f, b, group)
+            else:
+                assert b[f] is None
+    two = history(state_dir, "v", "--every", "2s")
+    assert all(parse_ts(b["timestamp"]) % 2 == 0 for b in two)  # aligned to the epoch
+    assert sum(1 for _ in two) == len({math.floor(parse_ts(pt["timestamp"]) / 2) for pt in raw})
+
+
+def test_status_json_daemon_object(procs, state_dir, daemons):
+    p = procs.sleeper()
+    register(state_dir, "s1", p.pid)
+    for i in range(2, 6):
+        register(state_dir, f"s{i}", p.pid)
+    st = cli_json("status", state_dir=state_dir)
+    assert st["daemon"] is None  # no daemon ever ran here
+    assert [a["id"] for a in st["agents"]] == ["s1", "s2", "s3", "s4", "s5"]
+    assert all(a["status"] == "not_running" and a["last_sample"] is None for a in st["agents"])
+
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "2")
+    d.wait_tick(3)
+    started = time.time()
+    st = cli_json("status", state_dir=state_dir)
+    daemon = st["daemon"]
+    assert {"supervisor_pid", "writer_pid", "workers", "tick", "updated", "running"} <= set(daemon)
+    assert daemon["supervisor_pid"] == d.pid and daemon["running"] is True
+    assert pid_alive(daemon["writer_pid"]) and daemon["writer_pid"] != d.pid
+    assert [w["index"] for w in daemon["workers"]] == [0, 1]
+    assert all(pid_alive(w["pid"]) for w in daemon["workers"])
+    assert len({w["pid"] for w in daemon["workers"]} | {daemon["writer_pid"], d.pid}) == 4
+    assert sum(w["agents"] for w in daemon["workers"]) == 5
+    assert isinstance(daemon["tick"], int) and daemon["tick"] >= 3
+    assert abs(parse_ts(daemon["updated"]) - started) < 5
+    for a in st["agents"]:
+        assert set(a) >= {"id", "type", "pid", "status", "restart_count", "start_time", "last_sample", "alerts"}
+        assert a["status"] == "running" and a["pid"] == p.pid and a["alerts"] == []
+        assert set(a["last_sample"]) == set(FIELDS)
+    # kept current: the tick advances while it runs
+    wait_until(lambda: cli_json("status", state_dir=state_dir)["daemon"]["tick"] > daemon["tick"], 10, what="tick advances")
+    assert d.stop() == 0
+    stopped = cli_json("status", state_dir=state_dir)["daemon"]
+    assert stopped["running"] is False and stopped["supervisor_pid"] == d.pid
+
+
+def test_alerts_json_empty_and_agents_ls(state_dir):
+    assert cli_json("alerts", state_dir=state_dir) == {"events": []}
+    register(state_dir, "b", os.getpid(), cpu=80, memory="1GiB", **{"for": "5m"})
+    register(state_dir, "a", pidfile="/run/a.pid")
+    # a registry entry as written: "type" may be left out when it is the default
+    ls = [{"type": "default", **e} for e in cli_json("agents", "ls", state_dir=state_dir)["agents"]]
+    assert ls == [
+        {"id": "a", "type": "default", "pidfile": "/run/a.pid"},
+        {"id": "b", "type": "default", "pid": os.getpid(),
+         "thresholds": {"cpu_threshold": 80.0, "memory_threshold": 2**30, "threshold_duration": 300.0}},
+    ]
+    assert cli("agents", "rm", "b", state_dir=state_dir).returncode == 0
+    assert [a["id"] for a in cli_json("agents", "ls", state_dir=state_dir)["agents"]] == ["a"]
+
+
+def test_usage_errors_exit_2(state_dir):
+    for args in (["history"], ["frobnicate"], ["run", "--interval", "0"], ["run", "--interval", "soon"],
+                 ["run", "--workers", "-1"], ["history", "x", "--every", "0"], ["alerts", "--since", "x"]):
+        proc = cli(*args, state_dir=state_dir, timeout=30)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not state_dir.exists()

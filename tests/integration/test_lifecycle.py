@@ -1,0 +1,194 @@
+"""Agents and the daemon over time: exits, missing pids, restarts of agents and of the daemon."""
+
+from __future__ import annotations
+
+import os
+
+from tests.helpers import pid_alive, register
+from tests.integration.common import agent, alerts, history, wait_points, wait_status
+
+FAST = ("--interval", "250ms", "--workers", "2")
+
+
+def test_killed_agent_becomes_exited_and_its_alerts_close(procs, state_dir, daemons):
+    p = procs.sleeper()
+    register(state_dir, "victim", p.pid, open_files=1, **{"for": "1h"})
+    d = daemons(state_dir, *FAST)
+    a = wait_status(state_dir, "victim", lambda a: a["alerts"], what="open alert")
+    assert a["status"] == "running" and a["pid"] == p.pid
+    assert a["alerts"][0]["resource"] == "open_files" and a["alerts"][0]["state"] == "warning"
+    p.kill()
+    p.wait(timeout=10)
+    a = wait_status(state_dir, "victim", lambda a: a["status"] == "exited", what="exited")
+    assert a["alerts"] == []
+    events = alerts(state_dir)
+    assert [(e["state"], e.get("reason")) for e in events] == [("warning", None), ("ok", "exited")]
+    assert events[1]["value"] is None and events[1]["since"] == events[0]["since"]
+    assert "exited" in d.log()
+    n = len(history(state_dir, "victim"))
+    d.wait_tick(d.daemon_json()["tick"] + 2)
+    assert len(history(state_dir, "victim")) == n  # nothing recorded for a dead agent
+    assert agent(state_dir, "victim")["status"] == "exited"
+    assert d.stop() == 0
+
+
+def test_registered_pid_that_does_not_exist_is_not_running(procs, state_dir, daemons):
+    gone = procs.start(["true"])
+    gone.wait(timeout=10)
+    assert not pid_alive(gone.pid)
+    live = procs.sleeper()
+    register(state_dir, "ghost", gone.pid)
+    register(state_dir, "live", live.pid)
+    d = daemons(state_dir, *FAST)
+    wait_points(state_dir, "live", 3)
+    d.wait_tick(3)
+    ghost = agent(state_dir, "ghost")
+    assert ghost["status"] == "not_running"
+    assert ghost["last_sample"] is None and ghost["start_time"] is None and ghost["restart_count"] == 0
+    assert history(state_dir, "ghost") == []
+    assert agent(state_dir, "live")["status"] == "running"
+    assert d.stop() == 0
+
+
+def test_sigterm_drains_and_exits_0(procs, state_dir, daemons):
+    p = procs.sleeper()
+    register(state_dir, "a", p.pid)
+    d = daemons(state_dir, *FAST)
+    info = d.wait_tick(2)
+    children = [info["writer_pid"]] + [w["pid"] for w in info["workers"]]
+    assert all(pid_alive(c) for c in children)
+    assert d.stop() == 0
+    assert not any(pid_alive(c) for c in children), "a child outlived the daemon"
+    assert not pid_alive(d.pid)
+    final = d.daemon_json()
+    assert final["running"] is False
+    n = len(history(state_dir, "a"))
+    assert n >= 2 and final["persisted_tick"] >= 2
+    assert "fleetmon stopped" in d.log()
+
+
+def test_history_and_alert_state_survive_a_daemon_restart(procs, state_dir, daemons):
+    p = procs.sleeper()
+    register(state_dir, "keeper", p.pid, open_files=1, **{"for": "1h"})
+    first = daemons(state_dir, *FAST)
+    a = wait_status(state_dir, "keeper", lambda a: a["alerts"], what="pending warning")
+    (brief,) = a["alerts"]
+    assert brief["state"] == "warning"
+    wait_points(state_dir, "keeper", 4)
+    assert first.stop() == 0
+    before = history(state_dir, "keeper")
+    events_before = alerts(state_dir)
+    assert [e["state"] for e in events_before] == ["warning"]
+
+    second = daemons(state_dir, *FAST)
+    after = wait_points(state_dir, "keeper", len(before) + 4)
+    assert after[: len(before)] == before  # nothing lost, nothing rewritten
+    assert after[len(before)]["timestamp"] > before[-1]["timestamp"]
+    second.wait_tick(3)
+    a = agent(state_dir, "keeper")
+    assert a["alerts"] == [brief]  # still the same pending warning: same since
+    assert a["status"] == "running" and a["restart_count"] == 0  # the same process: no restart counted
+    assert alerts(state_dir) == events_before  # no second warning opened
+    assert second.stop() == 0
+
+
+def test_pidfile_rewritten_to_a_new_process_counts_a_restart(procs, state_dir, tmp_path, daemons):
+    old, new = procs.sleeper(), procs.sleeper()
+    pidfile = tmp_path / "agent.pid"
+    pidfile.write_text(f"{old.pid}\n")
+    register(state_dir, "pf", pidfile=str(pidfile))
+    d = daemons(state_dir, *FAST)
+    a = wait_status(state_dir, "pf", lambda a: a["status"] == "running", what="running")
+    assert a["pid"] == old.pid and a["restart_count"] == 0
+    tmp = tmp_path / "agent.pid.tmp"
+    tmp.write_text(f"{new.pid}\n")
+    os.replace(tmp, pidfile)
+    a = wait_status(state_dir, "pf", lambda a: a["pid"] == new.pid, what="follows the new pid")
+    assert a["restart_count"] == 1 and a["status"] == "running"
+    n = len(history(state_dir, "pf"))
+    wait_points(state_dir, "pf", n + 2)
+    assert agent(state_dir, "pf")["restart_count"] == 1  # counted once, not per tick
+    assert d.stop() == 0
+    # a daemon restart does not count it again
+    again = daemons(state_dir, *FAST)
+    n = len(history(state_dir, "pf"))
+    wait_points(state_dir, "pf", n + 3)
+    a = agent(state_dir, "pf")
+    assert (a["pid"], a["restart_count"], a["status"]) == (new.pid, 1, "running")
+    assert again.stop() == 0
+
+
+def test_pidfile_appearing_later_is_followed(procs, state_dir, tmp_path, daemons):
+    pidfile = tmp_path / "late.pid"
+    register(state_dir, "late", pidfile=str(pidfile))
+    d = daemons(state_dir, *FAST)
+    d.wait_tick(3)
+    assert agent(state_dir, "late")["status"] == "not_running"
+    p = procs.sleeper()
+    pidfile.write_text(f"{p.pid}\n")
+    a = wait_status(state_dir, "late", lambda a: a["status"] == "running", what="running")
+    assert a["pid"] == p.pid and a["restart_count"] == 0  # the first process seen is no restart
+    pidfile.unlink()
+    wait_status(state_dir, "late", lambda a: a["status"] == "exited", what="exited once the pidfile is gone")
+    assert d.stop() == 0
+
+
+def test_reregistered_pid_counts_a_restart(procs, state_dir, daemons):
+    old, new = procs.sleeper(), procs.sleeper()
+    register(state_dir, "re", old.pid)
+    d = daemons(state_dir, *FAST)
+    wait_status(state_dir, "re", lambda a: a["status"] == "running", what="running")
+    register(state_dir, "re", new.pid)
+    a = wait_status(state_dir, "re", lambda a: a["pid"] == new.pid and a["restart_count"] == 1, what="restart counted")
+    assert a["status"] == "running"
+    assert d.stop() == 0
+
+
+def test_history_is_bounded_by_history_size(procs, state_dir, tmp_path, daemons):
+    p = procs.sleeper()
+    register(state_dir, "b", p.pid)
+    config = tmp_path / "fleetmon.toml"
+    config.write_text("history_size = 5\n")
+    d = daemons(state_dir, "--config", str(config), *FAST)
+    d.wait_tick(9)
+    assert d.stop() == 0
+    points = history(state_dir, "b")
+    ticks = d.daemon_json()["tick"]
+    assert ticks >= 9
+    assert len(points) == 5  # the newest five of ``ticks`` samples
+    stamps = [pt["timestamp"] for pt in points]
+    assert stamps == sorted(stamps)
+    assert (state_dir / "history" / "b.ring").stat().st_size == 64 * (5 + 1)
+    last = agent(state_dir, "b")["last_sample"]
+    assert last == points[-1]
+
+
+def test_invalid_registry_entries_are_skipped_and_the_rest_keep_running(procs, state_dir, tmp_path, daemons):
+    """Bad input loses nothing: each invalid file is named once in an error, the valid agents are
+    sampled, and no child of the daemon dies over it (a pid too large for the wire, in a registry file
+    or in a pidfile, once crashed the supervisor or a worker)."""
+    p = procs.sleeper()
+    register(state_dir, "good", p.pid)
+    huge = tmp_path / "huge.pid"
+    huge.write_text("99999999999999999999\n")
+    register(state_dir, "hugepidfile", pidfile=str(huge))
+    registry = state_dir / "registry"
+    bad = {
+        "huge.json": '{"id": "huge", "pid": 99999999999999999999}',
+        "zero.json": '{"id": "zero", "pid": 0}',
+        "mismatch.json": '{"id": "other", "pid": 1}',
+        "torn.json": '{"id": "torn", "pi',
+    }
+    for name, text in bad.items():
+        (registry / name).write_text(text)
+    d = daemons(state_dir, *FAST)
+    wait_points(state_dir, "good", 4)
+    info = d.wait_tick(4)
+    assert all(w["restarts"] == 0 for w in info["workers"]), info
+    assert info["writer_restarts"] == 0
+    assert agent(state_dir, "hugepidfile")["status"] == "not_running"
+    log = d.log()
+    for name in bad:
+        assert sum(name in line and "ERROR" in line for line in log.splitlines()) == 1, (name, log)
+    assert "Traceback" not in log
+    assert d.stop() == 0

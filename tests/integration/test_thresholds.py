@@ -1,0 +1,102 @@
+"""Thresholds end to end: warning, then error after the duration, then ok on recovery, in the daemon
+log and in ``alerts --json``; sources from the config file."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import cli, register, wait_until
+from tests.integration.common import PY, agent, alerts, fd_count, parse_ts
+from tests.integration.common import status as status_json
+
+EXTRA = 20
+LIMIT = 15
+# Holds EXTRA extra fds while the file argv[1] exists, none otherwise.
+FD_TOGGLE = f"""
+import os, sys, time
+hold = sys.argv[1]
+fds = []
+while True:
+    if os.path.exists(hold) and not fds:
+        fds = [os.open("/dev/null", os.O_RDONLY) for _ in range({EXTRA})]
+    elif not os.path.exists(hold) and fds:
+        for fd in fds:
+            os.close(fd)
+        fds = []
+    time.sleep(0.02)
+"""
+
+
+def json_log(daemon) -> list[dict]:
+    out = []
+    for line in daemon.log().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def test_warning_then_error_after_duration_then_ok(procs, state_dir, tmp_path, daemons):
+    hold = tmp_path / "hold"
+    hold.touch()
+    p = procs.start([PY, "-c", FD_TOGGLE, str(hold)])
+    wait_until(lambda: fd_count(p.pid) > LIMIT, 30, what="fds held")
+    register(state_dir, "leaky", p.pid, open_files=LIMIT, **{"for": "1s"})
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "1", "--log-format", "json")
+
+    events = wait_until(lambda: len(e := alerts(state_dir)) >= 2 and e, 30, what="warning and error")
+    warning, error = events[:2]
+    assert (warning["state"], error["state"]) == ("warning", "error")
+    for e in (warning, error):
+        assert e["agent_id"] == "leaky" and e["resource"] == "open_files" and e["threshold"] == LIMIT
+        assert e["value"] > LIMIT
+    assert warning["since"] == warning["timestamp"] == error["since"]
+    held = parse_ts(error["timestamp"]) - parse_ts(error["since"])
+    assert 1.0 <= held < 3.0, held  # the duration, then at the first sample after it
+    a = agent(state_dir, "leaky")
+    assert a["alerts"] == [{"resource": "open_files", "state": "error", "since": warning["since"]}]
+
+    hold.unlink()
+    wait_until(lambda: fd_count(p.pid) <= LIMIT, 30, what="fds released")
+    events = wait_until(lambda: len(e := alerts(state_dir)) >= 3 and e, 30, what="ok")
+    assert [e["state"] for e in events] == ["warning", "error", "ok"]
+    ok = events[2]
+    assert ok["value"] <= LIMIT and ok["since"] == warning["since"] and ok.get("reason") is None
+    assert parse_ts(ok["timestamp"]) > parse_ts(error["timestamp"])
+    wait_until(lambda: agent(state_dir, "leaky")["alerts"] == [], 10, what="status without alerts")
+    assert d.stop() == 0
+
+    lines = [r for r in json_log(d) if r.get("agent_id") == "leaky" and r.get("resource") == "open_files"]
+    assert [(r["level"], r.get("state")) for r in lines] == [("WARNING", "warning"), ("ERROR", "error"), ("INFO", "ok")]
+    for r in lines:
+        assert r["threshold"] == LIMIT and "value" in r and "duration" in r
+    assert lines[1]["duration"] >= 1.0
+
+
+def test_config_type_thresholds_and_duration_zero(procs, state_dir, tmp_path, daemons):
+    """``[thresholds.types.big]`` applies to agents of that type only; duration 0 is error at once."""
+    big = procs.python("import time; time.sleep(600)")
+    small = procs.python("import time; time.sleep(600)")
+    config = tmp_path / "fleetmon.toml"
+    config.write_text('[thresholds.types.big]\nmemory_threshold = "5MiB"\nthreshold_duration = 0\n')
+    register(state_dir, "big", big.pid, type="big")
+    register(state_dir, "small", small.pid)
+    d = daemons(state_dir, "--config", str(config), "--interval", "250ms", "--workers", "1")
+    wait_until(lambda: alerts(state_dir), 30, what="an alert")
+    d.wait_tick(d.daemon_json()["tick"] + 2)
+    assert d.stop() == 0
+    events = alerts(state_dir)
+    assert [(e["agent_id"], e["resource"], e["state"]) for e in events] == [("big", "memory", "error")]
+    assert events[0]["threshold"] == 5 * 2**20 and events[0]["value"] > 5 * 2**20
+    assert events[0]["since"] == events[0]["timestamp"]
+    assert [a["alerts"] for a in status_json(state_dir)["agents"] if a["id"] == "small"] == [[]]
+
+
+def test_invalid_config_refuses_to_start_naming_the_key(state_dir, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[thresholds.types.web]\nmemory_threshold = "lots"\n')
+    proc = cli("run", "--config", str(config), state_dir=state_dir, timeout=30)
+    assert proc.returncode == 2
+    assert "thresholds.types.web.memory_threshold" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

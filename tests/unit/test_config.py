@@ -1,0 +1,106 @@
+"""Config file errors name the key; values parse; flags override the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetmon.supervisor.config import ConfigError, load
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(text: str):
+        path = tmp_path / "fleetmon.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def test_defaults():
+    c = load(None)
+    assert (c.workers, c.interval, c.history_size, c.stall_timeout, c.alert_repeat, c.http) == (0, 60.0, 1440, 10.0, 600.0, None)
+    assert c.worker_count >= 1
+
+
+def test_full_file_parses(write):
+    c = load(write("""
+state_dir = "/var/lib/fleetmon"
+workers = 2
+interval = "250ms"
+history_size = 100
+stall_timeout = "5s"
+alert_repeat = 0
+http = "127.0.0.1:9464"
+
+[thresholds.default]
+cpu_threshold = 90
+memory_threshold = "1GiB"
+open_files_threshold = 1000
+threshold_duration = "5m"
+
+[thresholds.types.web]
+memory_threshold = "2GiB"
+"""))
+    assert (c.workers, c.interval, c.history_size, c.stall_timeout, c.alert_repeat) == (2, 0.25, 100, 5.0, 0.0)
+    d = c.default_thresholds()
+    assert (d.cpu_threshold, d.memory_threshold, d.open_files_threshold, d.threshold_duration) == (90, 2**30, 1000, 300.0)
+    web = c.thresholds_for_type("web")
+    assert web.memory_threshold == 2 * 2**30 and web.cpu_threshold is None
+    assert c.thresholds_for_type("db") is None
+
+
+def test_flags_override_the_file(write):
+    c = load(write('workers = 2\ninterval = "10s"\n'), {"workers": 3, "interval": 0.5, "http": None})
+    assert c.workers == 3 and c.interval == 0.5
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('workers = "x"', "workers"),
+        ("workers = -3", "workers"),
+        ("workers = true", "workers"),
+        ('interval = "soon"', "interval"),
+        ("interval = 0", "interval"),
+        ('stall_timeout = "1y"', "stall_timeout"),
+        ("alert_repeat = -1", "alert_repeat"),
+        ("history_size = 0", "history_size"),
+        ('log_format = "xml"', "log_format"),
+        ("colour = 1", "colour"),
+        ('[thresholds.default]\ncpu_threshold = "high"', "thresholds.default.cpu_threshold"),
+        ("[thresholds.default]\ncpu_threshold = -1", "thresholds.default.cpu_threshold"),
+        ('[thresholds.default]\nmemory_threshold = "lots"', "thresholds.default.memory_threshold"),
+        ("[thresholds.default]\nopen_files_threshold = 2.5", "thresholds.default.open_files_threshold"),
+        ('[thresholds.default]\nthreshold_duration = "x"', "thresholds.default.threshold_duration"),
+        ('[thresholds.types.web]\nmemory_threshold = "lots"', "thresholds.types.web.memory_threshold"),
+        ('[thresholds.types.web]\nthreshold_duration = "forever"', "thresholds.types.web.threshold_duration"),
+        ("[thresholds.types.web]\nbogus = 1", "bogus"),
+        ("[thresholds]\nbogus = 1", "bogus"),
+    ],
+)
+def test_errors_name_the_key(write, text, key):
+    path = write(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert key in message, message
+    assert str(path) in message
+    assert "\n" not in message
+
+
+def test_nested_key_is_named_in_full(write):
+    with pytest.raises(ConfigError, match=r"thresholds\.types\.web\.memory_threshold: invalid size"):
+        load(write('[thresholds.types.web]\nmemory_threshold = "lots"\n'))
+
+
+def test_invalid_toml_and_missing_file(write, tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(write("workers = \n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.toml")
+
+
+def test_bad_override_names_the_key():
+    with pytest.raises(ConfigError, match="workers"):
+        load(None, {"workers": 5000})

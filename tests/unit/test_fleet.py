@@ -1,0 +1,196 @@
+"""The writer's fleet model end to end, with a temp RingStore and a fake clock (sample timestamps)."""
+
+from __future__ import annotations
+
+import pytest
+from loguru import logger
+
+from fleetmon.store.fleet import Fleet
+from fleetmon.store.ring import RingStore, read_points
+from fleetmon.units import parse_rfc3339
+from fleetmon.wire import Gone, RegisteredAgent, Sample, Thresholds
+
+T0 = 1_700_000_000.0
+CT = 1_699_999_000.0  # create time of the agent's process
+
+
+@pytest.fixture
+def rings(tmp_path):
+    store = RingStore(tmp_path / "history", capacity=50)
+    (tmp_path / "history").mkdir()
+    yield store
+    store.close_all()
+
+
+@pytest.fixture
+def events():
+    return []
+
+
+@pytest.fixture
+def logs():
+    records = []
+    sink = logger.add(lambda m: records.append(m.record), level="DEBUG")
+    yield records
+    logger.remove(sink)
+
+
+def make_fleet(rings, events, **thresholds):
+    fleet = Fleet(rings, events.append, alert_repeat=600.0)
+    fleet.set_registry([RegisteredAgent("a1", "default", 100, None, Thresholds(**thresholds))], T0)
+    return fleet
+
+
+def sample(ts, pid=100, create_time=CT, cpu=1.0, rss=1000, fds=5, agent="a1"):
+    return Sample(agent, pid, create_time, ts, cpu, rss, 2000, 0, 0, fds, 1)
+
+
+def test_events_warning_error_ok_in_order(rings, events, logs):
+    fleet = make_fleet(rings, events, cpu_threshold=50, threshold_duration=1)
+    fleet.on_sample(sample(T0, cpu=10))
+    fleet.on_sample(sample(T0 + 1, cpu=80))
+    fleet.on_sample(sample(T0 + 1.5, cpu=90))
+    fleet.on_sample(sample(T0 + 2, cpu=90))
+    fleet.on_sample(sample(T0 + 3, cpu=95))
+    fleet.on_sample(sample(T0 + 4, cpu=20))
+    assert [(e.resource, e.state) for e in events] == [("cpu", "warning"), ("cpu", "error"), ("cpu", "ok")]
+    warning, error, ok = events
+    assert parse_rfc3339(warning.timestamp) == pytest.approx(T0 + 1)
+    assert parse_rfc3339(error.timestamp) == pytest.approx(T0 + 2)
+    assert parse_rfc3339(ok.timestamp) == pytest.approx(T0 + 4)
+    assert warning.since == error.since == ok.since == warning.timestamp
+    assert (warning.value, error.value, ok.value) == (80, 90, 20)
+    assert warning.threshold == 50
+    assert ok.reason is None
+    levels = [r["level"].name for r in logs if r["extra"].get("resource") == "cpu"]
+    assert levels == ["WARNING", "ERROR", "INFO"]
+    assert all(r["extra"]["agent_id"] == "a1" for r in logs if r["extra"].get("resource") == "cpu")
+    assert fleet.agents["a1"].alerts == {}
+
+
+def test_open_episode_listed_on_the_agent(rings, events):
+    fleet = make_fleet(rings, events, memory_threshold=100, threshold_duration=60)
+    fleet.on_sample(sample(T0, rss=200))
+    rec = fleet.agents["a1"].record(T0)
+    assert [(b.resource, b.state) for b in rec.alerts] == [("memory", "warning")]
+    assert parse_rfc3339(rec.alerts[0].since) == pytest.approx(T0)
+
+
+def test_repeat_log_at_most_every_alert_repeat(rings, events, logs):
+    fleet = make_fleet(rings, events, cpu_threshold=50, threshold_duration=1000)
+    fleet.alert_repeat = 10.0
+    for i in range(25):
+        fleet.on_sample(sample(T0 + i, cpu=80))
+    warnings = [r for r in logs if r["level"].name == "WARNING" and r["extra"].get("resource") == "cpu"]
+    assert len(warnings) == 3  # at 0 (change), then repeated at 10 and 20
+    assert len(events) == 1
+
+
+def test_exited_closes_alerts_with_reason(rings, events):
+    fleet = make_fleet(rings, events, open_files_threshold=3, threshold_duration=0)
+    fleet.on_sample(sample(T0, fds=10))
+    assert [e.state for e in events] == ["error"]
+    fleet.on_gone(Gone("a1", 100, T0 + 1, "no_process"))
+    a = fleet.agents["a1"]
+    assert a.status == "exited"
+    assert [e.state for e in events] == ["error", "ok"]
+    ok = events[-1]
+    assert ok.reason == "exited" and ok.value is None and ok.resource == "open_files"
+    assert ok.since == events[0].since
+    assert a.alerts == {}
+    # staying gone emits nothing more
+    fleet.on_gone(Gone("a1", 100, T0 + 2, "no_process"))
+    assert len(events) == 2 and a.status == "exited"
+
+
+def test_never_seen_is_not_running(rings, events):
+    fleet = make_fleet(rings, events)
+    fleet.on_gone(Gone("a1", 100, T0, "no_process"))
+    assert fleet.agents["a1"].status == "not_running"
+    fleet.on_sample(sample(T0 + 1))
+    assert fleet.agents["a1"].status == "running"
+
+
+def test_pid_change_counts_a_restart(rings, events):
+    fleet = make_fleet(rings, events)
+    fleet.on_sample(sample(T0))
+    fleet.on_sample(sample(T0 + 1))
+    assert fleet.agents["a1"].restart_count == 0
+    fleet.on_gone(Gone("a1", 100, T0 + 2, "no_process"))
+    fleet.on_sample(sample(T0 + 3, pid=200, create_time=CT + 500))
+    a = fleet.agents["a1"]
+    assert a.restart_count == 1 and a.pid == 200 and a.status == "running"
+    assert a.record(T0 + 3).restart_count == 1
+    fleet.on_sample(sample(T0 + 4, pid=300, create_time=CT + 600))
+    assert a.restart_count == 2
+    assert len(read_points(rings.path("a1"))) == 4
+
+
+def test_pid_reuse_marks_exited_and_is_not_recorded(rings, events):
+    fleet = make_fleet(rings, events, cpu_threshold=50, threshold_duration=10)
+    fleet.on_sample(sample(T0, cpu=80))
+    fleet.on_sample(sample(T0 + 1, cpu=80))
+    assert [e.state for e in events] == ["warning"]
+    # the same pid, a different process (create time differs by far more than a jiffy)
+    fleet.on_sample(sample(T0 + 2, create_time=CT + 30, cpu=99, rss=123456))
+    a = fleet.agents["a1"]
+    assert a.status == "exited"
+    assert a.restart_count == 0
+    assert a.last.timestamp == T0 + 1 and a.last.memory_rss == 1000
+    points = read_points(rings.path("a1"))
+    assert [p.timestamp for p in points] == [T0, T0 + 1]
+    assert [(e.state, e.reason) for e in events] == [("warning", None), ("ok", "exited")]
+    assert fleet.retired == [("a1", 100, CT)]
+    # and it stays out: the stranger's later samples are never recorded either
+    fleet.on_sample(sample(T0 + 3, create_time=CT + 30))
+    assert len(read_points(rings.path("a1"))) == 2 and a.status == "exited"
+
+
+def test_create_time_jitter_is_not_pid_reuse(rings, events):
+    fleet = make_fleet(rings, events)
+    fleet.on_sample(sample(T0))
+    fleet.on_sample(sample(T0 + 1, create_time=CT + 0.01))
+    assert fleet.agents["a1"].status == "running"
+    assert len(read_points(rings.path("a1"))) == 2
+
+
+def test_samples_land_in_history_in_order(rings, events):
+    fleet = make_fleet(rings, events)
+    for i in range(10):
+        fleet.on_sample(sample(T0 + i, cpu=float(i), rss=1000 + i))
+    points = read_points(rings.path("a1"))
+    assert [p.cpu for p in points] == [float(i) for i in range(10)]
+    assert [p.memory_rss for p in points] == [1000 + i for i in range(10)]
+    assert fleet.samples_total == 10
+
+
+def test_unregistered_agent_is_ignored(rings, events):
+    fleet = make_fleet(rings, events)
+    fleet.on_sample(sample(T0, agent="stranger"))
+    assert "stranger" not in fleet.agents
+    assert not rings.path("stranger").exists()
+
+
+def test_removed_from_registry_closes_alerts(rings, events):
+    fleet = make_fleet(rings, events, cpu_threshold=50)
+    fleet.on_sample(sample(T0, cpu=80))
+    fleet.set_registry([], T0 + 1)
+    assert [(e.state, e.reason) for e in events] == [("error", None), ("ok", "removed")]
+    fleet.on_sample(sample(T0 + 2, cpu=80))
+    assert len(read_points(rings.path("a1"))) == 1
+
+
+def test_threshold_sources_type_then_default(rings, events):
+    fleet = Fleet(
+        rings, events.append,
+        default_thresholds=Thresholds(cpu_threshold=90, threshold_duration=0),
+        type_thresholds={"web": Thresholds(cpu_threshold=50)},
+    )
+    fleet.set_registry([
+        RegisteredAgent("w", "web", 1, None, Thresholds()),
+        RegisteredAgent("d", "default", 2, None, Thresholds()),
+        RegisteredAgent("own", "web", 3, None, Thresholds(cpu_threshold=70)),
+    ], T0)
+    for agent, pid in (("w", 1), ("d", 2), ("own", 3)):
+        fleet.on_sample(sample(T0, pid=pid, cpu=60, agent=agent))
+    assert [(e.agent_id, e.state, e.threshold) for e in events] == [("w", "error", 50)]

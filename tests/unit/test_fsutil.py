@@ -1,0 +1,131 @@
+"""Atomic replace: an interrupted write leaves the previous file whole and no temp file behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from fleetmon.store import fsutil
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_writes(monkeypatch, after_bytes: int, exc: BaseException):
+    """Make ``os.write`` write up to ``after_bytes`` bytes, then raise ``exc`` (a crash or full disk
+    midway through the temp file)."""
+    real_write = os.write
+    written = {"n": 0}
+
+    def write(fd, data):
+        left = after_bytes - written["n"]
+        if left <= 0:
+            raise exc
+        n = real_write(fd, bytes(data)[: min(left, 4096)])
+        written["n"] += n
+        return n
+
+    monkeypatch.setattr(os, "write", write)
+    return written
+
+
+def listing(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"), Interrupted("killed"), KeyboardInterrupt()])
+def test_interrupted_atomic_write_leaves_the_previous_file(tmp_path, monkeypatch, exc):
+    path = tmp_path / "status.json"
+    old = b'{"old": true}\n' * 100
+    fsutil.atomic_write(path, old)
+    new = b'{"new": true}\n' * 10_000
+    written = interrupt_writes(monkeypatch, after_bytes=len(new) // 2, exc=exc)
+    with pytest.raises(type(exc)):
+        fsutil.atomic_write(path, new)
+    monkeypatch.undo()
+    assert written["n"] > 0  # the interruption really happened midway
+    assert path.read_bytes() == old
+    assert listing(tmp_path) == ["status.json"]
+
+
+def test_interrupted_rename_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.json"
+    fsutil.atomic_write(path, b"old")
+
+    def boom(*a, **k):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        fsutil.atomic_write(path, b"new")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old"
+    assert listing(tmp_path) == ["a.json"]
+
+
+def test_atomic_write_replaces_and_is_private(tmp_path):
+    path = tmp_path / "a.json"
+    old_umask = os.umask(0)
+    try:
+        fsutil.atomic_write(path, b"one")
+        fsutil.atomic_write(path, b"two")
+    finally:
+        os.umask(old_umask)
+    assert path.read_bytes() == b"two"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert listing(tmp_path) == ["a.json"]
+
+
+def test_interrupted_write_many_keeps_every_file_whole(tmp_path, monkeypatch):
+    names = [f"agent-{i}.json" for i in range(8)]
+    for n in names:
+        fsutil.atomic_write(tmp_path / n, b"old " + n.encode())
+    new = [(n, b"new " + n.encode() * 500) for n in names]
+    interrupt_writes(monkeypatch, after_bytes=len(new[0][1]) * 3 + 100, exc=OSError(errno.ENOSPC, "full"))
+    with pytest.raises(OSError):
+        fsutil.atomic_write_many(tmp_path, new)
+    monkeypatch.undo()
+    assert listing(tmp_path) == sorted(names)
+    for n in names:
+        data = (tmp_path / n).read_bytes()
+        assert data in (b"old " + n.encode(), b"new " + n.encode() * 500)
+    assert fsutil.atomic_write_many(tmp_path, new) == len(names)
+    assert all((tmp_path / n).read_bytes() == d for n, d in new)
+    assert listing(tmp_path) == sorted(names)
+
+
+def test_ensure_dir_mode_and_refuses_symlinks(tmp_path):
+    old_umask = os.umask(0)
+    try:
+        d = fsutil.ensure_dir(tmp_path / "a" / "b")
+    finally:
+        os.umask(old_umask)
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    os.chmod(d, 0o755)
+    fsutil.ensure_dir(d)
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    link = tmp_path / "link"
+    link.symlink_to(d)
+    with pytest.raises(OSError):
+        fsutil.ensure_dir(link)
+
+
+def test_read_private_does_not_follow_symlinks(tmp_path):
+    target = tmp_path / "secret"
+    target.write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        fsutil.read_private(link)
+    assert fsutil.read_private(target) == b"x"
+
+
+def test_move_aside(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text("garbage")
+    aside = fsutil.move_aside(path)
+    assert not path.exists() and aside.read_text() == "garbage"
+    assert aside.name.startswith("a.json.corrupt-")

@@ -1,0 +1,149 @@
+"""Registry entries: ``<state>/registry/<id>.json`` validation, reading and rescans."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from loguru import logger
+
+from fleetmon.supervisor import registry as reg
+
+
+def entry_bytes(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_valid_entries():
+    e = reg.parse_entry(entry_bytes(id="web-1", pid=123), "web-1.json")
+    assert (e.id, e.type, e.pid, e.pidfile, e.thresholds) == ("web-1", "default", 123, None, None)
+    e = reg.parse_entry(
+        entry_bytes(id="a.b_c", type="web", pidfile="/run/x.pid", thresholds={"cpu_threshold": 80, "threshold_duration": 300}),
+        "a.b_c.json",
+    )
+    assert e.pidfile == "/run/x.pid" and e.type == "web"
+    assert e.thresholds.cpu_threshold == 80 and e.thresholds.memory_threshold is None
+
+
+@pytest.mark.parametrize(
+    "agent_id",
+    ["", "-a", ".a", "_a", "a/b", "../a", "a b", "a\nb", "a\n", "é", "x" * 129, "a:b", "a*"],
+)
+def test_bad_ids_are_refused(agent_id):
+    with pytest.raises(reg.InvalidEntry, match="invalid agent id"):
+        reg.parse_entry(entry_bytes(id=agent_id, pid=1), f"{agent_id}.json")
+
+
+def test_longest_id_is_accepted():
+    agent_id = "a" * 128
+    assert reg.parse_entry(entry_bytes(id=agent_id, pid=1), f"{agent_id}.json").id == agent_id
+
+
+def test_id_must_match_the_file_name():
+    with pytest.raises(reg.InvalidEntry, match="does not match the file name"):
+        reg.parse_entry(entry_bytes(id="a", pid=1), "b.json")
+    with pytest.raises(reg.InvalidEntry, match="does not match"):
+        reg.parse_entry(entry_bytes(id="a", pid=1), "a.json.json")
+
+
+@pytest.mark.parametrize("pid", [0, -1, True, False, "12", 1.0, 1.5, [], {}, 2**31, 10**20])
+def test_bad_pids_are_refused(pid):
+    with pytest.raises(reg.InvalidEntry, match="pid"):
+        reg.parse_entry(entry_bytes(id="a", pid=pid), "a.json")
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"id": "a", "pid": 1, "pidfile": "/x.pid"}, "exactly one of pid and pidfile"),
+        ({"id": "a"}, "exactly one of pid and pidfile"),
+        ({"id": "a", "pid": None, "pidfile": None}, "exactly one of pid and pidfile"),
+        ({"id": "a", "pid": 1, "colour": "red"}, "unknown field `colour`"),
+        ({"id": "a", "pid": 1, "thresholds": {"cpu": 80}}, "unknown field `cpu`"),
+        ({"id": "a", "pid": 1, "thresholds": {"cpu_threshold": -1}}, "cpu_threshold must not be negative"),
+        ({"id": "a", "pid": 1, "thresholds": {"memory_threshold": "1GiB"}}, "memory_threshold"),
+        ({"id": "a", "pidfile": ""}, "pidfile"),
+        ({"id": "a", "pid": 1, "type": ""}, "type"),
+        ({"pid": 1}, "id"),
+    ],
+)
+def test_invalid_entries(fields, match):
+    with pytest.raises(reg.InvalidEntry, match=match):
+        reg.parse_entry(entry_bytes(**fields), "a.json")
+
+
+@pytest.mark.parametrize("data", [b"", b"nope", b"[]", b'{"id": "a", "pid": 1', b"\xff\xfe"])
+def test_malformed_json(data):
+    with pytest.raises(reg.InvalidEntry):
+        reg.parse_entry(data, "a.json")
+
+
+def test_invalid_entry_message_is_one_line():
+    with pytest.raises(reg.InvalidEntry) as info:
+        reg.parse_entry(entry_bytes(id="a", pid="x"), "a.json")
+    assert "\n" not in str(info.value)
+
+
+def test_write_then_read_round_trip(tmp_path):
+    d = tmp_path / "registry"
+    e = reg.RegistryEntry("a1", "web", 42, None, None)
+    path = reg.write_entry(d, e)
+    assert path == d / "a1.json"
+    assert oct(os.stat(d).st_mode & 0o777) == oct(0o700)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+    assert reg.parse_entry(path.read_bytes(), "a1.json") == e
+    assert json.loads(path.read_text()) == {"id": "a1", "type": "web", "pid": 42}
+    assert [p.name for p in d.iterdir()] == ["a1.json"]  # no temp file left behind
+    assert reg.remove_entry(d, "a1") is True
+    assert reg.remove_entry(d, "a1") is False
+
+
+def test_read_all_skips_invalid_files_and_names_them(tmp_path):
+    d = tmp_path / "registry"
+    d.mkdir()
+    (d / "good.json").write_bytes(entry_bytes(id="good", pid=5))
+    (d / "bad.json").write_bytes(entry_bytes(id="bad", pid=0))
+    (d / "other.json").write_bytes(entry_bytes(id="mismatch", pid=5))
+    (d / "notes.txt").write_text("ignored")
+    (d / ".tmp.json").write_text("ignored: hidden temp file")
+    entries, errors = reg.read_all(d)
+    assert list(entries) == ["good"]
+    assert set(errors) == {"bad.json", "other.json"}
+    assert "pid" in errors["bad.json"] and "does not match" in errors["other.json"]
+
+
+def test_scanner_skips_an_invalid_file_with_one_error_and_picks_up_changes(tmp_path):
+    d = tmp_path / "registry"
+    d.mkdir()
+    records = []
+    sink = logger.add(lambda m: records.append(m.record), level="ERROR")
+    try:
+        (d / "a.json").write_bytes(entry_bytes(id="a", pid=1))
+        (d / "b.json").write_bytes(entry_bytes(id="b", pid=-4))
+        scanner = reg.RegistryScanner(d)
+        assert scanner.scan(force=True) is True
+        assert set(scanner.entries) == {"a"}
+        errors = [r for r in records if "b.json" in r["message"]]
+        assert len(errors) == 1
+        assert scanner.scan(force=True) is False  # unchanged: not read again, not logged again
+        assert len([r for r in records if "b.json" in r["message"]]) == 1
+        (d / "b.json").write_bytes(entry_bytes(id="b", pid=7, type="fixed"))
+        assert scanner.scan(force=True) is True
+        assert scanner.entries["b"].pid == 7
+        (d / "a.json").unlink()
+        assert scanner.scan(force=True) is True
+        assert set(scanner.entries) == {"b"}
+    finally:
+        logger.remove(sink)
+
+
+def test_scanner_does_not_follow_symlinks(tmp_path):
+    d = tmp_path / "registry"
+    d.mkdir()
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes(entry_bytes(id="link", pid=1))
+    (d / "link.json").symlink_to(target)
+    scanner = reg.RegistryScanner(d)
+    scanner.scan(force=True)
+    assert scanner.entries == {}

@@ -1,0 +1,211 @@
+"""History rings: bounded, newest points in order, one write in place per sample, and a torn or
+garbled record is never read as valid."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleetmon.store.ring import RECORD_SIZE, CorruptRing, Point, Ring, RingStore, encode_record, read_points
+
+I32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+I64 = st.integers(min_value=0, max_value=2**63 - 1)
+F32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+def opt(s):
+    return st.one_of(st.none(), s)
+
+
+def points(min_size=0, max_size=60):
+    """Points with strictly increasing timestamps and any mix of nulls."""
+    values = st.tuples(opt(F32), opt(I64), opt(I64), opt(I64), opt(I64), opt(I32), opt(I32))
+    return st.lists(values, min_size=min_size, max_size=max_size).map(
+        lambda vs: [Point(1_700_000_000.0 + i * 0.25, *v) for i, v in enumerate(vs)]
+    )
+
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def fresh(tmp_path, name="a.ring"):
+    path = tmp_path / name
+    if path.exists():
+        path.unlink()
+    return path
+
+
+@SETTINGS
+@given(pts=points(), capacity=st.integers(min_value=1, max_value=20), reopen_every=st.integers(min_value=1, max_value=25))
+def test_ring_bound_and_newest_in_order(tmp_path, pts, capacity, reopen_every):
+    """Never more than ``capacity`` points; exactly the newest ones, oldest first; also across reopens
+    (the head is found again from the sequence numbers)."""
+    path = fresh(tmp_path)
+    ring = Ring.open(path, capacity)
+    size = path.stat().st_size
+    try:
+        for i, p in enumerate(pts, start=1):
+            ring.append(p)
+            if i % reopen_every == 0:
+                ring.close()
+                ring = Ring.open(path, capacity)
+            got = read_points(path)
+            assert len(got) <= capacity
+            assert got == pts[max(0, i - capacity) : i]
+    finally:
+        ring.close()
+    assert path.stat().st_size == size == RECORD_SIZE * (capacity + 1)  # preallocated, never grows
+
+
+def test_append_is_one_write_in_place(tmp_path):
+    """Persisting a sample does not rewrite the history: same inode, same size, and only one
+    record's bytes change, whatever the history length."""
+    path = tmp_path / "a.ring"
+    ring = Ring.open(path, 1000)
+    for i in range(700):
+        ring.append(Point(float(i + 1), 1.0, i, i, i, i, i, i))
+    before_ino = path.stat().st_ino
+    before = path.read_bytes()
+    ring.append(Point(9999.0, 2.0, 1, 1, 1, 1, 1, 1))
+    after = path.read_bytes()
+    ring.close()
+    assert path.stat().st_ino == before_ino and len(after) == len(before)
+    changed = [i for i in range(0, len(after), RECORD_SIZE) if after[i : i + RECORD_SIZE] != before[i : i + RECORD_SIZE]]
+    assert changed == [RECORD_SIZE * 701]
+
+
+def test_ringstore_keeps_every_agent_apart_and_bounded(tmp_path):
+    store = RingStore(tmp_path, capacity=5, max_open=2)  # forces LRU eviction and reopening
+    for i in range(12):
+        for agent in ("a", "b", "c"):
+            store.append(agent, Point(float(i), float(i), i, i, i, i, i, i))
+    store.close_all()
+    for agent in ("a", "b", "c"):
+        got = read_points(store.path(agent))
+        assert [p.timestamp for p in got] == [7.0, 8.0, 9.0, 10.0, 11.0]
+
+
+def test_capacity_change_keeps_the_newest(tmp_path):
+    path = tmp_path / "a.ring"
+    ring = Ring.open(path, 8)
+    for i in range(10):
+        ring.append(Point(float(i), None, i, None, None, None, None, None))
+    ring.close()
+    ring = Ring.open(path, 4)
+    assert [p.timestamp for p in read_points(path)] == [6.0, 7.0, 8.0, 9.0]
+    ring.append(Point(10.0, None, 10, None, None, None, None, None))
+    ring.close()
+    assert [p.timestamp for p in read_points(path)] == [7.0, 8.0, 9.0, 10.0]
+    ring = Ring.open(path, 16)
+    ring.append(Point(11.0, None, 11, None, None, None, None, None))
+    ring.close()
+    assert [p.timestamp for p in read_points(path)] == [7.0, 8.0, 9.0, 10.0, 11.0]
+
+
+def test_bad_header_is_corrupt(tmp_path):
+    path = tmp_path / "a.ring"
+    Ring.open(path, 4).close()
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptRing):
+        read_points(path)
+    with pytest.raises(CorruptRing):
+        Ring.open(path, 4)
+
+
+def test_ringstore_moves_a_corrupt_ring_aside(tmp_path):
+    store = RingStore(tmp_path, capacity=4)
+    path = store.path("a")
+    path.write_bytes(b"garbage" * 20)
+    store.append("a", Point(1.0, 1.0, 1, 1, 1, 1, 1, 1))
+    store.close_all()
+    assert [p.timestamp for p in read_points(path)] == [1.0]
+    assert len(list(tmp_path.glob("a.ring.corrupt-*"))) == 1
+
+
+def test_nulls_and_extremes_round_trip(tmp_path):
+    path = tmp_path / "a.ring"
+    ring = Ring.open(path, 4)
+    pts = [
+        Point(1.0, None, None, None, None, None, None, None),
+        Point(2.0, 0.0, 0, 0, 0, 0, 0, 0),  # zero is a value, not null
+        Point(3.0, 1234.5, 2**62, 2**63 - 1, 1, 2, 2**31 - 1, 1),
+    ]
+    for p in pts:
+        ring.append(p)
+    ring.close()
+    assert read_points(path) == pts
+
+
+@SETTINGS
+@given(
+    pts=points(min_size=1, max_size=30),
+    capacity=st.integers(min_value=1, max_value=12),
+    victim=st.integers(min_value=0),
+    offset=st.integers(min_value=0, max_value=RECORD_SIZE - 1),
+    garbage=st.binary(min_size=1, max_size=RECORD_SIZE),
+)
+def test_garbled_record_is_never_read_as_valid(tmp_path, pts, capacity, victim, offset, garbage):
+    """Overwrite any bytes of one stored record with anything: what is read back is always a subset
+    of the points written, in order; and a new append after reopening lands last."""
+    path = fresh(tmp_path)
+    ring = Ring.open(path, capacity)
+    for p in pts:
+        ring.append(p)
+    ring.close()
+    stored = read_points(path)
+    slot = victim % min(capacity, len(pts))
+    start = RECORD_SIZE * (slot + 1) + offset
+    end = min(start + len(garbage), RECORD_SIZE * (slot + 2))
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(garbage[: end - start])
+    got = read_points(path)
+    assert len(got) >= len(stored) - 1
+    it = iter(stored)
+    assert all(any(p == q for q in it) for p in got), "a point read back was never written (or out of order)"
+    # the ring recovers: the next append is the newest point
+    ring = Ring.open(path, capacity)
+    new = Point(pts[-1].timestamp + 100, 1.0, 1, 1, 1, 1, 1, 1)
+    ring.append(new)
+    ring.close()
+    after = read_points(path)
+    assert after[-1] == new and len(after) <= capacity
+
+
+@SETTINGS
+@given(
+    old=points(min_size=1, max_size=1), new=points(min_size=1, max_size=1), cut=st.integers(min_value=1, max_value=RECORD_SIZE - 1)
+)
+def test_torn_write_reads_old_or_nothing(tmp_path, old, new, cut):
+    """A record torn mid-write (new prefix, old suffix) is read as the old point or not at all."""
+    path = fresh(tmp_path)
+    ring = Ring.open(path, 2)
+    ring.append(old[0])
+    ring.close()
+    new_point = new[0]._replace(timestamp=old[0].timestamp + 1)
+    torn = encode_record(2, new_point)[:cut]
+    with open(path, "r+b") as f:
+        f.seek(RECORD_SIZE)  # slot 0 holds the old point (seq 1)
+        f.write(torn)
+    got = read_points(path)
+    assert got in ([], [old[0]])
+
+
+def test_seq_zero_or_unwritten_records_are_ignored(tmp_path):
+    path = tmp_path / "a.ring"
+    Ring.open(path, 3).close()
+    assert read_points(path) == []
+    # a record with a valid crc but seq 0 (never written by append) is not a point
+    body = struct.pack("<dfqqqqiiIHH", 5.0, 1.0, 1, 1, 1, 1, 1, 1, 0, 0, 0)
+    with open(path, "r+b") as f:
+        f.seek(RECORD_SIZE)
+        f.write(body + struct.pack("<I", zlib.crc32(body)))
+    assert read_points(path) == []
+    assert os.path.getsize(path) == RECORD_SIZE * 4

@@ -1,0 +1,200 @@
+"""The sampler against real child processes: the Windows branch (no ``num_fds``), the one place where
+psutil errors are translated (AccessDenied on one metric -> null + ``denied``, the rest kept), gone
+and reused processes, and pidfiles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import msgspec
+import psutil
+import pytest
+from loguru import logger
+
+from fleetmon.wire import AgentRef, Gone, Sample
+from fleetmon.workers import sampler as sampler_mod
+from fleetmon.workers.sampler import Sampler, read_pidfile
+
+
+@pytest.fixture
+def child():
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdin=subprocess.DEVNULL)
+    yield p
+    p.kill()
+    p.wait(timeout=10)
+
+
+@pytest.fixture
+def logs():
+    records = []
+    sink = logger.add(lambda m: records.append(m.record), level="TRACE")
+    yield records
+    logger.remove(sink)
+
+
+def encodable(result):
+    """What a worker sends must fit the wire."""
+    msgspec.msgpack.encode(result)
+    return result
+
+
+def test_sample_reads_every_metric_and_cpu_starts_null(child):
+    s = Sampler()
+    first = encodable(s.sample(AgentRef("a", child.pid)))
+    assert isinstance(first, Sample)
+    assert first.pid == child.pid and first.create_time == pytest.approx(psutil.Process(child.pid).create_time(), abs=0.05)
+    assert first.cpu is None  # never psutil's meaningless first 0.0
+    assert first.memory_rss > 0 and first.memory_vms >= first.memory_rss
+    assert first.open_files >= 3 and first.num_threads >= 1
+    assert first.disk_read_bytes is not None and first.disk_write_bytes is not None
+    assert first.denied == ()
+    time.sleep(0.05)
+    second = s.sample(AgentRef("a", child.pid))
+    assert second.cpu is not None and second.cpu >= 0.0
+
+
+def test_cpu_is_percent_of_one_cpu_since_the_previous_sample():
+    """Compared with the process's own cpu time over the same period (whatever else loads the host)."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+    try:
+        proc = psutil.Process(busy.pid)
+        s = Sampler()
+        s.sample(AgentRef("b", busy.pid))
+        t1, m1 = sum(proc.cpu_times()[:2]), time.monotonic()
+        time.sleep(0.5)
+        r = s.sample(AgentRef("b", busy.pid))
+        t2, m2 = sum(proc.cpu_times()[:2]), time.monotonic()
+        expected = (t2 - t1) / (m2 - m1) * 100
+        assert r.cpu == pytest.approx(expected, abs=5), (r.cpu, expected)
+        assert r.cpu > 20  # a busy loop, even on a crowded host
+    finally:
+        busy.kill()
+        busy.wait(timeout=10)
+
+
+def test_windows_branch_open_files_null_logged_at_debug_only(child, logs):
+    s = Sampler(has_num_fds=False)
+    results = [s.sample(AgentRef("a", child.pid)) for _ in range(3)]
+    assert all(isinstance(r, Sample) for r in results)
+    assert [r.open_files for r in results] == [None, None, None]
+    assert all(r.num_threads >= 1 and r.memory_rss > 0 for r in results)  # the rest is kept
+    assert all("open_files" not in r.denied for r in results)  # not a permission problem
+    mentions = [r for r in logs if "open_files" in r["message"]]
+    assert len(mentions) == 1
+    assert mentions[0]["level"].name == "DEBUG"
+    assert not [r for r in logs if r["level"].no > logger.level("DEBUG").no]
+
+
+@pytest.mark.parametrize(
+    "method, denied, fields",
+    [
+        ("cpu_times", "cpu", ["cpu"]),
+        ("memory_info", "memory", ["memory_rss", "memory_vms"]),
+        ("io_counters", "disk", ["disk_read_bytes", "disk_write_bytes"]),
+        ("num_fds", "open_files", ["open_files"]),
+        ("num_threads", "num_threads", ["num_threads"]),
+    ],
+)
+def test_access_denied_on_one_metric(child, logs, monkeypatch, method, denied, fields):
+    s = Sampler()
+    s.sample(AgentRef("a", child.pid))  # primes cpu
+    time.sleep(0.02)
+
+    def refuse(self, *a, **k):
+        raise psutil.AccessDenied(self.pid)
+
+    # psutil.Process delegates each metric to its platform implementation (and caches some of them
+    # inside oneshot()): refuse at that level, as the kernel would.
+    monkeypatch.setattr(type(s.tracked["a"].proc._proc), method, refuse)
+    results = [encodable(s.sample(AgentRef("a", child.pid))) for _ in range(2)]
+    monkeypatch.undo()
+    for r in results:
+        assert isinstance(r, Sample), r
+        assert r.denied == (denied,)
+        for f in fields:
+            assert getattr(r, f) is None, f
+        others = ["cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
+        for f in others:
+            if f not in fields:
+                assert getattr(r, f) is not None, f"{f} was lost because {method} was denied"
+    warnings = [r for r in logs if r["level"].name == "WARNING"]
+    assert len(warnings) == 1  # once per agent, not per sample
+    assert warnings[0]["extra"]["agent_id"] == "a" and denied in warnings[0]["message"]
+
+
+def test_vanished_process_is_gone(child):
+    s = Sampler()
+    assert isinstance(s.sample(AgentRef("a", child.pid)), Sample)
+    child.kill()
+    child.wait(timeout=10)
+    g = encodable(s.sample(AgentRef("a", child.pid)))
+    assert isinstance(g, Gone) and g.reason == "no_process" and g.pid == child.pid
+
+
+def test_zombie_is_gone():
+    p = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "child never became a zombie"
+        time.sleep(0.01)
+    try:
+        g = Sampler().sample(AgentRef("z", p.pid))
+        assert isinstance(g, Gone) and g.reason == "no_process"
+    finally:
+        p.wait(timeout=10)
+
+
+def test_pid_reuse_is_detected(child):
+    """The process at the pid is not the one first seen (its start time changed): reused."""
+    s = Sampler()
+    assert isinstance(s.sample(AgentRef("a", child.pid)), Sample)
+    s.tracked["a"].start_key = -1  # as if the process first seen had started at another time
+    g = s.sample(AgentRef("a", child.pid))
+    assert isinstance(g, Gone) and g.reason == "reused"
+
+
+def test_known_start_refuses_a_stranger(child):
+    """The writer says which process the pid belonged to; a different one there is not sampled."""
+    ct = psutil.Process(child.pid).create_time()
+    g = Sampler().sample(AgentRef("a", child.pid, None, child.pid, ct - 100))
+    assert isinstance(g, Gone) and g.reason == "reused"
+    ok = Sampler().sample(AgentRef("a", child.pid, None, child.pid, ct))
+    assert isinstance(ok, Sample)
+
+
+def test_pidfile_followed_to_a_new_process(child, tmp_path):
+    other = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        pidfile = tmp_path / "agent.pid"
+        pidfile.write_text(f"{child.pid}\n")
+        s = Sampler()
+        ref = AgentRef("a", None, str(pidfile))
+        assert s.sample(ref).pid == child.pid
+        pidfile.write_text(f"{other.pid}\n")
+        r = s.sample(ref)
+        assert isinstance(r, Sample) and r.pid == other.pid and r.cpu is None
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+
+
+@pytest.mark.parametrize("content", [None, "", "abc", "0", "-5", "99999999999999999999", "2147483648"])
+def test_bad_pidfile_is_gone_and_fits_the_wire(tmp_path, content):
+    pidfile = tmp_path / "agent.pid"
+    if content is not None:
+        pidfile.write_text(content + "\n")
+    assert read_pidfile(str(pidfile)) is None
+    g = encodable(Sampler().sample(AgentRef("a", None, str(pidfile))))
+    assert isinstance(g, Gone) and g.reason == "no_pidfile"
+
+
+def test_pidfile_takes_the_first_line(tmp_path):
+    pidfile = tmp_path / "agent.pid"
+    pidfile.write_text(" 123 \nsomething else\n")
+    assert read_pidfile(str(pidfile)) == 123
+
+
+def test_has_num_fds_detected_on_linux():
+    assert sampler_mod.HAS_NUM_FDS is True

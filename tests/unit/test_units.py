@@ -1,0 +1,79 @@
+"""Durations, sizes, ids and timestamps as users type and read them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleetmon.units import (
+    check_agent_id,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_rfc3339,
+    parse_size,
+    rfc3339,
+)
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("1d", 86400.0), ("12", 12.0), ("1.5s", 1.5),
+     (" 2m ", 120.0), ("0", 0.0), (7, 7.0), (0.5, 0.5)],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1s", "-5", "5x", "1y", "s", "1 2s", "1e3s", True, -1, -0.5])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [("512MiB", 512 * 2**20), ("1GiB", 2**30), ("100MB", 100 * 10**6), ("123", 123), ("1.5KiB", 1536),
+     ("2kb", 2000), ("1TiB", 2**40), ("7B", 7), (4096, 4096)],
+)
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "1XB", "-5", "-5MiB", "MiB", "1 GiB GiB", True, -1])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("agent_id", ["a", "A1", "web-1.prod_2", "0", "a" * 128])
+def test_check_agent_id_accepts(agent_id):
+    assert check_agent_id(agent_id) == agent_id
+
+
+@pytest.mark.parametrize("agent_id", ["", "-a", ".hidden", "a/b", "..", "a b", "a" * 129, "ü", "a\n", None, 5])
+def test_check_agent_id_rejects(agent_id):
+    with pytest.raises(ValueError, match="invalid agent id"):
+        check_agent_id(agent_id)
+
+
+def test_rfc3339_format():
+    assert rfc3339(0) == "1970-01-01T00:00:00.000000Z"
+    assert rfc3339(1_700_000_000.25) == "2023-11-14T22:13:20.250000Z"
+    assert rfc3339(None) is None
+
+
+@given(st.floats(min_value=0, max_value=4_000_000_000))
+def test_rfc3339_round_trip_to_the_microsecond(ts):
+    assert parse_rfc3339(rfc3339(ts)) == pytest.approx(ts, abs=1e-6)
+
+
+def test_formatting():
+    assert format_duration(0.25) == "250ms"
+    assert format_duration(300) == "5m"
+    assert format_duration(3600) == "1h"
+    assert format_duration(90) == "1.5m"
+    assert format_size(None) == "-"
+    assert format_size(512) == "512B"
+    assert format_size(2**30) == "1.0GiB"
