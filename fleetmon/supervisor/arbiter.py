@@ -142,18 +142,7 @@ class Arbiter:
         self.notifier.stopping()
         for w in self.workers + [self.quarantine_worker]:
             self._send(w, wire.Stop())
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        live = [w for w in self.workers + [self.quarantine_worker] if w.alive]
-        while live and time.monotonic() < deadline:
-            for w in live:
-                if w.ctl is not None and w.ctl.want_write:
-                    try:
-                        w.ctl.flush()
-                    except channel.ChannelClosed:
-                        pass
-            children.mp_connection.wait([w.proc.sentinel for w in live], timeout=0.1)
-            live = [w for w in live if w.alive]
-        children.stop_all(self.workers + [self.quarantine_worker], grace=1.0)
+        children.drain(self.workers + [self.quarantine_worker], DRAIN_TIMEOUT)
         if self.link is not None and self.writer.alive:
             self.link.send(self.encoder.encode(self._daemon_info(running=False)))
             self.link.send(self.encoder.encode(wire.Stop()))

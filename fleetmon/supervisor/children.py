@@ -147,3 +147,20 @@ def stop_all(children: list[Child], grace: float) -> None:
     for c in children:
         if c.proc is not None:
             c.proc.join(0)
+
+
+def drain(workers: list[Child], timeout: float) -> None:
+    """Wait up to ``timeout`` for workers that were sent Stop to finish their tick and exit, keeping
+    their control channels flowing; then TERM/KILL whatever is left (``stop_all``)."""
+    deadline = time.monotonic() + timeout
+    live = [w for w in workers if w.alive]
+    while live and time.monotonic() < deadline:
+        for w in live:
+            if w.ctl is not None and w.ctl.want_write:
+                try:
+                    w.ctl.flush()
+                except channel.ChannelClosed:
+                    pass
+        mp_connection.wait([w.proc.sentinel for w in live], timeout=0.1)
+        live = [w for w in live if w.alive]
+    stop_all(workers, grace=1.0)

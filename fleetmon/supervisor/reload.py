@@ -21,7 +21,7 @@ import time
 
 from loguru import logger
 
-from fleetmon import channel, wire
+from fleetmon import wire
 from fleetmon.supervisor import children
 from fleetmon.supervisor.config import Config, ConfigError, load
 from fleetmon.units import format_duration
@@ -167,17 +167,6 @@ def resize_pool(arbiter, n: int) -> None:
 
 
 def _stop_workers(surplus: list[children.Child]) -> None:
-    deadline = time.monotonic() + STOP_GRACE
-    live = [w for w in surplus if w.alive]
-    while live and time.monotonic() < deadline:
-        for w in live:
-            if w.ctl is not None and w.ctl.want_write:
-                try:
-                    w.ctl.flush()
-                except channel.ChannelClosed:
-                    pass
-        children.mp_connection.wait([w.proc.sentinel for w in live], timeout=0.1)
-        live = [w for w in live if w.alive]
-    children.stop_all(surplus, grace=1.0)
+    children.drain(surplus, STOP_GRACE)
     for w in surplus:
         w.reap()
