@@ -77,13 +77,27 @@ def run(state: StateDir | None, agents: int, duration: float, interval: float, c
         code = _stop_daemon(daemon)
         _stop_agents(procs)
     summary = queries.alerts(state, 24 * 3600)
+    prog = _prog()
     console.print(
         f"demo done: daemon exited {code}, {len(summary.events)} alert events recorded. Explore with:\n"
-        f"  fleetmon status --state-dir {state.root}\n"
-        f"  fleetmon alerts --state-dir {state.root}\n"
-        f"  fleetmon history cpu-hog --state-dir {state.root} --every 5s"
+        f"  {prog} status --state-dir {state.root}\n"
+        f"  {prog} alerts --state-dir {state.root}\n"
+        f"  {prog} top --state-dir {state.root}\n"
+        f"  {prog} history cpu-hog --state-dir {state.root} --every 5s"
     )
     return 0 if code == 0 else 1
+
+
+def _prog() -> str:
+    """How the user can call fleetmon again: ``fleetmon`` when that is on PATH and is this one, else
+    the path of the script that is running (e.g. ``.venv/bin/fleetmon`` after ``./dev demo``)."""
+    import shutil
+
+    here = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    on_path = shutil.which("fleetmon")
+    if on_path and (not here.endswith("fleetmon") or os.path.realpath(on_path) == here):
+        return "fleetmon"
+    return os.path.relpath(here) if here.endswith("fleetmon") else f"{sys.executable} -m fleetmon"
 
 
 def _view(state: StateDir) -> Group:
