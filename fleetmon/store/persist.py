@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 
 import msgspec
 from loguru import logger
@@ -86,7 +85,7 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
         a.restart_count = rec.restart_count
         a.last = point_from_json(rec.last_sample) if rec.last_sample else None
         a.meta_dirty = False
-        a.meta_written = time.time() - _refresh_phase(rec.id)
+        a.meta_written = time.time()
         fleet.agents[rec.id] = a
     try:
         raw = fsutil.read_private(state.alert_state)
@@ -171,12 +170,12 @@ def save_status(state: StateDir, fleet: Fleet, now: float) -> None:
     fsutil.atomic_write(state.status, _json.encode(StatusSnapshot(updated, records)))
 
 
-def save_metadata(state: StateDir, fleet: Fleet, now: float) -> int:
-    """Rewrite agents/<id>.json for agents whose metadata changed, and refresh the others'
-    last_sample every METADATA_REFRESH seconds, at most METADATA_PER_FLUSH files per call."""
+def save_metadata(state: StateDir, fleet: Fleet, now: float, refresh: bool = True) -> int:
+    """Rewrite agents/<id>.json for agents whose metadata changed, and (``refresh``) refresh the
+    others' last_sample every METADATA_REFRESH seconds, at most METADATA_PER_FLUSH files per call."""
     due = []
     for a in fleet.agents.values():
-        if a.meta_dirty or (a.registered and now - a.meta_written >= METADATA_REFRESH):
+        if a.meta_dirty or (refresh and a.registered and now - a.meta_written >= METADATA_REFRESH):
             due.append(a)
             if len(due) >= METADATA_PER_FLUSH:
                 break
@@ -185,16 +184,9 @@ def save_metadata(state: StateDir, fleet: Fleet, now: float) -> int:
     files = [(f"{a.id}.json", _json.encode(a.record(now))) for a in due]
     fsutil.atomic_write_many(state.agents, files)
     for a in due:
-        # After a change, the next refresh comes a fixed fraction of the period early: the refreshes
-        # of a large fleet then spread over the period instead of all falling due after one tick.
-        a.meta_written = now - _refresh_phase(a.id) if a.meta_dirty else now
         a.meta_dirty = False
+        a.meta_written = now
     return len(files)
-
-
-def _refresh_phase(agent_id: str) -> float:
-    """A fixed offset in [0, METADATA_REFRESH) for each agent."""
-    return zlib.crc32(agent_id.encode()) % 1024 / 1024 * METADATA_REFRESH
 
 
 def save_daemon(state: StateDir, info: DaemonJSON) -> None:

@@ -320,7 +320,7 @@ class Writer:
         steps = [
             ("alerts.jsonl", self._sync_alerts),
             ("thresholds.json", lambda: self._save_alert_state()),
-            ("agent metadata", lambda: persist.save_metadata(self.state, fleet, now)),
+            ("agent metadata", lambda: persist.save_metadata(self.state, fleet, now, refresh=False)),
             ("status.json", lambda: persist.save_status(self.state, fleet, now)),
             ("daemon.json", lambda: persist.save_daemon(self.state, self._daemon_json(now, final))),
         ]
@@ -351,6 +351,13 @@ class Writer:
         for agent_id, pid, create_time in fleet.retired:
             self._tell(wire.Retire(agent_id, pid, create_time))
         fleet.retired.clear()
+        # Housekeeping, after the tick is reported persisted (it is not part of persisting it): the
+        # periodic refresh of unchanged agents' metadata files (their last_sample).
+        try:
+            persist.save_metadata(self.state, fleet, now)
+        except OSError as exc:
+            fleet._write_error("agent metadata", exc, now)
+            self._mark_dirty()
 
     def _sync_alerts(self) -> None:
         self.alert_log.write()

@@ -1,0 +1,1 @@
+"""Benchmarks of fleetmon: one script per question (see README.md)."""

@@ -1,0 +1,614 @@
+"""Shared parts of the benchmarks: a fleet of real processes, the real daemon watched from /proc, the
+psutil baselines, and the output (a rich table and a JSON file under ``benchmarks/results/``).
+
+Every process started here is remembered by pid and ended by pid (also on Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+BUSY_CODE = """
+import time
+while True:  # about 20% of one CPU
+    end = time.monotonic() + 0.02
+    while time.monotonic() < end:
+        pass
+    time.sleep(0.08)
+"""
+MEMORY_CODE = """
+import sys, time
+block = bytearray(int(sys.argv[1]) * 1024 * 1024)
+block[::4096] = b"x" * len(block[::4096])
+time.sleep(10**9)
+"""
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (like Ctrl-C), so every ``finally`` cleans up."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# --- /proc ------------------------------------------------------------------------------------
+
+
+def read_stat(pid: int) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat after the command name (index 0 = state), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime+stime of a process (plus cutime+cstime of its reaped children when asked)."""
+    f = read_stat(pid)
+    if f is None:
+        return 0.0
+    ticks = int(f[11]) + int(f[12])  # utime, stime
+    if children:
+        ticks += int(f[13]) + int(f[14])  # cutime, cstime
+    return ticks / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0
+
+
+def children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children_of(p)
+    return tree
+
+
+def host_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole host so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
+def disk_written(path: Path) -> int | None:
+    """Bytes written so far to the block device holding ``path`` (the whole host's writes to it),
+    from /proc/diskstats; None where that cannot be told (tmpfs, overlay ...)."""
+    st = os.stat(path)
+    try:
+        name = os.path.basename(os.readlink(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"))
+        with open("/proc/diskstats") as f:
+            for line in f:
+                fields = line.split()
+                if fields[2] == name:
+                    return int(fields[9]) * 512
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    f = read_stat(pid)
+    return f is not None and f[0] != b"Z"
+
+
+def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+# --- the fleet --------------------------------------------------------------------------------
+
+
+class Fleet:
+    """N real processes to watch: idle ``sleep`` by default, optionally some busy (~20% of a CPU)
+    and some holding memory. Ended by pid in ``stop()``."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def spawn(self, n: int, busy: int = 0, memory: int = 0, memory_mb: int = 50, progress=None) -> list[int]:
+        kinds = [("busy", [sys.executable, "-c", BUSY_CODE])] * busy
+        kinds += [("memory", [sys.executable, "-c", MEMORY_CODE, str(memory_mb)])] * memory
+        kinds += [("idle", ["sleep", "1000000"])] * max(0, n - busy - memory)
+        for i, (_, argv) in enumerate(kinds):
+            self.procs.append(
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+            if progress is not None and i % 100 == 0:
+                progress(i + 1, len(kinds))
+        return self.pids
+
+    def stop(self) -> None:
+        kill_pids(p.pid for p in self.procs if p.returncode is None and p.poll() is None)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+
+
+def default_workdir() -> Path:
+    """Beside fleetmon's default state dir: the filesystem a real deployment writes to. (Not /tmp,
+    which may be another filesystem: on the machine these benchmarks were written on, creating a
+    file under /tmp costs ~250 us of CPU against ~15 us elsewhere on the same disk.)"""
+    from fleetmon.store.layout import default_state_dir
+
+    parent = default_state_dir().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def agent_ids(n: int) -> list[str]:
+    return [f"bench-{i:05d}" for i in range(n)]
+
+
+def write_registry(state_dir: Path, pids: list[int]) -> list[str]:
+    """Register every pid (plain writes, before the daemon starts: no atomic replace needed)."""
+    from fleetmon.store.layout import StateDir
+
+    state = StateDir(state_dir).create()
+    ids = agent_ids(len(pids))
+    for agent_id, pid in zip(ids, pids, strict=True):
+        fd = os.open(state.registry_file(agent_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, json.dumps({"id": agent_id, "pid": pid}).encode())
+        os.close(fd)
+    return ids
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+
+class DaemonRun:
+    """``python -m fleetmon run`` on a state dir, with the opt-in timing log, watched from /proc."""
+
+    def __init__(self, state_dir: Path, workers: int, interval: float, history_size: int = 1440, extra_config: str = ""):
+        self.state_dir = state_dir
+        self.timing_path = state_dir.parent / f"{state_dir.name}-ticks.jsonl"
+        self.log_path = state_dir.parent / f"{state_dir.name}-daemon.log"
+        self.config_path = state_dir.parent / f"{state_dir.name}.toml"
+        self.timing_path.unlink(missing_ok=True)  # a run of its own, even on a state dir used before
+        self.config_path.write_text(
+            f'timing_log = "{self.timing_path}"\nhistory_size = {history_size}\nstall_timeout = "60s"\n{extra_config}'
+        )
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "fleetmon", "run", "--state-dir", str(state_dir), "--config", str(self.config_path),
+                "--workers", str(workers), "--interval", f"{interval}s", "--log-level", "WARNING",
+            ],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            cwd=state_dir.parent,  # not the checkout: fleetmon is imported as installed (or from PYTHONPATH)
+        )
+        self.pid = self.proc.pid
+        self.seen: set[int] = {self.pid}
+        self.ticks: list[dict] = []
+        self._timing_pos = 0
+        self._partial = b""
+        self.peak_writer_rss = 0
+        self.peak_total_rss = 0
+
+    # --- observation ---
+
+    def writer_pid(self) -> int | None:
+        try:
+            return json.loads((self.state_dir / "daemon.json").read_text())["writer_pid"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return None
+
+    def tree(self) -> list[int]:
+        pids = process_tree(self.pid)
+        self.seen.update(pids)
+        return pids
+
+    def cpu(self) -> float:
+        """CPU seconds of the whole daemon: every live process of the tree, plus what the
+        supervisor's reaped children (replaced workers) used."""
+        tree = self.tree()
+        return sum(cpu_seconds(p) for p in tree if p != self.pid) + cpu_seconds(self.pid, children=True)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds by role: ``supervisor`` (with reaped children), ``writer``, ``workers``."""
+        wp = self.writer_pid()
+        out = {"supervisor": cpu_seconds(self.pid, children=True), "writer": 0.0, "workers": 0.0}
+        for p in self.tree():
+            if p == self.pid:
+                continue
+            out["writer" if p == wp else "workers"] += cpu_seconds(p)
+        return out
+
+    def sample_rss(self) -> tuple[int, int]:
+        total = sum(rss_bytes(p) for p in self.tree())
+        wp = self.writer_pid()
+        writer = rss_bytes(wp) if wp else 0
+        self.peak_total_rss = max(self.peak_total_rss, total)
+        self.peak_writer_rss = max(self.peak_writer_rss, writer)
+        return writer, total
+
+    def poll_ticks(self) -> list[dict]:
+        """New lines of the timing log (one per persisted tick)."""
+        try:
+            with open(self.timing_path, "rb") as f:
+                f.seek(self._timing_pos)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._timing_pos += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        new = [json.loads(line) for line in lines if line.strip()]
+        self.ticks += new
+        return new
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    # --- stop ---
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """TERM the supervisor (it drains and stops its children), KILL after ``timeout``; then KILL
+        by pid any process of its tree still alive."""
+        if self.proc.poll() is None:
+            self.tree()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        leftovers = [p for p in self.seen if p != self.pid and pid_alive(p)]
+        deadline = time.monotonic() + 5
+        while leftovers and time.monotonic() < deadline:  # children exit when the supervisor does
+            time.sleep(0.05)
+            leftovers = [p for p in leftovers if pid_alive(p)]
+        kill_pids(leftovers)
+        self._log.close()
+        return self.proc.returncode
+
+
+# --- baselines --------------------------------------------------------------------------------
+
+
+def _rusage_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _bare_pass(procs) -> int:
+    """One pass of the floor: cached Process, every metric inside oneshot()."""
+    import psutil
+
+    n = 0
+    for p in procs:
+        try:
+            with p.oneshot():
+                p.cpu_times()
+                p.memory_info()
+                p.io_counters()
+                p.num_fds()
+                p.num_threads()
+            n += 1
+        except psutil.Error:
+            pass
+    return n
+
+
+def _naive_pass(pids) -> int:
+    """One pass of the naive loop: a new Process every time, no oneshot()."""
+    import psutil
+
+    n = 0
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            p.cpu_times()
+            p.memory_info()
+            p.io_counters()
+            p.num_fds()
+            p.num_threads()
+            n += 1
+        except psutil.Error:
+            pass
+    return n
+
+
+def _baseline_child(kind: str, pids: list[int], seconds: float, conn) -> None:
+    import psutil
+
+    if kind == "bare":
+        procs = [psutil.Process(pid) for pid in pids]
+        _bare_pass(procs)  # prime: what fleetmon's workers have done before the measured window
+        run = lambda: _bare_pass(procs)  # noqa: E731
+    else:
+        run = lambda: _naive_pass(pids)  # noqa: E731
+    cpu0, wall0, samples, passes = _rusage_cpu(), time.perf_counter(), 0, 0
+    while passes < 3 or time.perf_counter() - wall0 < seconds:
+        samples += run()
+        passes += 1
+    cpu, wall = _rusage_cpu() - cpu0, time.perf_counter() - wall0
+    conn.send({"passes": passes, "samples": samples, "cpu_s": cpu, "wall_s": wall, "cpu_per_sample_us": cpu / max(samples, 1) * 1e6,
+               "samples_per_s": samples / wall if wall else None})
+    conn.close()
+
+
+def psutil_baseline(kind: str, pids: list[int], seconds: float = 5.0) -> dict:
+    """Run the ``bare`` or ``naive`` psutil loop over ``pids`` in a forked process of its own (so
+    its CPU is measured alone): back-to-back passes for ``seconds`` (at least 3), CPU per sample
+    from getrusage."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_baseline_child, args=(kind, pids, seconds, child))
+    p.start()
+    child.close()
+    try:
+        if not parent.poll(600):
+            raise RuntimeError(f"{kind} baseline did not finish")
+        return parent.recv()
+    finally:
+        if p.is_alive():
+            kill_pids([p.pid])
+        p.join(10)
+
+
+def _probe_child(pids: list[int], chunk: int, conn) -> None:
+    import psutil
+
+    procs = [psutil.Process(pid) for pid in pids]
+    _bare_pass(procs)  # prime, as a worker has before the measured window
+    start = 0
+    while conn.recv() == "pass":
+        idx = [(start + i) % len(procs) for i in range(min(chunk, len(procs)))]
+        start = (start + len(idx)) % len(procs)
+        out = []
+        for kind in ("bare", "naive"):
+            cpu0 = _rusage_cpu()
+            n = _bare_pass([procs[i] for i in idx]) if kind == "bare" else _naive_pass([pids[i] for i in idx])
+            out.append((n, _rusage_cpu() - cpu0))
+        conn.send(out)
+    conn.close()
+
+
+class BareProbe:
+    """The psutil baselines interleaved with the daemon: a forked process of its own that, whenever
+    asked, runs the bare loop and then the naive loop over the next ``chunk`` pids (the harness asks
+    right after a tick was persisted, while the daemon idles until the next tick). The daemon's CPU
+    per sample and the baselines' are then measured over the same window, under the same noise from
+    the rest of the host."""
+
+    def __init__(self, pids: list[int], chunk: int = 500):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_probe_child, args=(pids, chunk, child))
+        self.proc.start()
+        child.close()
+        self.busy = False
+        self.passes = 0
+        self.samples = {"bare": 0, "naive": 0}
+        self.cpu_s = {"bare": 0.0, "naive": 0.0}
+        self.per_pass: dict[str, list[float]] = {"bare": [], "naive": []}
+
+    def request(self) -> None:
+        self.collect()
+        if not self.busy:
+            self.conn.send("pass")
+            self.busy = True
+
+    def collect(self, timeout: float = 0.0) -> None:
+        if self.busy and self.conn.poll(timeout):
+            for kind, (n, cpu) in zip(("bare", "naive"), self.conn.recv(), strict=True):
+                self.samples[kind] += n
+                self.cpu_s[kind] += cpu
+                if n:
+                    self.per_pass[kind].append(cpu / n * 1e6)
+            self.passes += 1
+            self.busy = False
+
+    def result(self) -> dict:
+        self.collect(timeout=60)
+        out: dict = {"passes": self.passes}
+        for kind in ("bare", "naive"):
+            n, cpu = self.samples[kind], self.cpu_s[kind]
+            out[kind] = {"samples": n, "cpu_s": round(cpu, 4), "cpu_per_sample_us": round(cpu / n * 1e6, 2) if n else None,
+                         "median_pass_cpu_per_sample_us": round(statistics.median(self.per_pass[kind]), 2) if n else None}
+        return out
+
+    def close(self) -> None:
+        try:
+            self.collect(timeout=60)
+            self.conn.send("stop")
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            kill_pids([self.proc.pid])
+            self.proc.join(5)
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy attached to every process of the daemon for ``seconds`` (raw collapsed stacks, one
+    file per process), and a summary of where each role spends its samples."""
+
+    def __init__(self, directory: Path, label: str, daemon: DaemonRun, seconds: float, rate: int = 200):
+        import shutil as _shutil
+
+        self.directory = directory
+        self.files: dict[str, Path] = {}
+        self.procs: list[subprocess.Popen] = []
+        spy = _shutil.which("py-spy")
+        if spy is None:
+            raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+        directory.mkdir(parents=True, exist_ok=True)
+        writer = daemon.writer_pid()
+        for i, pid in enumerate(sorted(daemon.tree())):
+            role = "supervisor" if pid == daemon.pid else "writer" if pid == writer else f"worker{i}"
+            path = directory / f"{label}-{role}.txt"
+            self.files[role] = path
+            self.procs.append(subprocess.Popen(
+                [spy, "record", "--pid", str(pid), "--duration", str(int(seconds) + 1), "--rate", str(rate),
+                 "--nonblocking", "--format", "raw", "--output", str(path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+
+    def finish(self) -> dict:
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                p.wait(10)
+        return {role: summarize_stacks(path) for role, path in self.files.items() if path.exists()}
+
+
+def summarize_stacks(path: Path, top: int = 12) -> dict:
+    """Samples, and the functions with the most samples inclusive and self, from py-spy raw output."""
+    import re
+    from collections import Counter
+
+    frame = re.compile(r"(.*) \((.*?):\d+\)")
+
+    def short(f: str) -> str:
+        m = frame.match(f)
+        return f"{m.group(1)} ({m.group(2).rsplit('/', 1)[-1]})" if m else f
+
+    total, own, incl = 0, Counter(), Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [short(f) for f in stack.split(";")]
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    trunk = {f for f, k in incl.items() if k == total}  # entry points every sample goes through
+    for f in trunk:
+        del incl[f]
+    pct = lambda c: [(f, round(100 * k / total, 1)) for f, k in c.most_common(top)] if total else []  # noqa: E731
+    return {"samples": total, "self_pct": pct(own), "inclusive_pct": pct(incl)}
+
+
+# --- statistics and output --------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def write_json(name: str, data: dict, directory: Path | None = None) -> Path:
+    """``results/<name>-<timestamp>.json`` and a copy as ``results/<name>-latest.json``."""
+    directory = directory or RESULTS
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    path = directory / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(text)
+    (directory / f"{name}-latest.json").write_text(text)
+    return path
+
+
+def machine() -> dict:
+    import platform
+
+    import psutil
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "psutil": psutil.__version__,
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def fmt(value, spec: str = ".1f", unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{spec}}{unit}"
+
+
+def mib(n: int | float | None) -> float | None:
+    return None if n is None else n / 2**20

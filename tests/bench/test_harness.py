@@ -1,0 +1,80 @@
+"""The benchmark scripts run end to end at a small size, so the harness cannot rot: each writes sane
+JSON (every agent sampled, ratios present) and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from benchmarks import fleet, pipeline, storage
+from tests.helpers import children_of
+
+pytestmark = pytest.mark.slow
+
+
+def _no_children_left() -> None:
+    left = [pid for pid in children_of(os.getpid()) if os.path.exists(f"/proc/{pid}")]
+    assert not left, f"benchmark left processes running: {left}"
+
+
+@pytest.mark.timeout(180)
+def test_fleet_harness_small_run(tmp_path):
+    out = tmp_path / "fleet.json"
+    result = fleet.main([
+        "--agents", "200", "--workers", "2", "--interval", "0.5s", "--duration", "5", "--warmup", "2",
+        "--baseline-seconds", "1", "--workdir", str(tmp_path), "--out", str(out),
+    ])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    (run,) = result["runs"]
+    assert run["agents"] == 200 and run["workers"] == 2
+    assert run["ticks"] >= 5 and run["samples"] >= 200 * 5
+    assert run["agents_with_points"] == 200, "every agent sampled"
+    assert run["min_points_per_agent"] >= run["ticks"]
+    assert run["missed_ticks"] <= run["ticks"] // 2
+    assert 0 < run["tick_latency_p50_s"] <= run["tick_latency_p99_s"] < 30
+    assert run["samples_per_s"] > 0 and run["cpu_per_sample_us"] > 0
+    assert set(run["cpu_per_sample_us_by_role"]) == {"supervisor", "writer", "workers"}
+    assert run["writer_rss_mb"] > 0 and run["total_rss_mb"] >= run["writer_rss_mb"]
+    assert run["baseline_source"] == "interleaved" and run["baselines_interleaved"]["bare"]["samples"] > 0
+    for key in ("cpu_vs_bare", "cpu_vs_naive", "bare_cpu_per_sample_us", "naive_cpu_per_sample_us"):
+        assert run[key] is not None and run[key] > 0, key
+    assert run["daemon_exit_code"] == 0
+    assert result["baselines"]["200"]["bare_before"]["samples"] >= 600
+    _no_children_left()
+
+
+@pytest.mark.timeout(180)
+def test_storage_benchmark_small_run(tmp_path):
+    out = tmp_path / "storage.json"
+    result = storage.main([
+        "--agents", "200", "--history-size", "1440", "--ticks", "3", "--persist-agents", "100",
+        "--persist-rounds", "2", "--workdir", str(tmp_path), "--out", str(out),
+    ])
+    assert json.loads(out.read_text())["benchmark"] == "storage"
+    assert result["disk_bytes"]["history"] >= 200 * 1441 * 64
+    assert result["writer_rss_mb"] > 0 and result["startup_s"] > 0 and result["recovery_s"] > 0
+    assert result["recovery_points_lost_agents"] == 0
+    assert result["history_points"] >= 1440
+    assert set(result["persist"]["cpu_per_sample_us"]) == {"10", "1440"}
+    assert result["persist"]["ratio_longest_vs_shortest"] > 0
+    assert result["status_cli"]["output_bytes"] > 0 and result["history_cli"]["median_s"] > 0
+    _no_children_left()
+
+
+@pytest.mark.timeout(120)
+def test_pipeline_benchmark_small_run(tmp_path):
+    out = tmp_path / "pipeline.json"
+    result = pipeline.main([
+        "--agents", "500", "--workers", "2", "--ticks", "5", "--warmup", "1", "--workdir", str(tmp_path), "--out", str(out),
+    ])
+    assert json.loads(out.read_text())["benchmark"] == "pipeline"
+    modes = {r["mode"]: r for r in result["runs"]}
+    assert set(modes) == {"sink", "writer"}
+    for r in modes.values():
+        assert r["samples"] == 500 * 5 and r["samples_per_s"] > 0
+        assert r["writer_cpu_per_sample_us"] >= 0 and r["worker_cpu_per_sample_us"] >= 0  # /proc: 10 ms ticks
+    assert modes["writer"]["writer_cpu_per_sample_us"] > 0
+    assert modes["writer"]["samples_per_s_vs_sink"] > 0
+    _no_children_left()

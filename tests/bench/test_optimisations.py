@@ -1,0 +1,86 @@
+"""The performance work changed how some things are computed, never what they produce."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleetmon import wire
+from fleetmon.store import persist
+from fleetmon.store.fleet import Fleet
+from fleetmon.units import rfc3339
+
+
+def _reference_rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@given(st.floats(min_value=-2e9, max_value=4e9, allow_nan=False))
+def test_rfc3339_matches_datetime(ts):
+    assert rfc3339(ts) == _reference_rfc3339(ts)
+
+
+@given(st.integers(min_value=0, max_value=4_000_000_000), st.integers(min_value=0, max_value=1_999_999))
+def test_rfc3339_rounds_half_microseconds_like_datetime(sec, half_us):
+    ts = sec + half_us / 2e6  # lands on (or next to) a half microsecond
+    assert rfc3339(ts) == _reference_rfc3339(ts)
+
+
+def test_rfc3339_cache_stays_bounded():
+    for s in range(10_000):
+        rfc3339(1.7e9 + s)
+    from fleetmon import units
+
+    assert len(units._SECONDS) <= 4096
+
+
+def test_agent_record_with_preformatted_updated_is_the_same(tmp_path):
+    from fleetmon.store.ring import Point, RingStore
+
+    fleet = Fleet(RingStore(tmp_path, 10), lambda e: None)
+    fleet.set_registry([wire.RegisteredAgent("a", "web", 42, None, wire.Thresholds())], 0)
+    a = fleet.agents["a"]
+    a.pid, a.create_time, a.status = 42, 1.7e9 + 0.123456, "running"
+    a.last = Point(1.7e9 + 60.5, 1.0, 1, 2, 3, 4, 5, 6)
+    now = 1.7e9 + 61.25
+    assert a.record(now, rfc3339(now)) == a.record(now)
+
+
+def test_metadata_refresh_can_be_left_for_after_the_tick(tmp_path, monkeypatch):
+    """The writer persists a tick with refresh=False (changed agents only) and refreshes unchanged
+    agents' files afterwards: together, the same files as one call did."""
+    from fleetmon.store.layout import StateDir
+    from fleetmon.store.ring import RingStore
+
+    written: list[list[str]] = []
+    monkeypatch.setattr(persist.fsutil, "atomic_write_many", lambda d, files: written.append(sorted(n for n, _ in files)))
+    state = StateDir(tmp_path).create()
+    fleet = Fleet(RingStore(state.history, 10), lambda e: None)
+    fleet.set_registry([wire.RegisteredAgent(f"a{i}", "default", 100 + i, None, wire.Thresholds()) for i in range(4)], 0)
+    t0 = 1.7e9
+    assert persist.save_metadata(state, fleet, t0, refresh=False) == 4  # new agents: changed
+    fleet.agents["a1"].meta_dirty = True
+    later = t0 + persist.METADATA_REFRESH
+    assert persist.save_metadata(state, fleet, later, refresh=False) == 1
+    assert written[-1] == ["a1.json"]
+    assert persist.save_metadata(state, fleet, later) == 3
+    assert written[-1] == ["a0.json", "a2.json", "a3.json"]
+
+
+def test_new_ring_file_is_header_points_and_allocated_zeros(tmp_path):
+    """Ring files are preallocated without writing the zeros (see fsutil.preallocate): same bytes
+    as header + records + zero padding, and every block allocated."""
+    import os
+
+    from fleetmon.store import ring as R
+
+    points = [R.Point(1.7e9 + i, 1.0, i, i, None, i, 3, 1) for i in range(5)]
+    r = R.Ring._create(tmp_path / "a.ring", 100, points)
+    r.close()
+    data = (tmp_path / "a.ring").read_bytes()
+    expected = R._header(100) + b"".join(R.encode_record(i, p) for i, p in enumerate(points, start=1))
+    assert data == expected + bytes(R.RECORD_SIZE * 101 - len(expected))
+    assert os.stat(tmp_path / "a.ring").st_blocks * 512 >= len(data)
+    assert R.read_points(tmp_path / "a.ring") == points
