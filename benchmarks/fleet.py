@@ -33,7 +33,6 @@ Prints a table and writes ``benchmarks/results/fleet-<time>.json`` (and ``fleet-
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -328,14 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with H.sigterm_as_interrupt():
         result = sweep(args)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        path = args.out
-    else:
-        path = H.write_json("fleet", result)
-    Console(width=max(Console().width, 170)).print(table(result))
-    console.print(f"JSON: {path}")
+    H.finish("fleet", result, args.out, table(result), 170)
     if args.plot:
         plot(result, args.plot)
         console.print(f"plot: {args.plot}")

@@ -578,6 +578,22 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def finish(name: str, result: dict, out: Path | None, rendered, width: int) -> Path:
+    """The end of every benchmark: the JSON to ``out`` (or ``results/<name>-<time>.json``), the
+    table to stdout, and where the JSON went to stderr. Returns the JSON's path."""
+    from rich.console import Console
+
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        path = out
+    else:
+        path = write_json(name, result)
+    Console(width=max(Console().width, width)).print(rendered)
+    Console(stderr=True).print(f"JSON: {path}")
+    return path
+
+
 def write_json(name: str, data: dict, directory: Path | None = None) -> Path:
     """``results/<name>-<timestamp>.json`` and a copy as ``results/<name>-latest.json``."""
     directory = directory or RESULTS

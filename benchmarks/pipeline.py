@@ -21,7 +21,6 @@ Prints a table and writes ``benchmarks/results/pipeline-<time>.json`` (and ``pip
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import resource
@@ -300,14 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with H.sigterm_as_interrupt():
         result = run(args)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        path = args.out
-    else:
-        path = H.write_json("pipeline", result)
-    Console(width=max(Console().width, 140)).print(table(result))
-    console.print(f"JSON: {path}")
+    H.finish("pipeline", result, args.out, table(result), 140)
     return result
 
 

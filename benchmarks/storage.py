@@ -26,7 +26,6 @@ Prints a table and writes ``benchmarks/results/storage-<time>.json`` (and ``stor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -305,14 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with H.sigterm_as_interrupt():
         result = run(args)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        path = args.out
-    else:
-        path = H.write_json("storage", result)
-    Console(width=max(Console().width, 130)).print(table(result))
-    console.print(f"JSON: {path}")
+    H.finish("storage", result, args.out, table(result), 130)
     return result
 
 
