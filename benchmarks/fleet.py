@@ -76,6 +76,7 @@ def run_daemon(
     state = workdir / f"state-n{n}-w{workers}-i{interval:g}"
     ids = H.write_registry(state, pids)
     task = progress.add_task(f"{n} agents, {workers} workers", total=warmup + duration) if progress else None
+    create_us = H.file_create_us(workdir)
     probe = H.BareProbe(pids) if interleave else None
     profiler = None
     started = time.monotonic()
@@ -178,6 +179,7 @@ def run_daemon(
         "host_steal_cpus": round((end["host"][1] - base["host"][1]) / wall, 2) if wall > 0 else None,
         # Written to the state dir's disk meanwhile (by the whole host: the daemon's share when it is quiet)
         "disk_write_mb_per_s": round((end["disk"] - base["disk"]) / 2**20 / wall, 2) if base["disk"] is not None and wall > 0 else None,
+        "file_create_us": create_us,
         "baselines_interleaved": bare,
         "profile": profiles,
     }
@@ -279,8 +281,9 @@ def plot(result: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for w in result["params"]["workers"]:
         rs = [r for r in result["runs"] if r["workers"] == w]
-        a.plot([r["agents"] for r in rs], [r["samples_per_s"] for r in rs], marker="o", label=f"{w} workers")
-        b.plot([r["agents"] for r in rs], [r["cpu_vs_bare"] for r in rs], marker="o", label=f"{w} workers")
+        label = f"{w} worker" + ("s" if w > 1 else "")
+        a.plot([r["agents"] for r in rs], [r["samples_per_s"] for r in rs], marker="o", label=label)
+        b.plot([r["agents"] for r in rs], [r["cpu_vs_bare"] for r in rs], marker="o", label=label)
     a.set(xlabel="agents", ylabel="samples persisted / s", title="throughput")
     b.set(xlabel="agents", ylabel="CPU per sample / bare psutil", title="CPU per sample vs bare psutil loop")
     b.axhline(1.3, color="red", linestyle="--", label="budget 1.3x")

@@ -185,14 +185,32 @@ class Fleet:
 
 
 def default_workdir() -> Path:
-    """Beside fleetmon's default state dir: the filesystem a real deployment writes to. (Not /tmp,
-    which may be another filesystem: on the machine these benchmarks were written on, creating a
-    file under /tmp costs ~250 us of CPU against ~15 us elsewhere on the same disk.)"""
+    """Beside fleetmon's default state dir: the filesystem a real deployment writes to (/tmp may be
+    another one, such as a tmpfs)."""
     from fleetmon.store.layout import default_state_dir
 
     parent = default_state_dir().parent
     parent.mkdir(parents=True, exist_ok=True)
     return parent
+
+
+def file_create_us(directory: Path, n: int = 200) -> float:
+    """CPU to create (and close) one empty file in a fresh directory under ``directory``, in us:
+    context for the writer's per-agent files, whose cost it dominates (on the machine these scripts
+    were written on, it ranged from ~13 to ~600 us from one directory, or hour, to the next)."""
+    import resource
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="create-probe-", dir=directory))
+    try:
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        for i in range(n):
+            os.close(os.open(d / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return round((r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / n * 1e6, 1)
 
 
 def agent_ids(n: int) -> list[str]:

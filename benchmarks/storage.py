@@ -201,6 +201,7 @@ def run(args) -> dict:
             task = progress.add_task(f"spawning {args.agents} processes", total=args.agents)
             pids = fleet.spawn(args.agents, progress=lambda i, total: progress.update(task, completed=i))
             ids = H.write_registry(state_dir, pids)
+            result["file_create_us"] = H.file_create_us(workdir)
             progress.update(task, description=f"prefilling {args.agents} rings x {args.history_size} points", completed=0)
             t = time.perf_counter()
             prefill(state_dir, ids, args.history_size, args.history_size, lambda i: progress.update(task, completed=i))

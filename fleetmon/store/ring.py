@@ -192,8 +192,16 @@ def _find_head(records: memoryview, capacity: int) -> tuple[int, int]:
     if n == 0:
         return 0, 0
     words = records[: n * RECORD_SIZE].cast("I")
-    seqs = list(words[_SEQ_WORD::16])
+    seqs = words[_SEQ_WORD::16].tolist()
     crc32 = zlib.crc32
+    # Almost always the record with the highest seq (the last of them) is valid: try it alone first,
+    # in C-speed passes, before sorting them all (a writer opens every ring at start).
+    best = max(seqs)
+    if best:
+        idx = len(seqs) - 1 - seqs[::-1].index(best)
+        rec = records[idx * RECORD_SIZE : (idx + 1) * RECORD_SIZE]
+        if CRC.unpack_from(rec, 60)[0] == crc32(rec[:60]):
+            return (idx + 1) % capacity, best
     for seq, idx in sorted(((s, i) for i, s in enumerate(seqs) if s), reverse=True):
         rec = records[idx * RECORD_SIZE : (idx + 1) * RECORD_SIZE]
         if CRC.unpack_from(rec, 60)[0] == crc32(rec[:60]):

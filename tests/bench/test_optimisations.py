@@ -84,3 +84,40 @@ def test_new_ring_file_is_header_points_and_allocated_zeros(tmp_path):
     assert data == expected + bytes(R.RECORD_SIZE * 101 - len(expected))
     assert os.stat(tmp_path / "a.ring").st_blocks * 512 >= len(data)
     assert R.read_points(tmp_path / "a.ring") == points
+
+
+def _reference_find_head(records, capacity):
+    """ring._find_head before its fast path: every valid record tried in decreasing (seq, index)."""
+    import zlib as _zlib
+
+    from fleetmon.store import ring as R
+
+    n = min(len(records) // R.RECORD_SIZE, capacity)
+    if n == 0:
+        return 0, 0
+    seqs = list(records[: n * R.RECORD_SIZE].cast("I")[13::16])
+    for seq, idx in sorted(((s, i) for i, s in enumerate(seqs) if s), reverse=True):
+        rec = records[idx * R.RECORD_SIZE : (idx + 1) * R.RECORD_SIZE]
+        if R.CRC.unpack_from(rec, 60)[0] == _zlib.crc32(rec[:60]):
+            return (idx + 1) % capacity, seq
+    return 0, 0
+
+
+@given(
+    st.integers(min_value=1, max_value=40),
+    st.lists(st.tuples(st.integers(min_value=0, max_value=12), st.booleans()), max_size=40),
+    st.integers(min_value=0, max_value=64 * 40),
+)
+def test_find_head_fast_path_agrees_with_the_reference(capacity, records, cut):
+    """Highest seq first, torn records skipped, ties to the later slot, short files: as before."""
+    from fleetmon.store import ring as R
+
+    buf = bytearray(R.RECORD_SIZE * capacity)
+    for i, (seq, torn) in enumerate(records[:capacity]):
+        if seq:
+            rec = bytearray(R.encode_record(seq, R.Point(float(i), 1.0, 1, 2, 3, 4, 5, 6)))
+            if torn:
+                rec[7] ^= 0xFF
+            buf[i * R.RECORD_SIZE : (i + 1) * R.RECORD_SIZE] = rec
+    data = memoryview(bytes(buf[: min(cut, len(buf))]))
+    assert R._find_head(data, capacity) == _reference_find_head(data, capacity)
