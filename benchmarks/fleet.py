@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from benchmarks import baselines, pyspy
 from benchmarks import harness as H
 from fleetmon.units import parse_duration
 
@@ -65,8 +66,16 @@ def ring_points(history_dir: Path, ids: list[str]) -> list[int]:
 
 
 def run_daemon(
-    pids: list[int], workers: int, interval: float, duration: float, warmup: float, history_size: int,
-    workdir: Path, progress: Progress | None = None, keep: bool = False, interleave: bool = True,
+    pids: list[int],
+    workers: int,
+    interval: float,
+    duration: float,
+    warmup: float,
+    history_size: int,
+    workdir: Path,
+    progress: Progress | None = None,
+    keep: bool = False,
+    interleave: bool = True,
     profile: Path | None = None,
 ) -> dict:
     """One daemon run over ``pids``; returns its measurements. ``interleave``: run the bare psutil
@@ -77,7 +86,7 @@ def run_daemon(
     ids = H.write_registry(state, pids)
     task = progress.add_task(f"{n} agents, {workers} workers", total=warmup + duration) if progress else None
     create_us = H.file_create_us(workdir)
-    probe = H.BareProbe(pids) if interleave else None
+    probe = baselines.BareProbe(pids) if interleave else None
     profiler = None
     started = time.monotonic()
     d = H.DaemonRun(state, workers, interval, history_size)
@@ -101,14 +110,26 @@ def run_daemon(
                     # that, a while later anyway: a fleet too big for the interval never catches up).
                     caught_up = line["tick_wall"] and line["persisted"] - line["tick_wall"] <= 2 * interval
                     if now - started >= warmup and len(d.ticks) >= 2 and (caught_up or now - started >= 2 * warmup + 30):
-                        base = {"line": line, "cpu": d.cpu(), "roles": d.cpu_by_role(), "host": H.host_cpu(),
-                                "disk": H.disk_written(state), "at": now}
+                        base = {
+                            "line": line,
+                            "cpu": d.cpu(),
+                            "roles": d.cpu_by_role(),
+                            "host": H.host_cpu(),
+                            "disk": H.disk_written(state),
+                            "at": now,
+                        }
                         marks.append((line["samples_total"], base["cpu"]))
                         if profile is not None:
-                            profiler = H.Profiler(profile, f"n{n}-w{workers}", d, duration)
+                            profiler = pyspy.Profiler(profile, f"n{n}-w{workers}", d, duration)
                 elif line["persisted"] - base["line"]["persisted"] >= duration:
-                    end = {"line": line, "cpu": d.cpu(), "roles": d.cpu_by_role(), "host": H.host_cpu(),
-                           "disk": H.disk_written(state), "at": now}
+                    end = {
+                        "line": line,
+                        "cpu": d.cpu(),
+                        "roles": d.cpu_by_role(),
+                        "host": H.host_cpu(),
+                        "disk": H.disk_written(state),
+                        "at": now,
+                    }
                     marks.append((line["samples_total"], end["cpu"]))
                 else:
                     marks.append((line["samples_total"], d.cpu()))
@@ -121,7 +142,8 @@ def run_daemon(
                 done = min(warmup, now - started) + (now - base["at"] if base else 0.0)
                 lat = [t["persisted"] - t["tick_wall"] for t in d.ticks[-5:] if t["tick_wall"]]
                 progress.update(
-                    task, completed=min(done, warmup + duration),
+                    task,
+                    completed=min(done, warmup + duration),
                     description=f"{n} agents, {workers} workers: tick {d.ticks[-1]['tick'] if d.ticks else 0}"
                     + (f", latency {max(lat):.2f}s" if lat else ""),
                 )
@@ -178,7 +200,9 @@ def run_daemon(
         "others_cpus_busy": round((host_busy - cpu - probe_cpu) / wall, 2) if wall > 0 else None,
         "host_steal_cpus": round((end["host"][1] - base["host"][1]) / wall, 2) if wall > 0 else None,
         # Written to the state dir's disk meanwhile (by the whole host: the daemon's share when it is quiet)
-        "disk_write_mb_per_s": round((end["disk"] - base["disk"]) / 2**20 / wall, 2) if base["disk"] is not None and wall > 0 else None,
+        "disk_write_mb_per_s": round((end["disk"] - base["disk"]) / 2**20 / wall, 2)
+        if base["disk"] is not None and wall > 0
+        else None,
         "file_create_us": create_us,
         "baselines_interleaved": bare,
         "profile": profiles,
@@ -193,33 +217,53 @@ def sweep(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="fleetmon-bench-", dir=args.workdir or H.default_workdir()))
     fleet = H.Fleet()
     runs: list[dict] = []
-    baselines: dict[int, dict] = {}
+    by_size: dict[int, dict] = {}  # the back-to-back baselines of each fleet size
     try:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
         ) as progress:
             spawn = progress.add_task(f"spawning {max(sizes)} processes", total=max(sizes))
-            fleet.spawn(max(sizes), busy=args.busy, memory=args.memory, memory_mb=args.memory_mb,
-                        progress=lambda i, total: progress.update(spawn, completed=i))
+            fleet.spawn(
+                max(sizes),
+                busy=args.busy,
+                memory=args.memory,
+                memory_mb=args.memory_mb,
+                progress=lambda i, total: progress.update(spawn, completed=i),
+            )
             progress.remove_task(spawn)
             pids = fleet.pids
             for n in sizes:
                 base = progress.add_task(f"{n} agents: psutil baselines", total=None)
-                before = H.psutil_baseline("bare", pids[:n], args.baseline_seconds)
-                naive = H.psutil_baseline("naive", pids[:n], args.baseline_seconds)
+                before = baselines.psutil_baseline("bare", pids[:n], args.baseline_seconds)
+                naive = baselines.psutil_baseline("naive", pids[:n], args.baseline_seconds)
                 progress.remove_task(base)
                 size_runs = []
                 for w in args.workers:
                     size_runs.append(
-                        run_daemon(pids[:n], w, args.interval, args.duration, args.warmup, args.history_size,
-                                   workdir, progress, args.keep, args.interleave, args.profile)
+                        run_daemon(
+                            pids[:n],
+                            w,
+                            args.interval,
+                            args.duration,
+                            args.warmup,
+                            args.history_size,
+                            workdir,
+                            progress,
+                            args.keep,
+                            args.interleave,
+                            args.profile,
+                        )
                     )
                 base = progress.add_task(f"{n} agents: psutil baseline again", total=None)
-                after = H.psutil_baseline("bare", pids[:n], args.baseline_seconds)
+                after = baselines.psutil_baseline("bare", pids[:n], args.baseline_seconds)
                 progress.remove_task(base)
                 bare_us = statistics.mean([before["cpu_per_sample_us"], after["cpu_per_sample_us"]])
-                baselines[n] = {"bare_before": before, "bare_after": after, "bare_cpu_per_sample_us": round(bare_us, 2),
-                                "naive": naive}
+                by_size[n] = {
+                    "bare_before": before,
+                    "bare_after": after,
+                    "bare_cpu_per_sample_us": round(bare_us, 2),
+                    "naive": naive,
+                }
                 one = next((r for r in size_runs if r["workers"] == 1), None)
                 for r in size_runs:
                     # The reference: the baselines interleaved with this run when there were, else
@@ -227,12 +271,14 @@ def sweep(args) -> dict:
                     inter = r["baselines_interleaved"]
                     r["bare_cpu_per_sample_us"] = (inter and inter["bare"]["cpu_per_sample_us"]) or round(bare_us, 2)
                     r["naive_cpu_per_sample_us"] = (inter and inter["naive"]["cpu_per_sample_us"]) or round(
-                        naive["cpu_per_sample_us"], 2)
+                        naive["cpu_per_sample_us"], 2
+                    )
                     r["baseline_source"] = "interleaved" if inter and inter["bare"]["samples"] else "before/after"
                     r["cpu_vs_bare"] = H.ratio(r["cpu_per_sample_us"], r["bare_cpu_per_sample_us"])
                     if inter and inter["bare"]["samples"]:  # the same ratio from medians (flush by flush, pass by pass)
-                        r["median_cpu_vs_bare"] = H.ratio(r["median_flush_cpu_per_sample_us"],
-                                                          inter["bare"]["median_pass_cpu_per_sample_us"])
+                        r["median_cpu_vs_bare"] = H.ratio(
+                            r["median_flush_cpu_per_sample_us"], inter["bare"]["median_pass_cpu_per_sample_us"]
+                        )
                     r["cpu_vs_naive"] = H.ratio(r["cpu_per_sample_us"], r["naive_cpu_per_sample_us"])
                     r["samples_per_s_vs_1_worker"] = H.ratio(r["samples_per_s"], one["samples_per_s"]) if one else None
                 runs += size_runs
@@ -245,30 +291,62 @@ def sweep(args) -> dict:
         "command": "python -m benchmarks.fleet " + " ".join(args.argv),
         "machine": H.machine(),
         "params": {
-            "agents": sizes, "workers": args.workers, "interval_s": args.interval, "duration_s": args.duration,
-            "warmup_s": args.warmup, "history_size": args.history_size, "busy": args.busy, "memory": args.memory,
+            "agents": sizes,
+            "workers": args.workers,
+            "interval_s": args.interval,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "history_size": args.history_size,
+            "busy": args.busy,
+            "memory": args.memory,
         },
-        "baselines": {str(k): v for k, v in baselines.items()},
+        "baselines": {str(k): v for k, v in by_size.items()},
         "runs": runs,
     }
 
 
 def table(result: dict) -> Table:
     t = Table(title=f"fleetmon on a real fleet (interval {result['params']['interval_s']:g}s)")
-    for col in ("agents", "workers", "samples/s", "x 1 worker", "tick p50", "tick p99", "missed",
-                "CPU/sample", "bare", "x bare", "x naive", "writer RSS", "total RSS", "disk writes", "others"):
+    for col in (
+        "agents",
+        "workers",
+        "samples/s",
+        "x 1 worker",
+        "tick p50",
+        "tick p99",
+        "missed",
+        "CPU/sample",
+        "bare",
+        "x bare",
+        "x naive",
+        "writer RSS",
+        "total RSS",
+        "disk writes",
+        "others",
+    ):
         t.add_column(col, justify="right")
     for r in result["runs"]:
         t.add_row(
-            str(r["agents"]), str(r["workers"]), H.fmt(r["samples_per_s"], ".0f"), H.fmt(r["samples_per_s_vs_1_worker"], ".2f"),
-            H.fmt(r["tick_latency_p50_s"], ".3f", "s"), H.fmt(r["tick_latency_p99_s"], ".3f", "s"),
-            f"{r['missed_ticks']}/{r['ticks']}", H.fmt(r["cpu_per_sample_us"], ".1f", "us"),
-            H.fmt(r["bare_cpu_per_sample_us"], ".1f", "us"), H.fmt(r["cpu_vs_bare"], ".2f"), H.fmt(r["cpu_vs_naive"], ".2f"),
-            H.fmt(r["writer_rss_mb"], ".0f", "MB"), H.fmt(r["total_rss_mb"], ".0f", "MB"),
-            H.fmt(r["disk_write_mb_per_s"], ".1f", "MB/s"), H.fmt(r["others_cpus_busy"], ".1f", " CPU"),
+            str(r["agents"]),
+            str(r["workers"]),
+            H.fmt(r["samples_per_s"], ".0f"),
+            H.fmt(r["samples_per_s_vs_1_worker"], ".2f"),
+            H.fmt(r["tick_latency_p50_s"], ".3f", "s"),
+            H.fmt(r["tick_latency_p99_s"], ".3f", "s"),
+            f"{r['missed_ticks']}/{r['ticks']}",
+            H.fmt(r["cpu_per_sample_us"], ".1f", "us"),
+            H.fmt(r["bare_cpu_per_sample_us"], ".1f", "us"),
+            H.fmt(r["cpu_vs_bare"], ".2f"),
+            H.fmt(r["cpu_vs_naive"], ".2f"),
+            H.fmt(r["writer_rss_mb"], ".0f", "MB"),
+            H.fmt(r["total_rss_mb"], ".0f", "MB"),
+            H.fmt(r["disk_write_mb_per_s"], ".1f", "MB/s"),
+            H.fmt(r["others_cpus_busy"], ".1f", " CPU"),
         )
-    t.caption = ("x bare / x naive: whole-daemon CPU per persisted sample over the psutil loops' (interleaved "
-                 "between ticks); others: CPUs the rest of the host kept busy meanwhile")
+    t.caption = (
+        "x bare / x naive: whole-daemon CPU per persisted sample over the psutil loops' (interleaved "
+        "between ticks); others: CPUs the rest of the host kept busy meanwhile"
+    )
     return t
 
 
@@ -310,15 +388,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--busy", type=int, default=0, help="how many of the processes burn ~20%% of a CPU")
     p.add_argument("--memory", type=int, default=0, help="how many of the processes hold --memory-mb")
     p.add_argument("--memory-mb", type=int, default=50)
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="where state dirs go (default: beside fleetmon's default state dir, on the filesystem it would use)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where state dirs go (default: beside fleetmon's default state dir, on the filesystem it would use)",
+    )
     p.add_argument("--keep", action="store_true", help="keep state dirs, daemon logs and timing logs")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/fleet-<time>.json)")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="plot throughput and CPU ratios")
-    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="attach py-spy to every daemon process over the window: raw stacks in DIR, a summary in the JSON")
-    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the psutil baselines between ticks, as the reference (default: when --interval >= 0.5s)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="attach py-spy to every daemon process over the window: raw stacks in DIR, a summary in the JSON",
+    )
+    p.add_argument(
+        "--interleave",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the psutil baselines between ticks, as the reference (default: when --interval >= 0.5s)",
+    )
     args = p.parse_args(argv)
     args.argv = argv
     if args.interleave is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -248,10 +247,24 @@ class DaemonRun:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "fleetmon", "run", "--state-dir", str(state_dir), "--config", str(self.config_path),
-                "--workers", str(workers), "--interval", f"{interval}s", "--log-level", "WARNING",
+                sys.executable,
+                "-m",
+                "fleetmon",
+                "run",
+                "--state-dir",
+                str(state_dir),
+                "--config",
+                str(self.config_path),
+                "--workers",
+                str(workers),
+                "--interval",
+                f"{interval}s",
+                "--log-level",
+                "WARNING",
             ],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
             cwd=state_dir.parent,  # not the checkout: fleetmon is imported as installed (or from PYTHONPATH)
         )
         self.pid = self.proc.pid
@@ -345,237 +358,6 @@ class DaemonRun:
         kill_pids(leftovers)
         self._log.close()
         return self.proc.returncode
-
-
-# --- baselines --------------------------------------------------------------------------------
-
-
-def _rusage_cpu() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _bare_pass(procs) -> int:
-    """One pass of the floor: cached Process, every metric inside oneshot()."""
-    import psutil
-
-    n = 0
-    for p in procs:
-        try:
-            with p.oneshot():
-                p.cpu_times()
-                p.memory_info()
-                p.io_counters()
-                p.num_fds()
-                p.num_threads()
-            n += 1
-        except psutil.Error:
-            pass
-    return n
-
-
-def _naive_pass(pids) -> int:
-    """One pass of the naive loop: a new Process every time, no oneshot()."""
-    import psutil
-
-    n = 0
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            p.cpu_times()
-            p.memory_info()
-            p.io_counters()
-            p.num_fds()
-            p.num_threads()
-            n += 1
-        except psutil.Error:
-            pass
-    return n
-
-
-def _baseline_child(kind: str, pids: list[int], seconds: float, conn) -> None:
-    import psutil
-
-    if kind == "bare":
-        procs = [psutil.Process(pid) for pid in pids]
-        _bare_pass(procs)  # prime: what fleetmon's workers have done before the measured window
-        run = lambda: _bare_pass(procs)  # noqa: E731
-    else:
-        run = lambda: _naive_pass(pids)  # noqa: E731
-    cpu0, wall0, samples, passes = _rusage_cpu(), time.perf_counter(), 0, 0
-    while passes < 3 or time.perf_counter() - wall0 < seconds:
-        samples += run()
-        passes += 1
-    cpu, wall = _rusage_cpu() - cpu0, time.perf_counter() - wall0
-    conn.send({"passes": passes, "samples": samples, "cpu_s": cpu, "wall_s": wall, "cpu_per_sample_us": cpu / max(samples, 1) * 1e6,
-               "samples_per_s": samples / wall if wall else None})
-    conn.close()
-
-
-def psutil_baseline(kind: str, pids: list[int], seconds: float = 5.0) -> dict:
-    """Run the ``bare`` or ``naive`` psutil loop over ``pids`` in a forked process of its own (so
-    its CPU is measured alone): back-to-back passes for ``seconds`` (at least 3), CPU per sample
-    from getrusage."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_baseline_child, args=(kind, pids, seconds, child))
-    p.start()
-    child.close()
-    try:
-        if not parent.poll(600):
-            raise RuntimeError(f"{kind} baseline did not finish")
-        return parent.recv()
-    finally:
-        if p.is_alive():
-            kill_pids([p.pid])
-        p.join(10)
-
-
-def _probe_child(pids: list[int], chunk: int, conn) -> None:
-    import psutil
-
-    procs = [psutil.Process(pid) for pid in pids]
-    _bare_pass(procs)  # prime, as a worker has before the measured window
-    start = 0
-    while conn.recv() == "pass":
-        idx = [(start + i) % len(procs) for i in range(min(chunk, len(procs)))]
-        start = (start + len(idx)) % len(procs)
-        out = []
-        for kind in ("bare", "naive"):
-            cpu0 = _rusage_cpu()
-            n = _bare_pass([procs[i] for i in idx]) if kind == "bare" else _naive_pass([pids[i] for i in idx])
-            out.append((n, _rusage_cpu() - cpu0))
-        conn.send(out)
-    conn.close()
-
-
-class BareProbe:
-    """The psutil baselines interleaved with the daemon: a forked process of its own that, whenever
-    asked, runs the bare loop and then the naive loop over the next ``chunk`` pids (the harness asks
-    right after a tick was persisted, while the daemon idles until the next tick). The daemon's CPU
-    per sample and the baselines' are then measured over the same window, under the same noise from
-    the rest of the host."""
-
-    def __init__(self, pids: list[int], chunk: int = 500):
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("fork")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_probe_child, args=(pids, chunk, child))
-        self.proc.start()
-        child.close()
-        self.busy = False
-        self.passes = 0
-        self.samples = {"bare": 0, "naive": 0}
-        self.cpu_s = {"bare": 0.0, "naive": 0.0}
-        self.per_pass: dict[str, list[float]] = {"bare": [], "naive": []}
-
-    def request(self) -> None:
-        self.collect()
-        if not self.busy:
-            self.conn.send("pass")
-            self.busy = True
-
-    def collect(self, timeout: float = 0.0) -> None:
-        if self.busy and self.conn.poll(timeout):
-            for kind, (n, cpu) in zip(("bare", "naive"), self.conn.recv(), strict=True):
-                self.samples[kind] += n
-                self.cpu_s[kind] += cpu
-                if n:
-                    self.per_pass[kind].append(cpu / n * 1e6)
-            self.passes += 1
-            self.busy = False
-
-    def result(self) -> dict:
-        self.collect(timeout=60)
-        out: dict = {"passes": self.passes}
-        for kind in ("bare", "naive"):
-            n, cpu = self.samples[kind], self.cpu_s[kind]
-            out[kind] = {"samples": n, "cpu_s": round(cpu, 4), "cpu_per_sample_us": round(cpu / n * 1e6, 2) if n else None,
-                         "median_pass_cpu_per_sample_us": round(statistics.median(self.per_pass[kind]), 2) if n else None}
-        return out
-
-    def close(self) -> None:
-        try:
-            self.collect(timeout=60)
-            self.conn.send("stop")
-        except (BrokenPipeError, OSError):
-            pass
-        self.proc.join(10)
-        if self.proc.is_alive():
-            kill_pids([self.proc.pid])
-            self.proc.join(5)
-
-
-# --- profiles -----------------------------------------------------------------------------------
-
-
-class Profiler:
-    """py-spy attached to every process of the daemon for ``seconds`` (raw collapsed stacks, one
-    file per process), and a summary of where each role spends its samples."""
-
-    def __init__(self, directory: Path, label: str, daemon: DaemonRun, seconds: float, rate: int = 200):
-        import shutil as _shutil
-
-        self.directory = directory
-        self.files: dict[str, Path] = {}
-        self.procs: list[subprocess.Popen] = []
-        spy = _shutil.which("py-spy")
-        if spy is None:
-            raise RuntimeError("--profile needs py-spy (pip install py-spy)")
-        directory.mkdir(parents=True, exist_ok=True)
-        writer = daemon.writer_pid()
-        for i, pid in enumerate(sorted(daemon.tree())):
-            role = "supervisor" if pid == daemon.pid else "writer" if pid == writer else f"worker{i}"
-            path = directory / f"{label}-{role}.txt"
-            self.files[role] = path
-            self.procs.append(subprocess.Popen(
-                [spy, "record", "--pid", str(pid), "--duration", str(int(seconds) + 1), "--rate", str(rate),
-                 "--nonblocking", "--format", "raw", "--output", str(path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
-
-    def finish(self) -> dict:
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.terminate()
-                p.wait(10)
-        return {role: summarize_stacks(path) for role, path in self.files.items() if path.exists()}
-
-
-def summarize_stacks(path: Path, top: int = 12) -> dict:
-    """Samples, and the functions with the most samples inclusive and self, from py-spy raw output."""
-    import re
-    from collections import Counter
-
-    frame = re.compile(r"(.*) \((.*?):\d+\)")
-
-    def short(f: str) -> str:
-        m = frame.match(f)
-        return f"{m.group(1)} ({m.group(2).rsplit('/', 1)[-1]})" if m else f
-
-    total, own, incl = 0, Counter(), Counter()
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = [short(f) for f in stack.split(";")]
-        total += n
-        own[frames[-1]] += n
-        for f in set(frames):
-            incl[f] += n
-    trunk = {f for f, k in incl.items() if k == total}  # entry points every sample goes through
-    for f in trunk:
-        del incl[f]
-    pct = lambda c: [(f, round(100 * k / total, 1)) for f, k in c.most_common(top)] if total else []  # noqa: E731
-    return {"samples": total, "self_pct": pct(own), "inclusive_pct": pct(incl)}
 
 
 # --- statistics and output --------------------------------------------------------------------

@@ -52,8 +52,19 @@ def _cpu() -> float:
 def synthetic_samples(ids: list[str], tick: int, now: float) -> list[wire.Sample]:
     """Readings that change from tick to tick like real ones (cpu, growing I/O counters)."""
     return [
-        wire.Sample(agent_id, 10_000 + i, 1.7e9 + i, now, float((i + tick) % 50), 50_000_000 + 4096 * (tick % 64),
-                    900_000_000, 4096 * tick, 8192 * tick, 12 + tick % 3, 3)
+        wire.Sample(
+            agent_id,
+            10_000 + i,
+            1.7e9 + i,
+            now,
+            float((i + tick) % 50),
+            50_000_000 + 4096 * (tick % 64),
+            900_000_000,
+            4096 * tick,
+            8192 * tick,
+            12 + tick % 3,
+            3,
+        )
         for i, agent_id in enumerate(ids)
     ]
 
@@ -156,7 +167,9 @@ def closed_loop(args, state_dir: Path, use_sink: bool, progress: Progress) -> di
     def daemon_info(tick: int) -> wire.DaemonInfo:
         return wire.DaemonInfo(os.getpid(), writer_pid, infos, tick, 1.0, tick_wall=time.time())
 
-    link = channel.Link(address, lambda: [encoder.encode(m) for m in (wire.Hello(-1, os.getpid(), token), registry, daemon_info(0))])
+    link = channel.Link(
+        address, lambda: [encoder.encode(m) for m in (wire.Hello(-1, os.getpid(), token), registry, daemon_info(0))]
+    )
     latencies: list[float] = []
     peak_rss = 0
     task = progress.add_task(f"{'sink' if use_sink else 'writer'}: {n} agents, {w} fake workers", total=args.ticks + args.warmup)
@@ -246,13 +259,20 @@ def run(args) -> dict:
         "benchmark": "pipeline",
         "command": "python -m benchmarks.pipeline " + " ".join(args.argv),
         "machine": H.machine(),
-        "params": {"agents": args.agents, "workers": args.workers, "ticks": args.ticks, "warmup": args.warmup,
-                   "history_size": args.history_size},
+        "params": {
+            "agents": args.agents,
+            "workers": args.workers,
+            "ticks": args.ticks,
+            "warmup": args.warmup,
+            "history_size": args.history_size,
+        },
         "runs": [],
     }
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as progress:
-            for use_sink in ([True] if args.sink_only else [True, False]):
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+        ) as progress:
+            for use_sink in [True] if args.sink_only else [True, False]:
                 out["runs"].append(closed_loop(args, workdir / ("sink" if use_sink else "state"), use_sink, progress))
     finally:
         if not args.keep:
@@ -265,15 +285,30 @@ def run(args) -> dict:
 
 def table(result: dict) -> Table:
     t = Table(title="pipeline only: synthetic samples, no /proc (closed loop: the ceiling)")
-    for col in ("receiver", "agents", "workers", "samples/s", "x sink", "tick p50", "tick p99",
-                "receiver CPU/sample", "worker CPU/sample", "receiver RSS"):
+    for col in (
+        "receiver",
+        "agents",
+        "workers",
+        "samples/s",
+        "x sink",
+        "tick p50",
+        "tick p99",
+        "receiver CPU/sample",
+        "worker CPU/sample",
+        "receiver RSS",
+    ):
         t.add_column(col, justify="right")
     for r in result["runs"]:
         t.add_row(
-            "writer" if r["mode"] == "writer" else "sink (decode only)", str(r["agents"]), str(r["workers"]),
-            H.fmt(r["samples_per_s"], ".0f"), H.fmt(r["samples_per_s_vs_sink"], ".2f"),
-            H.fmt(r["tick_latency_p50_s"], ".3f", "s"), H.fmt(r["tick_latency_p99_s"], ".3f", "s"),
-            H.fmt(r["writer_cpu_per_sample_us"], ".1f", "us"), H.fmt(r["worker_cpu_per_sample_us"], ".1f", "us"),
+            "writer" if r["mode"] == "writer" else "sink (decode only)",
+            str(r["agents"]),
+            str(r["workers"]),
+            H.fmt(r["samples_per_s"], ".0f"),
+            H.fmt(r["samples_per_s_vs_sink"], ".2f"),
+            H.fmt(r["tick_latency_p50_s"], ".3f", "s"),
+            H.fmt(r["tick_latency_p99_s"], ".3f", "s"),
+            H.fmt(r["writer_cpu_per_sample_us"], ".1f", "us"),
+            H.fmt(r["worker_cpu_per_sample_us"], ".1f", "us"),
             H.fmt(r["writer_rss_mb"], ".0f", "MB"),
         )
     return t

@@ -126,7 +126,9 @@ def persist_cost(capacities: list[int], agents: int, rounds: int, repeats: int, 
         d = workdir / f"persist-{cap}"
         d.mkdir()
         fleet = Fleet(RingStore(d, cap, max_open=agents + 16), lambda e: None)
-        fleet.set_registry([wire.RegisteredAgent(f"p{i:05d}", "default", 1000 + i, None, wire.Thresholds()) for i in range(agents)], 0)
+        fleet.set_registry(
+            [wire.RegisteredAgent(f"p{i:05d}", "default", 1000 + i, None, wire.Thresholds()) for i in range(agents)], 0
+        )
         fleets[cap] = fleet
     t0 = time.time()
 
@@ -152,11 +154,16 @@ def persist_cost(capacities: list[int], agents: int, rounds: int, repeats: int, 
     for fleet in fleets.values():
         fleet.rings.close_all()
     med = {cap: statistics.median(v) for cap, v in per.items()}
+    # The ratio from each pair of rounds measured back to back, then the median: the host's speed
+    # drifts between repeats more than the two capacities differ.
+    pairs = [b / a for a, b in zip(per[min(capacities)], per[max(capacities)], strict=True) if a > 0]
     return {
-        "agents": agents, "rounds": rounds, "repeats": repeats,
+        "agents": agents,
+        "rounds": rounds,
+        "repeats": repeats,
         "cpu_per_sample_us": {str(cap): round(v, 2) for cap, v in med.items()},
         "runs_us": {str(cap): [round(x, 2) for x in v] for cap, v in per.items()},
-        "ratio_longest_vs_shortest": H.ratio(med[max(capacities)], med[min(capacities)]),
+        "ratio_longest_vs_shortest": round(statistics.median(pairs), 3) if pairs else None,
     }
 
 
@@ -164,7 +171,9 @@ def timed_cli(args: list[str], repeats: int) -> dict:
     walls, size = [], 0
     for _ in range(repeats):
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "fleetmon", *args], capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fleetmon", *args], capture_output=True, timeout=300, stdin=subprocess.DEVNULL
+        )
         walls.append(time.perf_counter() - t)
         if proc.returncode != 0:
             raise RuntimeError(f"fleetmon {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
@@ -193,11 +202,18 @@ def run(args) -> dict:
         "benchmark": "storage",
         "command": "python -m benchmarks.storage " + " ".join(args.argv),
         "machine": H.machine(),
-        "params": {"agents": args.agents, "history_size": args.history_size, "interval_s": args.interval,
-                   "workers": args.workers, "ticks": args.ticks},
+        "params": {
+            "agents": args.agents,
+            "history_size": args.history_size,
+            "interval_s": args.interval,
+            "workers": args.workers,
+            "ticks": args.ticks,
+        },
     }
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as progress:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+        ) as progress:
             task = progress.add_task(f"spawning {args.agents} processes", total=args.agents)
             pids = fleet.spawn(args.agents, progress=lambda i, total: progress.update(task, completed=i))
             ids = H.write_registry(state_dir, pids)
@@ -263,21 +279,33 @@ def table(r: dict) -> Table:
     mb = 2**20
     disk = r["disk_bytes"]
     rows = [
-        ("bytes on disk, total", f"{disk['total'] / mb:.0f} MB", f"history {disk.get('history', 0) / mb:.0f} MB, "
-         f"agents/ {disk.get('agents', 0) / mb:.1f} MB, status.json {disk.get('status.json', 0) / mb:.1f} MB"),
+        (
+            "bytes on disk, total",
+            f"{disk['total'] / mb:.0f} MB",
+            f"history {disk.get('history', 0) / mb:.0f} MB, "
+            f"agents/ {disk.get('agents', 0) / mb:.1f} MB, status.json {disk.get('status.json', 0) / mb:.1f} MB",
+        ),
         ("bytes on disk per agent", f"{r['disk_bytes_per_agent']['total'] / 1024:.1f} KiB", "ring: (1440+1) x 64 B"),
         ("writer RSS (peak)", f"{r['writer_rss_mb']:.0f} MB", "budget < 250 MB"),
         ("daemon total RSS (peak)", f"{r['total_rss_mb']:.0f} MB", "supervisor + workers + writer"),
         ("start-up to first persisted tick", f"{r['startup_s']:.1f} s", "every ring opened, head found"),
         ("recovery after SIGKILL", f"{r['recovery_s']:.1f} s", f"agents that lost points: {r['recovery_points_lost_agents']}"),
         ("persist cost, history 10", f"{r['persist']['cpu_per_sample_us']['10']:.2f} us/sample", "Fleet.on_sample, CPU"),
-        (f"persist cost, history {r['params']['history_size']}",
-         f"{r['persist']['cpu_per_sample_us'][str(r['params']['history_size'])]:.2f} us/sample",
-         f"ratio {r['persist']['ratio_longest_vs_shortest']:.2f} (flat = 1.0)"),
-        ("history ID --since 1d --json (CLI)", f"{r['history_cli']['median_s'] * 1000:.0f} ms",
-         f"{r['history_points']} points; in-process {r['history_call']['median_s'] * 1000:.1f} ms"),
-        ("status --json, all agents (CLI)", f"{r['status_cli']['median_s'] * 1000:.0f} ms",
-         f"in-process {r['status_call']['median_s'] * 1000:.0f} ms"),
+        (
+            f"persist cost, history {r['params']['history_size']}",
+            f"{r['persist']['cpu_per_sample_us'][str(r['params']['history_size'])]:.2f} us/sample",
+            f"ratio {r['persist']['ratio_longest_vs_shortest']:.2f} (flat = 1.0)",
+        ),
+        (
+            "history ID --since 1d --json (CLI)",
+            f"{r['history_cli']['median_s'] * 1000:.0f} ms",
+            f"{r['history_points']} points; in-process {r['history_call']['median_s'] * 1000:.1f} ms",
+        ),
+        (
+            "status --json, all agents (CLI)",
+            f"{r['status_cli']['median_s'] * 1000:.0f} ms",
+            f"in-process {r['status_call']['median_s'] * 1000:.0f} ms",
+        ),
     ]
     for row in rows:
         t.add_row(*row)

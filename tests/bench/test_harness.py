@@ -22,10 +22,26 @@ def _no_children_left() -> None:
 @pytest.mark.timeout(180)
 def test_fleet_harness_small_run(tmp_path):
     out = tmp_path / "fleet.json"
-    result = fleet.main([
-        "--agents", "200", "--workers", "2", "--interval", "0.5s", "--duration", "5", "--warmup", "2",
-        "--baseline-seconds", "1", "--workdir", str(tmp_path), "--out", str(out),
-    ])
+    result = fleet.main(
+        [
+            "--agents",
+            "200",
+            "--workers",
+            "2",
+            "--interval",
+            "0.5s",
+            "--duration",
+            "5",
+            "--warmup",
+            "2",
+            "--baseline-seconds",
+            "1",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     (run,) = result["runs"]
     assert run["agents"] == 200 and run["workers"] == 2
@@ -48,10 +64,24 @@ def test_fleet_harness_small_run(tmp_path):
 @pytest.mark.timeout(180)
 def test_storage_benchmark_small_run(tmp_path):
     out = tmp_path / "storage.json"
-    result = storage.main([
-        "--agents", "200", "--history-size", "1440", "--ticks", "3", "--persist-agents", "100",
-        "--persist-rounds", "2", "--workdir", str(tmp_path), "--out", str(out),
-    ])
+    result = storage.main(
+        [
+            "--agents",
+            "200",
+            "--history-size",
+            "1440",
+            "--ticks",
+            "3",
+            "--persist-agents",
+            "100",
+            "--persist-rounds",
+            "2",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text())["benchmark"] == "storage"
     assert result["disk_bytes"]["history"] >= 200 * 1441 * 64
     assert result["writer_rss_mb"] > 0 and result["startup_s"] > 0 and result["recovery_s"] > 0
@@ -66,9 +96,22 @@ def test_storage_benchmark_small_run(tmp_path):
 @pytest.mark.timeout(120)
 def test_pipeline_benchmark_small_run(tmp_path):
     out = tmp_path / "pipeline.json"
-    result = pipeline.main([
-        "--agents", "500", "--workers", "2", "--ticks", "5", "--warmup", "1", "--workdir", str(tmp_path), "--out", str(out),
-    ])
+    result = pipeline.main(
+        [
+            "--agents",
+            "500",
+            "--workers",
+            "2",
+            "--ticks",
+            "5",
+            "--warmup",
+            "1",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text())["benchmark"] == "pipeline"
     modes = {r["mode"]: r for r in result["runs"]}
     assert set(modes) == {"sink", "writer"}
