@@ -22,6 +22,7 @@ from fleetmon.supervisor import children, notify, sharding
 from fleetmon.supervisor.config import Config
 from fleetmon.supervisor.registry import RegistryScanner
 from fleetmon.workers import worker as W
+from fleetmon.workers.sampler import resolve_reader
 
 DRAIN_TIMEOUT = 10.0
 
@@ -94,8 +95,9 @@ class Arbiter:
         for w in self.workers:
             self._start_worker(w)
         logger.info(
-            "fleetmon started (pid {}): {} workers, interval {}s, {} agents, state dir {}",
-            os.getpid(), len(self.workers), self.config.interval, len(self.registry.entries), self.state.root,
+            "fleetmon started (pid {}): {} workers reading {}, interval {}s, {} agents, state dir {}",
+            os.getpid(), len(self.workers), resolve_reader(self.config.reader), self.config.interval,
+            len(self.registry.entries), self.state.root,
         )
         next_tick = time.monotonic()
         while not self.stopping:
@@ -177,7 +179,7 @@ class Arbiter:
     def _start_worker(self, w: children.Child) -> None:
         parent_end, child_end = channel.pair()
         fds = self._inherited_fds()
-        children.start_worker(w, child_end, self.state.writer_socket(), self.token, self.config.sampler_hook, fds)
+        children.start_worker(w, child_end, self.state.writer_socket(), self.token, self.config.sampler_hook, fds, self.config.reader)
         child_end.close()
         w.ctl = channel.FramedConn(parent_end)
         self.sent_tick[w.index] = 0

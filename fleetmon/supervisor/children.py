@@ -94,17 +94,19 @@ class Child:
             return "?"
 
 
-def start_worker(child: Child, control_child_end, writer_address: str, token: str, hook: str | None, close_fds: list[int]) -> None:
+def start_worker(
+    child: Child, control_child_end, writer_address: str, token: str, hook: str | None, close_fds: list[int], reader: str = "auto"
+) -> None:
     child.start(
         _worker_entry,
-        (child.index, control_child_end, writer_address, token, os.getpid(), hook, close_fds),
+        (child.index, control_child_end, writer_address, token, os.getpid(), hook, close_fds, reader),
         worker_mod.HB_SIZE,
     )
 
 
-def _worker_entry(index, control, writer_address, token, parent_pid, hook, close_fds, heartbeat) -> None:
+def _worker_entry(index, control, writer_address, token, parent_pid, hook, close_fds, reader, heartbeat) -> None:
     _close_inherited(close_fds)
-    worker_mod.run(index, control, heartbeat, writer_address, token, parent_pid, hook)
+    worker_mod.run(index, control, heartbeat, writer_address, token, parent_pid, hook, reader=reader)
 
 
 def start_writer(child: Child, state_root: str, config, listener, token: str, close_fds: list[int]) -> None:

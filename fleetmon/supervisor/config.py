@@ -10,6 +10,7 @@ import msgspec
 
 from fleetmon.units import parse_duration, parse_size
 from fleetmon.wire import Thresholds
+from fleetmon.workers import procfs
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     log_level: str = "INFO"
     log_format: str = "text"
     thresholds: ThresholdSources = msgspec.field(default_factory=ThresholdSources)
+    # How workers read a process: "procfs" (Linux: /proc directly, the fast path), "psutil", or
+    # "auto" (procfs where /proc is mounted). Both give the same numbers.
+    reader: str = "auto"
     # For tests and diagnosis: "module:function" called as hook(agent_id, pid) before each sample.
     sampler_hook: str | None = None
     # For benchmarks: the writer appends one JSON line per persisted tick here (fleetmon/store/timing.py).
@@ -79,6 +83,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("stall_timeout: must be positive")
         if not 1 <= self.history_size <= 10_000_000:
             raise ValueError("history_size: must be between 1 and 10000000")
+        if self.reader not in ("auto", "procfs", "psutil"):
+            raise ValueError("reader: must be auto, procfs or psutil")
+        if self.reader == "procfs" and not procfs.available():
+            raise ValueError("reader: procfs needs Linux with /proc mounted (use auto or psutil)")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format: must be text or json")
         if self.log_level.upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):

@@ -56,6 +56,7 @@ def run(
     parent_pid: int,
     sampler_hook: str | None = None,
     max_outbox: int = 64 * 1024 * 1024,
+    reader: str = "auto",
 ) -> None:
     """Entry point of a worker process."""
     _die_with_parent(parent_pid)
@@ -83,12 +84,12 @@ def run(
     link = channel.Link(
         writer_address, lambda: [hello], max_outbox, acks=ack_count, resend_marker=lambda n: encoder.encode(wire.Resend(n))
     )
-    sampler = Sampler()
+    sampler = Sampler(reader=reader)
     agents: list[wire.AgentRef] = []
     sel = selectors.DefaultSelector()
     sel.register(ctl.sock, selectors.EVENT_READ)
     link.pump()
-    log.debug("worker {} started (pid {})", index, os.getpid())
+    log.debug("worker {} started (pid {}, reading processes with {})", index, os.getpid(), sampler.reader)
     while not terminated:
         if os.getppid() != parent_pid:
             log.warning("supervisor is gone: worker {} exits", index)

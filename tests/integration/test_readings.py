@@ -1,5 +1,6 @@
 """What fleetmon records agrees with /proc for real processes: cpu of a busy loop, RSS of a process
-holding 150 MiB, exact fd and thread counts, and bytes known to be written."""
+holding 150 MiB, exact fd and thread counts, and bytes known to be written; with each reader
+(``procfs``, the default on Linux, and ``psutil``)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,12 @@ time.sleep(600)
 """
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+@pytest.fixture(scope="module", params=["procfs", "psutil"])
+def fleet(tmp_path_factory, request):
     """One daemon watching five real processes, each started and ready before it is registered."""
-    tmp = tmp_path_factory.mktemp("readings")
+    tmp = tmp_path_factory.mktemp(f"readings-{request.param}")
+    config = tmp / "fleetmon.toml"
+    config.write_text(f'reader = "{request.param}"\n')
     state = tmp / "state"
     procs = Processes()
     daemon = None
@@ -77,12 +80,17 @@ def fleet(tmp_path_factory):
             wait_until(marker.exists, 30, what=f"{name} process ready")
         for name, proc in p.items():
             register(state, name, proc.pid)
-        daemon = Daemon(state, "--interval", "500ms", "--workers", "2")
-        yield {"state": state, "tmp": tmp, "pids": {k: v.pid for k, v in p.items()}, "daemon": daemon}
+        daemon = Daemon(state, "--interval", "500ms", "--workers", "2", "--config", str(config))
+        yield {"state": state, "tmp": tmp, "pids": {k: v.pid for k, v in p.items()}, "daemon": daemon, "reader": request.param}
     finally:
         if daemon is not None:
             assert daemon.stop() == 0, daemon.log()
         procs.cleanup()
+
+
+def test_the_configured_reader_is_the_one_used(fleet):
+    wait_until(lambda: "fleetmon started" in fleet["daemon"].log(), 30, what="start line")
+    assert f"workers reading {fleet['reader']}," in fleet["daemon"].log()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -67,6 +67,7 @@ def test_flags_override_the_file(write):
         ("alert_repeat = -1", "alert_repeat"),
         ("history_size = 0", "history_size"),
         ('log_format = "xml"', "log_format"),
+        ('reader = "ebpf"', "reader"),
         ("colour = 1", "colour"),
         ('[thresholds.default]\ncpu_threshold = "high"', "thresholds.default.cpu_threshold"),
         ("[thresholds.default]\ncpu_threshold = -1", "thresholds.default.cpu_threshold"),

@@ -1,6 +1,6 @@
-"""The sampler against real child processes: the Windows branch (no ``num_fds``), the one place where
-psutil errors are translated (AccessDenied on one metric -> null + ``denied``, the rest kept), gone
-and reused processes, and pidfiles."""
+"""The sampler against real child processes, with each reader (``procfs``: /proc directly; ``psutil``):
+the Windows branch (no ``num_fds``), the one place where read errors are translated (a refused
+metric -> null + ``denied``, the rest kept), gone and reused processes, and pidfiles."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import pytest
 from loguru import logger
 
 from fleetmon.wire import AgentRef, Gone, Sample
+from fleetmon.workers import procfs
 from fleetmon.workers import sampler as sampler_mod
 from fleetmon.workers.sampler import Sampler, read_pidfile
+
+READERS = ["procfs", "psutil"]
 
 
 @pytest.fixture
@@ -34,14 +37,19 @@ def logs():
     logger.remove(sink)
 
 
+@pytest.fixture(params=READERS)
+def reader(request):
+    return request.param
+
+
 def encodable(result):
     """What a worker sends must fit the wire."""
     msgspec.msgpack.encode(result)
     return result
 
 
-def test_sample_reads_every_metric_and_cpu_starts_null(child):
-    s = Sampler()
+def test_sample_reads_every_metric_and_cpu_starts_null(reader, child):
+    s = Sampler(reader=reader)
     first = encodable(s.sample(AgentRef("a", child.pid)))
     assert isinstance(first, Sample)
     assert first.pid == child.pid and first.create_time == pytest.approx(psutil.Process(child.pid).create_time(), abs=0.05)
@@ -55,12 +63,12 @@ def test_sample_reads_every_metric_and_cpu_starts_null(child):
     assert second.cpu is not None and second.cpu >= 0.0
 
 
-def test_cpu_is_percent_of_one_cpu_since_the_previous_sample():
+def test_cpu_is_percent_of_one_cpu_since_the_previous_sample(reader):
     """Compared with the process's own cpu time over the same period (whatever else loads the host)."""
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
     try:
         proc = psutil.Process(busy.pid)
-        s = Sampler()
+        s = Sampler(reader=reader)
         s.sample(AgentRef("b", busy.pid))
         t1, m1 = sum(proc.cpu_times()[:2]), time.monotonic()
         time.sleep(0.5)
@@ -75,7 +83,7 @@ def test_cpu_is_percent_of_one_cpu_since_the_previous_sample():
 
 
 def test_windows_branch_open_files_null_logged_at_debug_only(child, logs):
-    s = Sampler(has_num_fds=False)
+    s = Sampler(has_num_fds=False, reader="psutil")
     results = [s.sample(AgentRef("a", child.pid)) for _ in range(3)]
     assert all(isinstance(r, Sample) for r in results)
     assert [r.open_files for r in results] == [None, None, None]
@@ -97,8 +105,8 @@ def test_windows_branch_open_files_null_logged_at_debug_only(child, logs):
         ("num_threads", "num_threads", ["num_threads"]),
     ],
 )
-def test_access_denied_on_one_metric(child, logs, monkeypatch, method, denied, fields):
-    s = Sampler()
+def test_psutil_access_denied_on_one_metric(child, logs, monkeypatch, method, denied, fields):
+    s = Sampler(reader="psutil")
     s.sample(AgentRef("a", child.pid))  # primes cpu
     time.sleep(0.02)
 
@@ -124,8 +132,88 @@ def test_access_denied_on_one_metric(child, logs, monkeypatch, method, denied, f
     assert warnings[0]["extra"]["agent_id"] == "a" and denied in warnings[0]["message"]
 
 
-def test_vanished_process_is_gone(child):
-    s = Sampler()
+@pytest.mark.parametrize(
+    "method, denied, fields",
+    [
+        ("memory", "memory", ["memory_rss", "memory_vms"]),
+        ("io", "disk", ["disk_read_bytes", "disk_write_bytes"]),
+        ("num_fds", "open_files", ["open_files"]),
+    ],
+)
+def test_procfs_access_denied_on_one_metric(child, logs, monkeypatch, method, denied, fields):
+    """/proc/<pid>/io and the fd listing need the owner's rights (ptrace read access); a refusal of
+    any one file loses only its metrics."""
+    s = Sampler(reader="procfs")
+    s.sample(AgentRef("a", child.pid))  # primes cpu
+    time.sleep(0.02)
+
+    def refuse(self, pid):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(procfs.Reader, method, refuse)
+    results = [encodable(s.sample(AgentRef("a", child.pid))) for _ in range(2)]
+    monkeypatch.undo()
+    for r in results:
+        assert isinstance(r, Sample), r
+        assert r.denied == (denied,)
+        for f in fields:
+            assert getattr(r, f) is None, f
+        others = ["cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
+        for f in others:
+            if f not in fields:
+                assert getattr(r, f) is not None, f"{f} was lost because {method} was denied"
+    warnings = [r for r in logs if r["level"].name == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0]["extra"]["agent_id"] == "a" and denied in warnings[0]["message"]
+
+
+def test_procfs_stat_refused_is_all_denied(child, monkeypatch):
+    def refuse(self, pid):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(procfs.Reader, "stat", refuse)
+    r = encodable(Sampler(reader="procfs").sample(AgentRef("a", child.pid)))
+    assert isinstance(r, Sample) and r.denied == ("all",)
+    assert (r.cpu, r.memory_rss, r.open_files, r.num_threads) == (None, None, None, None)
+
+
+def test_both_readers_agree_on_a_real_process(tmp_path):
+    """The same numbers from /proc directly as from psutil: a child holding 64 MiB, 7 extra threads,
+    20 extra files, and 4 MiB written with fsync."""
+    script = (
+        "import os, sys, threading, time\n"
+        "held = bytearray(64 << 20)\n"
+        "for i in range(0, len(held), 4096): held[i] = 1\n"
+        "files = [open(os.devnull) for _ in range(20)]\n"
+        "ev = threading.Event()\n"
+        "ts = [threading.Thread(target=ev.wait, daemon=True) for _ in range(7)]\n"
+        "[t.start() for t in ts]\n"
+        "with open(sys.argv[1], 'wb') as f:\n"
+        "    f.write(os.urandom(4 << 20)); f.flush(); os.fsync(f.fileno())\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out")], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert p.stdout.readline().strip() == b"ready"
+        a = Sampler(reader="procfs").sample(AgentRef("x", p.pid))
+        b = Sampler(reader="psutil").sample(AgentRef("x", p.pid))
+        assert isinstance(a, Sample) and isinstance(b, Sample)
+        assert a.create_time == pytest.approx(b.create_time, abs=0.02)
+        assert a.memory_rss == b.memory_rss and a.memory_rss >= 64 << 20
+        assert a.memory_vms == b.memory_vms
+        assert a.num_threads == b.num_threads == 8
+        assert a.open_files == b.open_files and a.open_files >= 23
+        assert a.disk_read_bytes == b.disk_read_bytes
+        assert a.disk_write_bytes == b.disk_write_bytes and a.disk_write_bytes >= 4 << 20
+        assert a.denied == b.denied == ()
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def test_vanished_process_is_gone(reader, child):
+    s = Sampler(reader=reader)
     assert isinstance(s.sample(AgentRef("a", child.pid)), Sample)
     child.kill()
     child.wait(timeout=10)
@@ -133,43 +221,43 @@ def test_vanished_process_is_gone(child):
     assert isinstance(g, Gone) and g.reason == "no_process" and g.pid == child.pid
 
 
-def test_zombie_is_gone():
+def test_zombie_is_gone(reader):
     p = subprocess.Popen(["true"])
     deadline = time.monotonic() + 10
     while psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "child never became a zombie"
         time.sleep(0.01)
     try:
-        g = Sampler().sample(AgentRef("z", p.pid))
+        g = Sampler(reader=reader).sample(AgentRef("z", p.pid))
         assert isinstance(g, Gone) and g.reason == "no_process"
     finally:
         p.wait(timeout=10)
 
 
-def test_pid_reuse_is_detected(child):
+def test_pid_reuse_is_detected(reader, child):
     """The process at the pid is not the one first seen (its start time changed): reused."""
-    s = Sampler()
+    s = Sampler(reader=reader)
     assert isinstance(s.sample(AgentRef("a", child.pid)), Sample)
     s.tracked["a"].start_key = -1  # as if the process first seen had started at another time
     g = s.sample(AgentRef("a", child.pid))
     assert isinstance(g, Gone) and g.reason == "reused"
 
 
-def test_known_start_refuses_a_stranger(child):
+def test_known_start_refuses_a_stranger(reader, child):
     """The writer says which process the pid belonged to; a different one there is not sampled."""
     ct = psutil.Process(child.pid).create_time()
-    g = Sampler().sample(AgentRef("a", child.pid, None, child.pid, ct - 100))
+    g = Sampler(reader=reader).sample(AgentRef("a", child.pid, None, child.pid, ct - 100))
     assert isinstance(g, Gone) and g.reason == "reused"
-    ok = Sampler().sample(AgentRef("a", child.pid, None, child.pid, ct))
+    ok = Sampler(reader=reader).sample(AgentRef("a", child.pid, None, child.pid, ct))
     assert isinstance(ok, Sample)
 
 
-def test_pidfile_followed_to_a_new_process(child, tmp_path):
+def test_pidfile_followed_to_a_new_process(reader, child, tmp_path):
     other = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
     try:
         pidfile = tmp_path / "agent.pid"
         pidfile.write_text(f"{child.pid}\n")
-        s = Sampler()
+        s = Sampler(reader=reader)
         ref = AgentRef("a", None, str(pidfile))
         assert s.sample(ref).pid == child.pid
         pidfile.write_text(f"{other.pid}\n")

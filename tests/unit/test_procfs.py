@@ -1,0 +1,96 @@
+"""Parsing /proc content (fleetmon.workers.procfs) on fake files: command names with spaces and
+parentheses, the io file's fields, the fd count from a listing on kernels without it in st_size."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fleetmon.wire import AgentRef, Gone, Sample
+from fleetmon.workers import procfs
+from fleetmon.workers.sampler import Sampler
+
+PAGE = procfs.PAGESIZE
+
+
+def stat_line(pid: int, comm: str, state: str = "S", utime: int = 250, stime: int = 50, threads: int = 3, start: int = 123456, vsize: int = 10 << 20, rss_pages: int = 290) -> bytes:
+    # Fields 3..52 of proc(5); the ones fleetmon reads are set, the rest are plausible numbers.
+    fields = [state, "1", "1", "1", "0", "-1", "4194304", "10", "0", "0", "0", str(utime), str(stime), "0", "0", "20", "0", str(threads), "0", str(start), str(vsize), str(rss_pages)]
+    fields += ["18446744073709551615"] + ["0"] * 27
+    return f"{pid} ({comm}) {' '.join(fields)}\n".encode()
+
+
+STATM = b"2560 300 100 10 0 500 0\n"
+IO = b"rchar: 100\nwchar: 200\nsyscr: 3\nsyscw: 4\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n"
+
+
+@pytest.mark.parametrize("comm", ["sleep", "my agent", "a) (b", "x)", ") S 1 2 3 (", ""])
+def test_parse_stat_counts_fields_from_the_last_parenthesis(comm):
+    assert procfs.parse_stat(stat_line(42, comm)) == (123456, b"S", 300, 3)
+
+
+def test_parse_stat_zombie_and_short_line():
+    assert procfs.parse_stat(stat_line(1, "z", state="Z"))[1] == b"Z"
+    with pytest.raises(ValueError):
+        procfs.parse_stat(b"42 (x) S 1 2 3\n")
+
+
+def test_parse_statm_is_rss_and_vms_in_bytes():
+    assert procfs.parse_statm(STATM) == (300 * PAGE, 2560 * PAGE)
+
+
+def test_parse_io_reads_storage_bytes_not_chars():
+    assert procfs.parse_io(IO) == (4096, 8192)
+    with pytest.raises(ValueError):
+        procfs.parse_io(b"rchar: 1\n")
+
+
+def fake_proc(root, pid: int, comm: str = "agent", nfds: int = 5, **stat) -> None:
+    (root / "self").mkdir(parents=True, exist_ok=True)
+    (root / "self" / "stat").write_bytes(stat_line(1, "self"))
+    (root / "self" / "io").write_bytes(IO)
+    (root / "stat").write_bytes(b"cpu  1 2 3 4\ncpu0 1 2 3 4\nintr 0\nctxt 5\nbtime 1700000000\nprocesses 9\n")
+    d = root / str(pid)
+    (d / "fd").mkdir(parents=True, exist_ok=True)
+    for i in range(nfds):
+        (d / "fd" / str(i)).write_text("")
+    (d / "stat").write_bytes(stat_line(pid, comm, **stat))
+    (d / "io").write_bytes(IO)
+    (d / "statm").write_bytes(STATM)
+
+
+def test_sampler_on_a_fake_proc_tree(tmp_path):
+    fake_proc(tmp_path, 4242, comm="weird ) name", nfds=7, utime=100, stime=0)
+    reader = procfs.Reader(str(tmp_path), fd_count_in_size=False)
+    s = Sampler(reader="procfs", proc=reader)
+    first = s.sample(AgentRef("a", 4242))
+    assert isinstance(first, Sample)
+    assert first.create_time == pytest.approx(1700000000 + 123456 / procfs.CLK_TCK)
+    assert (first.memory_rss, first.memory_vms, first.num_threads, first.open_files) == (300 * PAGE, 2560 * PAGE, 3, 7)
+    assert (first.disk_read_bytes, first.disk_write_bytes, first.cpu) == (4096, 8192, None)
+    # One second of cpu (CLK_TCK ticks) later: the cpu is a percentage of one CPU over the elapsed time.
+    fake_proc(tmp_path, 4242, nfds=7, utime=100 + procfs.CLK_TCK, stime=0)
+    second = s.sample(AgentRef("a", 4242))
+    assert second.cpu is not None and 0 < second.cpu <= 100 * 1.0 / 0.0001
+    # Another process at the same pid (another start time) is never sampled as the agent.
+    fake_proc(tmp_path, 4242, start=999999)
+    g = s.sample(AgentRef("a", 4242))
+    assert isinstance(g, Gone) and g.reason == "reused"
+
+
+def test_zombie_and_vanished_on_a_fake_tree(tmp_path):
+    fake_proc(tmp_path, 7, state="Z")
+    reader = procfs.Reader(str(tmp_path), fd_count_in_size=False)
+    assert Sampler(reader="procfs", proc=reader).sample(AgentRef("z", 7)).reason == "no_process"
+    assert Sampler(reader="procfs", proc=reader).sample(AgentRef("n", 8)).reason == "no_process"
+
+
+def test_fd_count_from_the_directory_size_matches_a_listing():
+    """On this kernel (>= 6.2) st_size of /proc/<pid>/fd is the count; the listing opens one more."""
+    reader = procfs.Reader()
+    if not reader.fd_count_in_size:
+        pytest.skip("kernel older than 6.2: the fd directory is listed")
+    assert reader.num_fds(os.getpid()) == len(os.listdir("/proc/self/fd")) - 1
+    legacy = procfs.Reader(fd_count_in_size=False)
+    assert legacy.num_fds(os.getpid()) == reader.num_fds(os.getpid()) + 1  # counts the listing's own fd
