@@ -77,19 +77,21 @@ def run_daemon(
     keep: bool = False,
     interleave: bool = True,
     profile: Path | None = None,
+    reader: str = "auto",
 ) -> dict:
     """One daemon run over ``pids``; returns its measurements. ``interleave``: run the bare psutil
     loop between ticks (``harness.BareProbe``) as the reference for CPU per sample."""
     n = len(pids)
     warmup = max(warmup, n / 1000)  # creating the rings takes about this long on the first tick
-    state = workdir / f"state-n{n}-w{workers}-i{interval:g}"
+    state = workdir / f"state-n{n}-w{workers}-i{interval:g}-{reader}"
     ids = H.write_registry(state, pids)
-    task = progress.add_task(f"{n} agents, {workers} workers", total=warmup + duration) if progress else None
+    label = f"{n} agents, {workers} workers" + (f", {reader}" if reader != "auto" else "")
+    task = progress.add_task(label, total=warmup + duration) if progress else None
     create_us = H.file_create_us(workdir)
     probe = baselines.BareProbe(pids) if interleave else None
     profiler = None
     started = time.monotonic()
-    d = H.DaemonRun(state, workers, interval, history_size)
+    d = H.DaemonRun(state, workers, interval, history_size, extra_config=f'reader = "{reader}"\n')
     base = end = None
     marks: list[tuple[int, float]] = []  # (samples persisted, daemon CPU) after each flush in the window
     startup_deadline = started + 120 + n / 50
@@ -120,7 +122,7 @@ def run_daemon(
                         }
                         marks.append((line["samples_total"], base["cpu"]))
                         if profile is not None:
-                            profiler = pyspy.Profiler(profile, f"n{n}-w{workers}", d, duration)
+                            profiler = pyspy.Profiler(profile, f"n{n}-w{workers}-{reader}", d, duration)
                 elif line["persisted"] - base["line"]["persisted"] >= duration:
                     end = {
                         "line": line,
@@ -144,7 +146,7 @@ def run_daemon(
                 progress.update(
                     task,
                     completed=min(done, warmup + duration),
-                    description=f"{n} agents, {workers} workers: tick {d.ticks[-1]['tick'] if d.ticks else 0}"
+                    description=f"{label}: tick {d.ticks[-1]['tick'] if d.ticks else 0}"
                     + (f", latency {max(lat):.2f}s" if lat else ""),
                 )
             time.sleep(0.1)
@@ -172,6 +174,7 @@ def run_daemon(
     result = {
         "agents": n,
         "workers": workers,
+        "reader": reader,
         "interval_s": interval,
         "window_s": round(elapsed, 3),
         "ticks": len(window),
@@ -238,7 +241,7 @@ def sweep(args) -> dict:
                 naive = baselines.psutil_baseline("naive", pids[:n], args.baseline_seconds)
                 progress.remove_task(base)
                 size_runs = []
-                for w in args.workers:
+                for reader, w in [(r, w) for r in args.reader for w in args.workers]:
                     size_runs.append(
                         run_daemon(
                             pids[:n],
@@ -252,6 +255,7 @@ def sweep(args) -> dict:
                             args.keep,
                             args.interleave,
                             args.profile,
+                            reader,
                         )
                     )
                 base = progress.add_task(f"{n} agents: psutil baseline again", total=None)
@@ -264,8 +268,8 @@ def sweep(args) -> dict:
                     "bare_cpu_per_sample_us": round(bare_us, 2),
                     "naive": naive,
                 }
-                one = next((r for r in size_runs if r["workers"] == 1), None)
                 for r in size_runs:
+                    one = next((o for o in size_runs if o["workers"] == 1 and o["reader"] == r["reader"]), None)
                     # The reference: the baselines interleaved with this run when there were, else
                     # the back-to-back runs before and after this fleet size's daemon runs.
                     inter = r["baselines_interleaved"]
@@ -293,6 +297,7 @@ def sweep(args) -> dict:
         "params": {
             "agents": sizes,
             "workers": args.workers,
+            "reader": args.reader,
             "interval_s": args.interval,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -310,6 +315,7 @@ def table(result: dict) -> Table:
     for col in (
         "agents",
         "workers",
+        "reader",
         "samples/s",
         "x 1 worker",
         "tick p50",
@@ -329,6 +335,7 @@ def table(result: dict) -> Table:
         t.add_row(
             str(r["agents"]),
             str(r["workers"]),
+            r.get("reader", "auto"),
             H.fmt(r["samples_per_s"], ".0f"),
             H.fmt(r["samples_per_s_vs_1_worker"], ".2f"),
             H.fmt(r["tick_latency_p50_s"], ".3f", "s"),
@@ -357,9 +364,10 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for w in result["params"]["workers"]:
-        rs = [r for r in result["runs"] if r["workers"] == w]
-        label = f"{w} worker" + ("s" if w > 1 else "")
+    readers = result["params"].get("reader", ["auto"])
+    for reader, w in [(r, w) for r in readers for w in result["params"]["workers"]]:
+        rs = [r for r in result["runs"] if r["workers"] == w and r.get("reader", "auto") == reader]
+        label = f"{w} worker" + ("s" if w > 1 else "") + (f" ({reader})" if len(readers) > 1 else "")
         a.plot([r["agents"] for r in rs], [r["samples_per_s"] for r in rs], marker="o", label=label)
         b.plot([r["agents"] for r in rs], [r["cpu_vs_bare"] for r in rs], marker="o", label=label)
     a.set(xlabel="agents", ylabel="samples persisted / s", title="throughput")
@@ -380,6 +388,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fleet", description=__doc__.splitlines()[0])
     p.add_argument("--agents", type=_ints, default=[1000, 2000, 5000, 10000], help="fleet sizes, comma-separated")
     p.add_argument("--workers", type=_ints, default=[1, 2, 4], help="worker counts, comma-separated")
+    p.add_argument(
+        "--reader",
+        type=lambda text: [x for x in text.split(",") if x],
+        default=["auto"],
+        help="the workers' process reader(s), comma-separated: auto, procfs, psutil (default auto: procfs on Linux)",
+    )
     p.add_argument("--interval", type=parse_duration, default=1.0, help="tick interval (default 1s)")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run (default 20)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens (default 5)")

@@ -116,8 +116,24 @@ class Arbiter:
             self._check_children()
             self._pump_writer()
             self.notifier.poll(self)
-            self._wait(min(max(0.0, next_tick - time.monotonic()), 0.25, self.notifier.wait_hint()))
+            self._wait(self._sleep_for(next_tick))
         return self._drain()
+
+    def _sleep_for(self, next_tick: float) -> float:
+        """How long the loop may sleep: until the next tick, watchdog ping or child restart, and at
+        most one stall-check period (``stall_timeout`` / 10, between 0.1 and 1 s: a worker stuck
+        between ticks is seen within ``stall_timeout``); briefly while a channel has bytes left to
+        send. A child's death, a signal and the writer's messages wake it at once."""
+        now = time.monotonic()
+        until = min(next_tick, now + min(1.0, max(0.1, float(self.config.stall_timeout) / 10)))
+        until = min(until, now + self.notifier.wait_hint(now))
+        for c in self.workers + [self.writer]:  # the quarantine worker is restarted by the tick
+            if c.proc is None:
+                until = min(until, c.respawn_at)
+        sending = self.link is not None and bool(self.link.pending or self.link.want_write)
+        if sending or any(w.ctl is not None and w.ctl.want_write for w in self.workers + [self.quarantine_worker]):
+            until = min(until, now + 0.05)
+        return max(0.0, until - now)
 
     def _record_signal(self, signum, frame) -> None:
         self.signals.append(signum)
