@@ -19,7 +19,7 @@ def _no_children_left() -> None:
     assert not left, f"benchmark left processes running: {left}"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_fleet_harness_small_run(tmp_path):
     out = tmp_path / "fleet.json"
     result = fleet.main(
@@ -40,10 +40,19 @@ def test_fleet_harness_small_run(tmp_path):
             str(tmp_path),
             "--out",
             str(out),
+            "--reader",
+            "procfs,psutil",
         ]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    (run,) = result["runs"]
+    assert [r["reader"] for r in result["runs"]] == ["procfs", "psutil"]
+    for run in result["runs"]:
+        _check_fleet_run(run)
+    assert result["baselines"]["200"]["bare_before"]["samples"] >= 600
+    _no_children_left()
+
+
+def _check_fleet_run(run: dict) -> None:
     assert run["agents"] == 200 and run["workers"] == 2
     assert run["ticks"] >= 5 and run["samples"] >= 200 * 5
     assert run["agents_with_points"] == 200, "every agent sampled"
@@ -57,8 +66,6 @@ def test_fleet_harness_small_run(tmp_path):
     for key in ("cpu_vs_bare", "cpu_vs_naive", "bare_cpu_per_sample_us", "naive_cpu_per_sample_us"):
         assert run[key] is not None and run[key] > 0, key
     assert run["daemon_exit_code"] == 0
-    assert result["baselines"]["200"]["bare_before"]["samples"] >= 600
-    _no_children_left()
 
 
 @pytest.mark.timeout(180)
