@@ -197,6 +197,11 @@ class Link:
             self.lost += 1
         self.pump()
 
+    @property
+    def retry_at(self) -> float:
+        """When a disconnected link tries to connect again (monotonic)."""
+        return self._retry_at
+
     def pump(self) -> None:
         if self.conn is None and not self._connect():
             return

@@ -63,6 +63,7 @@ class Arbiter:
         self.busy_since: dict[int, float] = {}
         self.checked_at = time.monotonic()  # when _check_children last ran
         self.judge_after = 0.0  # no stall verdicts before this (the supervisor itself was not running)
+        self.last_sleep = 0.0  # what the loop last asked to sleep
         self.quarantine: dict[str, Quarantined] = {}
         self.q_batch: list[str] = []
         self.known: dict[str, tuple[int, float]] = {}  # agent -> (pid, start) from the writer's Retire
@@ -116,7 +117,8 @@ class Arbiter:
             self._check_children()
             self._pump_writer()
             self.notifier.poll(self)
-            self._wait(self._sleep_for(next_tick))
+            self.last_sleep = self._sleep_for(next_tick)
+            self._wait(self.last_sleep)
         return self._drain()
 
     def _sleep_for(self, next_tick: float) -> float:
@@ -125,13 +127,19 @@ class Arbiter:
         between ticks is seen within ``stall_timeout``); briefly while a channel has bytes left to
         send. A child's death, a signal and the writer's messages wake it at once."""
         now = time.monotonic()
+        for c in self.workers + [self.quarantine_worker, self.writer]:
+            if c.proc is not None and not c.alive:
+                return 0.0  # died since it was last checked: its sentinel is not waited on, reap it now
         until = min(next_tick, now + min(1.0, max(0.1, float(self.config.stall_timeout) / 10)))
         until = min(until, now + self.notifier.wait_hint(now))
         for c in self.workers + [self.writer]:  # the quarantine worker is restarted by the tick
             if c.proc is None:
                 until = min(until, c.respawn_at)
-        sending = self.link is not None and bool(self.link.pending or self.link.want_write)
-        if sending or any(w.ctl is not None and w.ctl.want_write for w in self.workers + [self.quarantine_worker]):
+        if self.link is not None and self.link.pending and self.link.conn is None:
+            until = min(until, self.link.retry_at)  # the writer is away: its reconnect backoff, not a spin
+        elif self.link is not None and (self.link.pending or self.link.want_write):
+            until = min(until, now + 0.05)
+        if any(w.ctl is not None and w.ctl.want_write for w in self.workers + [self.quarantine_worker]):
             until = min(until, now + 0.05)
         return max(0.0, until - now)
 
@@ -213,7 +221,7 @@ class Arbiter:
 
     def _check_children(self) -> None:
         now = time.monotonic()
-        if now - self.checked_at > 2 * W.IDLE_BEAT:
+        if now - self.checked_at > 2 * W.IDLE_BEAT + self.last_sleep:
             # The supervisor itself did not run for a while (stopped with its process group, a paused
             # container, swapped out): the children's silence may not be theirs. Give them a few
             # beats to show they are alive before judging.

@@ -59,7 +59,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     log_format: str = "text"
     thresholds: ThresholdSources = msgspec.field(default_factory=ThresholdSources)
     # How workers read a process: "procfs" (Linux: /proc directly, the fast path), "psutil", or
-    # "auto" (procfs where /proc is mounted). Both give the same numbers.
+    # "auto" (procfs where /proc is mounted). Both give the same numbers, except that procfs can
+    # count another user's open files on Linux 6.2+ (psutil records them as denied).
     reader: str = "auto"
     # For tests and diagnosis: "module:function" called as hook(agent_id, pid) before each sample.
     sampler_hook: str | None = None

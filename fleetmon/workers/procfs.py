@@ -82,12 +82,7 @@ class Reader:
         self.has_io = os.path.exists(f"{root}/self/io")  # absent without CONFIG_TASK_IO_ACCOUNTING
         # Linux >= 6.2 reports the number of open descriptors as the size of the fd directory (and
         # to any user, where listing it needs the owner's rights); older kernels report 0.
-        if fd_count_in_size is None:
-            try:
-                fd_count_in_size = os.stat(f"{root}/self/fd").st_size > 0
-            except OSError:
-                fd_count_in_size = False
-        self.fd_count_in_size = fd_count_in_size
+        self.fd_count_in_size = _fd_count_in_size(root) if fd_count_in_size is None else fd_count_in_size
 
     def stat(self, pid: int) -> tuple[int, bytes, int, int]:
         return parse_stat(_read(f"{self.root}/{pid}/stat"))
@@ -108,11 +103,28 @@ class Reader:
 
     def boot_time(self) -> float:
         """Seconds since the epoch at boot (``btime`` of ``/proc/stat``), as psutil's
-        ``boot_time()``: a start time in ticks plus this is psutil's ``create_time()``."""
-        data = _read(f"{self.root}/stat")
-        at = data.find(b"\nbtime ")
-        if at < 0:
-            with open(f"{self.root}/stat", "rb") as f:  # past the first read (many CPUs)
-                data = f.read()
-            at = data.find(b"\nbtime ")
-        return float(_field(data[at:], b"\nbtime "))
+        ``boot_time()``: a start time in ticks plus this is psutil's ``create_time()``. The whole
+        file is read (with many CPUs and interrupts it is far longer than one page) and the line
+        must be whole."""
+        with open(f"{self.root}/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime ") and line.endswith(b"\n"):
+                    return float(line.split()[1])
+        raise ValueError(f"no btime line in {self.root}/stat")
+
+
+def _fd_count_in_size(root: str) -> bool:
+    """Whether this kernel reports the number of open descriptors as the size of ``/proc/<pid>/fd``
+    (Linux 6.2+): checked against a listing of our own, which opens one descriptor more."""
+    path = f"{root}/self/fd"
+    for _ in range(3):  # another thread may open or close a descriptor in between: look again
+        try:
+            size = os.stat(path).st_size
+            listed = len(os.listdir(path))
+        except OSError:
+            return False
+        if size <= 0:
+            return False
+        if size == listed - 1:
+            return True
+    return False

@@ -96,6 +96,7 @@ class Sampler:
             proc = procfs.Reader()
         self.proc = proc if self.reader == "procfs" else None
         self._boot: tuple[float, float] = (-1.0, 0.0)  # (monotonic when read, boot time)
+        self._parse_error_logged = False
 
     def forget_except(self, agent_ids: set[str]) -> None:
         for agent_id in [a for a in self.tracked if a not in agent_ids]:
@@ -126,6 +127,16 @@ class Sampler:
             return Gone(ref.id, pid, now, "no_process")
         except (PermissionError, psutil.AccessDenied):
             # Even the stat file is refused: nothing can be read, not even the identity.
+            return Sample(ref.id, pid, 0.0, now, None, None, None, None, None, None, None, ("all",))
+        except ValueError as exc:
+            # /proc content we cannot parse (a kernel we do not know, a truncated read): recorded as
+            # unreadable, never a dead worker. Logged once per worker.
+            if not self._parse_error_logged:
+                self._parse_error_logged = True
+                logger.bind(agent_id=ref.id, pid=pid).error(
+                    "cannot parse /proc of agent {} (pid {}): {}: recorded as null (reader {}; try reader = \"psutil\")",
+                    ref.id, pid, exc, self.reader,
+                )
             return Sample(ref.id, pid, 0.0, now, None, None, None, None, None, None, None, ("all",))
 
     def _first_sight(self, pid: int) -> Tracked:

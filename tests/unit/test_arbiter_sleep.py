@@ -18,13 +18,17 @@ class Conn:
         self.want_write = want_write
 
 
-def arbiter(stall_timeout=10.0, ping_in=3600.0, sending=False):
+def running():
+    return SimpleNamespace(exitcode=None)
+
+
+def arbiter(stall_timeout=10.0, ping_in=3600.0, sending=False, connected=True, retry_in=0.4):
     workers = [Child("worker 0", 0), Child("worker 1", 1)]
     for w in workers:
-        w.proc = object()  # running
+        w.proc = running()
         w.ctl = Conn()
     writer = Child("writer", -1)
-    writer.proc = object()
+    writer.proc = running()
     quarantine = Child("quarantine worker", 99)  # not started: proc None, respawn_at 0.0
     return SimpleNamespace(
         config=SimpleNamespace(stall_timeout=stall_timeout),
@@ -32,7 +36,12 @@ def arbiter(stall_timeout=10.0, ping_in=3600.0, sending=False):
         workers=workers,
         writer=writer,
         quarantine_worker=quarantine,
-        link=SimpleNamespace(pending=[b"x"] if sending else [], want_write=False),
+        link=SimpleNamespace(
+            pending=[b"x"] if sending else [],
+            want_write=False,
+            conn=object() if connected else None,
+            retry_at=time.monotonic() + retry_in,
+        ),
     )
 
 
@@ -69,3 +78,14 @@ def test_short_sleep_while_bytes_wait_to_be_sent():
     a = arbiter()
     a.workers[0].ctl.want_write = True
     assert sleep_for(a, time.monotonic() + 60) <= 0.05
+
+
+def test_a_child_dead_since_the_last_check_is_reaped_at_once():
+    a = arbiter()
+    a.workers[0].proc = SimpleNamespace(exitcode=-9)  # its sentinel is not in the wait list any more
+    assert sleep_for(a, time.monotonic() + 60) == 0.0
+
+
+def test_writer_away_waits_for_the_reconnect_not_a_spin():
+    a = arbiter(sending=True, connected=False, retry_in=0.4)
+    assert sleep_for(a, time.monotonic() + 60) == pytest.approx(0.4, abs=0.01)

@@ -9,6 +9,7 @@ import pytest
 
 from fleetmon.wire import AgentRef, Gone, Sample
 from fleetmon.workers import procfs
+from fleetmon.workers import sampler as sampler_mod
 from fleetmon.workers.sampler import Sampler
 
 PAGE = procfs.PAGESIZE
@@ -69,14 +70,64 @@ def test_sampler_on_a_fake_proc_tree(tmp_path):
     assert first.create_time == pytest.approx(1700000000 + 123456 / procfs.CLK_TCK)
     assert (first.memory_rss, first.memory_vms, first.num_threads, first.open_files) == (300 * PAGE, 2560 * PAGE, 3, 7)
     assert (first.disk_read_bytes, first.disk_write_bytes, first.cpu) == (4096, 8192, None)
-    # One second of cpu (CLK_TCK ticks) later: the cpu is a percentage of one CPU over the elapsed time.
-    fake_proc(tmp_path, 4242, nfds=7, utime=100 + procfs.CLK_TCK, stime=0)
-    second = s.sample(AgentRef("a", 4242))
-    assert second.cpu is not None and 0 < second.cpu <= 100 * 1.0 / 0.0001
     # Another process at the same pid (another start time) is never sampled as the agent.
     fake_proc(tmp_path, 4242, start=999999)
     g = s.sample(AgentRef("a", 4242))
     assert isinstance(g, Gone) and g.reason == "reused"
+
+
+def test_cpu_is_cpu_time_over_elapsed_time(tmp_path, monkeypatch):
+    """One second of cpu (CLK_TCK ticks) over two seconds of the sampler's clock: 50% of one CPU."""
+    fake_proc(tmp_path, 4242, utime=100, stime=0)
+    s = Sampler(reader="procfs", proc=procfs.Reader(str(tmp_path), fd_count_in_size=False))
+    clock = iter([500.0, 1000.0, 1002.0, 1003.0])  # the boot time read, then one per sample
+    monkeypatch.setattr(sampler_mod.time, "monotonic", lambda: next(clock))
+    assert s.sample(AgentRef("a", 4242)).cpu is None
+    fake_proc(tmp_path, 4242, utime=100 + procfs.CLK_TCK // 2, stime=procfs.CLK_TCK // 2)
+    assert s.sample(AgentRef("a", 4242)).cpu == pytest.approx(50.0)
+    assert s.sample(AgentRef("a", 4242)).cpu == 0.0  # no cpu used in the last second
+
+
+def test_btime_found_past_the_first_page_and_only_whole(tmp_path):
+    fake_proc(tmp_path, 1)
+    intr = b"intr " + b" ".join(b"123456" for _ in range(3000)) + b"\n"  # ~21 KB, as on a big host
+    (tmp_path / "stat").write_bytes(b"cpu  1 2 3 4\n" + intr + b"ctxt 5\nbtime 1700000000\nprocesses 9\n")
+    assert procfs.Reader(str(tmp_path), fd_count_in_size=False).boot_time() == 1700000000.0
+    (tmp_path / "stat").write_bytes(b"cpu  1 2 3 4\n" + intr + b"ctxt 5\nbtime 17")  # cut in the middle
+    with pytest.raises(ValueError):
+        procfs.Reader(str(tmp_path), fd_count_in_size=False).boot_time()
+
+
+def test_unparsable_proc_is_recorded_as_unreadable_and_logged_once(tmp_path):
+    from loguru import logger
+
+    records = []
+    sink = logger.add(lambda m: records.append(m.record), level="DEBUG")
+    try:
+        fake_proc(tmp_path, 4242)
+        fake_proc(tmp_path, 4243)
+        (tmp_path / "stat").write_bytes(b"cpu  1 2 3 4\n")  # no btime: the start time cannot be known
+        s = Sampler(reader="procfs", proc=procfs.Reader(str(tmp_path), fd_count_in_size=False))
+        results = [s.sample(AgentRef(a, pid)) for a, pid in (("a", 4242), ("b", 4243), ("a", 4242))]
+    finally:
+        logger.remove(sink)
+    assert all(isinstance(r, Sample) and r.denied == ("all",) and r.memory_rss is None for r in results)
+    errors = [r for r in records if r["level"].name == "ERROR"]
+    assert len(errors) == 1 and "cannot parse /proc" in errors[0]["message"]
+
+
+def test_no_io_accounting_is_null_not_denied(tmp_path):
+    fake_proc(tmp_path, 4242)
+    (tmp_path / "self" / "io").unlink()  # a kernel without CONFIG_TASK_IO_ACCOUNTING
+    r = Sampler(reader="procfs", proc=procfs.Reader(str(tmp_path), fd_count_in_size=False)).sample(AgentRef("a", 4242))
+    assert isinstance(r, Sample) and (r.disk_read_bytes, r.disk_write_bytes, r.denied) == (None, None, ())
+    assert r.memory_rss == 300 * PAGE
+
+
+def test_fd_count_in_size_is_detected_only_where_it_matches_a_listing(tmp_path):
+    fake_proc(tmp_path, 4242, nfds=5)
+    (tmp_path / "self" / "fd").mkdir()
+    assert procfs.Reader(str(tmp_path)).fd_count_in_size is False  # a plain directory's size is no count
 
 
 def test_zombie_and_vanished_on_a_fake_tree(tmp_path):
