@@ -95,6 +95,23 @@ def test_windows_branch_open_files_null_logged_at_debug_only(child, logs):
     assert not [r for r in logs if r["level"].no > logger.level("DEBUG").no]
 
 
+def only_these_denied(results, logs, method, denied, fields) -> None:
+    """Each result lost exactly the refused metric's fields, kept every other, and the refusal was
+    logged once per agent, not per sample."""
+    for r in results:
+        assert isinstance(r, Sample), r
+        assert r.denied == (denied,)
+        for f in fields:
+            assert getattr(r, f) is None, f
+        others = ["cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
+        for f in others:
+            if f not in fields:
+                assert getattr(r, f) is not None, f"{f} was lost because {method} was denied"
+    warnings = [r for r in logs if r["level"].name == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0]["extra"]["agent_id"] == "a" and denied in warnings[0]["message"]
+
+
 @pytest.mark.parametrize(
     "method, denied, fields",
     [
@@ -118,18 +135,7 @@ def test_psutil_access_denied_on_one_metric(child, logs, monkeypatch, method, de
     monkeypatch.setattr(type(s.tracked["a"].proc._proc), method, refuse)
     results = [encodable(s.sample(AgentRef("a", child.pid))) for _ in range(2)]
     monkeypatch.undo()
-    for r in results:
-        assert isinstance(r, Sample), r
-        assert r.denied == (denied,)
-        for f in fields:
-            assert getattr(r, f) is None, f
-        others = ["cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
-        for f in others:
-            if f not in fields:
-                assert getattr(r, f) is not None, f"{f} was lost because {method} was denied"
-    warnings = [r for r in logs if r["level"].name == "WARNING"]
-    assert len(warnings) == 1  # once per agent, not per sample
-    assert warnings[0]["extra"]["agent_id"] == "a" and denied in warnings[0]["message"]
+    only_these_denied(results, logs, method, denied, fields)
 
 
 @pytest.mark.parametrize(
@@ -153,18 +159,7 @@ def test_procfs_access_denied_on_one_metric(child, logs, monkeypatch, method, de
     monkeypatch.setattr(procfs.Reader, method, refuse)
     results = [encodable(s.sample(AgentRef("a", child.pid))) for _ in range(2)]
     monkeypatch.undo()
-    for r in results:
-        assert isinstance(r, Sample), r
-        assert r.denied == (denied,)
-        for f in fields:
-            assert getattr(r, f) is None, f
-        others = ["cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
-        for f in others:
-            if f not in fields:
-                assert getattr(r, f) is not None, f"{f} was lost because {method} was denied"
-    warnings = [r for r in logs if r["level"].name == "WARNING"]
-    assert len(warnings) == 1
-    assert warnings[0]["extra"]["agent_id"] == "a" and denied in warnings[0]["message"]
+    only_these_denied(results, logs, method, denied, fields)
 
 
 def test_procfs_stat_refused_is_all_denied(child, monkeypatch):
