@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,6 +94,18 @@ def run_daemon(
     base = end = None
     marks: list[tuple[int, float]] = []  # (samples persisted, daemon CPU) after each flush in the window
     startup_deadline = started + 120 + n / 50
+
+    def edge(line: dict, now: float) -> dict:
+        """What the window is measured between: at its start and at its end."""
+        return {
+            "line": line,
+            "cpu": d.cpu(),
+            "roles": d.cpu_by_role(),
+            "host": H.host_cpu(),
+            "disk": H.disk_written(state),
+            "at": now,
+        }
+
     last_rss = 0.0
     try:
         while end is None:
@@ -112,26 +123,12 @@ def run_daemon(
                     # that, a while later anyway: a fleet too big for the interval never catches up).
                     caught_up = line["tick_wall"] and line["persisted"] - line["tick_wall"] <= 2 * interval
                     if now - started >= warmup and len(d.ticks) >= 2 and (caught_up or now - started >= 2 * warmup + 30):
-                        base = {
-                            "line": line,
-                            "cpu": d.cpu(),
-                            "roles": d.cpu_by_role(),
-                            "host": H.host_cpu(),
-                            "disk": H.disk_written(state),
-                            "at": now,
-                        }
+                        base = edge(line, now)
                         marks.append((line["samples_total"], base["cpu"]))
                         if profile is not None:
                             profiler = pyspy.Profiler(profile, f"n{n}-w{workers}-{reader}", d, duration)
                 elif line["persisted"] - base["line"]["persisted"] >= duration:
-                    end = {
-                        "line": line,
-                        "cpu": d.cpu(),
-                        "roles": d.cpu_by_role(),
-                        "host": H.host_cpu(),
-                        "disk": H.disk_written(state),
-                        "at": now,
-                    }
+                    end = edge(line, now)
                     marks.append((line["samples_total"], end["cpu"]))
                 else:
                     marks.append((line["samples_total"], d.cpu()))
@@ -431,20 +428,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    with H.sigterm_as_interrupt():
-        result = sweep(args)
-    H.finish("fleet", result, args.out, table(result), 170)
+def _plot_if_asked(args, result: dict) -> None:
     if args.plot:
         plot(result, args.plot)
         console.print(f"plot: {args.plot}")
-    return result
 
+
+main = H.entry_point("fleet", parse_args, sweep, table, 170, after=_plot_if_asked)
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        console.print("interrupted: every process started was stopped")
-        sys.exit(130)
+    H.run_script(main)

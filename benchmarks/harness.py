@@ -394,6 +394,34 @@ def finish(name: str, result: dict, out: Path | None, rendered, width: int) -> P
     return path
 
 
+def entry_point(name: str, parse_args, run, table, width: int, after=None):
+    """A benchmark script's ``main(argv=None) -> dict``: parse the flags, run with SIGTERM taken as
+    Ctrl-C (so every process it started is stopped), ``finish``, then ``after(args, result)`` if
+    given (a plot)."""
+
+    def main(argv: list[str] | None = None) -> dict:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        with sigterm_as_interrupt():
+            result = run(args)
+        finish(name, result, args.out, table(result), width)
+        if after is not None:
+            after(args, result)
+        return result
+
+    return main
+
+
+def run_script(main) -> None:
+    """``if __name__ == "__main__"`` of a benchmark script: exit 130 on Ctrl-C, once cleaned up."""
+    from rich.console import Console
+
+    try:
+        main()
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: every process started was stopped")
+        sys.exit(130)
+
+
 def write_json(name: str, data: dict, directory: Path | None = None) -> Path:
     """``results/<name>-<timestamp>.json`` and a copy as ``results/<name>-latest.json``."""
     directory = directory or RESULTS

@@ -27,7 +27,6 @@ import resource
 import secrets
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -330,17 +329,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    with H.sigterm_as_interrupt():
-        result = run(args)
-    H.finish("pipeline", result, args.out, table(result), 140)
-    return result
-
+main = H.entry_point("pipeline", parse_args, run, table, 140)
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        console.print("interrupted: every process started was stopped")
-        sys.exit(130)
+    H.run_script(main)

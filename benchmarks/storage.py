@@ -329,17 +329,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    with H.sigterm_as_interrupt():
-        result = run(args)
-    H.finish("storage", result, args.out, table(result), 130)
-    return result
-
+main = H.entry_point("storage", parse_args, run, table, 130)
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        console.print("interrupted: every process started was stopped")
-        sys.exit(130)
+    H.run_script(main)
