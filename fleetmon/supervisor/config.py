@@ -11,6 +11,7 @@ import msgspec
 from fleetmon.units import parse_duration, parse_size
 from fleetmon.wire import Thresholds
 from fleetmon.workers import procfs
+from fleetmon.workers.sampler import READERS
 
 
 class ConfigError(ValueError):
@@ -84,8 +85,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("stall_timeout: must be positive")
         if not 1 <= self.history_size <= 10_000_000:
             raise ValueError("history_size: must be between 1 and 10000000")
-        if self.reader not in ("auto", "procfs", "psutil"):
-            raise ValueError("reader: must be auto, procfs or psutil")
+        if self.reader not in READERS:
+            raise ValueError(f"reader: must be one of {', '.join(READERS)}")
         if self.reader == "procfs" and not procfs.available():
             raise ValueError("reader: procfs needs Linux with /proc mounted (use auto or psutil)")
         if self.log_format not in ("text", "json"):
