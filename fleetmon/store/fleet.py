@@ -11,18 +11,19 @@ from collections.abc import Callable
 from loguru import logger
 
 from fleetmon.store import thresholds as th
-from fleetmon.store.records import AgentRecord, AlertBrief, point_json
+from fleetmon.store.records import AgentRecord, AlertBrief, PointJSON
 from fleetmon.store.ring import Point, RingStore
 from fleetmon.units import format_duration, rfc3339
 from fleetmon.wire import Gone, RegisteredAgent, Sample, Thresholds
 
 IDENTITY_TOLERANCE = 0.05  # seconds; create times are jiffies (10 ms) since a fixed boot time
+_point = tuple.__new__  # Point(*values) without the Python-level __new__ of a NamedTuple
 
 
 class Agent:
     __slots__ = (
         "id", "type", "registered_pid", "pid", "create_time", "status", "restart_count",
-        "last", "alerts", "limits", "meta_dirty", "meta_written", "registered",
+        "last", "alerts", "limits", "limited", "meta_dirty", "meta_written", "registered",
     )
 
     def __init__(self, agent_id: str, agent_type: str = "default"):
@@ -36,23 +37,30 @@ class Agent:
         self.last: Point | None = None
         self.alerts: dict[str, th.Alert] = {}
         self.limits = th.Limits()
+        self.limited = False  # limits.any, looked up once per sample
         self.meta_dirty = True
         self.meta_written = 0.0
         self.registered = False
 
     def record(self, now: float, updated: str | None = None) -> AgentRecord:
-        """The agent's metadata; ``updated``: ``rfc3339(now)`` when the caller formatted it already."""
+        """The agent's metadata; ``updated``: ``rfc3339(now)`` when the caller formatted it already.
+        Built for one encode (status.json repeats it for every agent after every tick): positional
+        arguments, and the shared empty list for no alerts, which nothing appends to."""
+        p = self.last
         return AgentRecord(
-            id=self.id,
-            type=self.type,
-            pid=self.pid if self.pid is not None else self.registered_pid,
-            status=self.status,
-            restart_count=self.restart_count,
-            start_time=_start_time(self.create_time),
-            last_sample=point_json(self.last) if self.last is not None else None,
-            alerts=[AlertBrief(r, a.state, rfc3339(a.since)) for r, a in self.alerts.items()] if self.alerts else [],
-            updated=updated or rfc3339(now),
+            self.id,
+            self.type,
+            self.pid if self.pid is not None else self.registered_pid,
+            self.status,
+            self.restart_count,
+            _start_time(self.create_time),
+            PointJSON(rfc3339(p[0]), p[1], p[2], p[3], p[4], p[5], p[6], p[7]) if p is not None else None,
+            [AlertBrief(r, a.state, rfc3339(a.since)) for r, a in self.alerts.items()] if self.alerts else _NO_ALERTS,
+            updated or rfc3339(now),
         )
+
+
+_NO_ALERTS: list[AlertBrief] = []
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -117,6 +125,7 @@ class Fleet:
         if limits == a.limits:
             return
         a.limits = limits
+        a.limited = limits.any
         for resource in list(a.alerts):
             if not limits.for_resource(resource):
                 self._change(a, resource, None, "ok", None, now, reason="threshold_off")
@@ -127,11 +136,35 @@ class Fleet:
         a = self.agents.get(s.agent_id)
         if a is None or not a.registered:
             return  # removed from the registry while the sample was in flight
+        if a.pid != s.pid or a.create_time is None or not s.create_time:
+            if not self._identify(a, s):
+                return
+        elif abs(a.create_time - s.create_time) > IDENTITY_TOLERANCE:  # the common case: same process
+            self._pid_reused(a, s.pid, s.timestamp)
+            return
+        if a.status != "running" and a.status != "stalled":
+            a.status = "running"
+            a.meta_dirty = True
+        a.last = point = _point(
+            Point,
+            (s.timestamp, s.cpu, s.memory_rss, s.memory_vms, s.disk_read_bytes, s.disk_write_bytes, s.open_files, s.num_threads),
+        )
+        self.samples_total += 1
+        try:
+            self.rings.append(a.id, point)
+        except OSError as exc:
+            self._write_error(f"history of {a.id}", exc, s.timestamp)
+        if a.limited or a.alerts:
+            self._evaluate(a, s)
+
+    def _identify(self, a: Agent, s: Sample) -> bool:
+        """Follow the agent to the sample's process (a new pid: a restart), or learn its create
+        time. False when the sample is not the agent's (pid reuse)."""
         if s.create_time:  # 0.0: even the identity was unreadable (access denied)
             if a.pid == s.pid and a.create_time is not None:
                 if abs(a.create_time - s.create_time) > IDENTITY_TOLERANCE:
                     self._pid_reused(a, s.pid, s.timestamp)
-                    return
+                    return False
             elif a.pid != s.pid:
                 if a.create_time is not None:
                     a.restart_count += 1
@@ -146,21 +179,7 @@ class Fleet:
         elif a.pid != s.pid:
             a.pid = s.pid
             a.meta_dirty = True
-        if a.status != "running" and a.status != "stalled":
-            a.status = "running"
-            a.meta_dirty = True
-        point = Point(
-            s.timestamp, s.cpu, s.memory_rss, s.memory_vms, s.disk_read_bytes, s.disk_write_bytes,
-            s.open_files, s.num_threads,
-        )
-        a.last = point
-        self.samples_total += 1
-        try:
-            self.rings.append(a.id, point)
-        except OSError as exc:
-            self._write_error(f"history of {a.id}", exc, s.timestamp)
-        if a.limits.any or a.alerts:
-            self._evaluate(a, s)
+        return True
 
     def _evaluate(self, a: Agent, s: Sample) -> None:
         limits = a.limits

@@ -65,30 +65,20 @@ def _parse_header(data: bytes) -> int:
 
 def encode_record(seq: int, p: Point | tuple) -> bytes:
     ts, cpu, rss, vms, rd, wr, fds, thr = p
-    mask = 0
-    if cpu is None:
-        mask |= 1
-        cpu = 0.0
-    if rss is None:
-        mask |= 2
-        rss = 0
-    if vms is None:
-        mask |= 4
-        vms = 0
-    if rd is None:
-        mask |= 8
-        rd = 0
-    if wr is None:
-        mask |= 16
-        wr = 0
-    if fds is None:
-        mask |= 32
-        fds = 0
-    if thr is None:
-        mask |= 64
-        thr = 0
-    body = BODY.pack(ts, cpu, rss, vms, rd, wr, fds, thr, seq, mask, 0)
-    return body + CRC.pack(zlib.crc32(body))
+    if cpu is None or rss is None or vms is None or rd is None or wr is None or fds is None or thr is None:
+        mask = (
+            (cpu is None) | (rss is None) << 1 | (vms is None) << 2 | (rd is None) << 3
+            | (wr is None) << 4 | (fds is None) << 5 | (thr is None) << 6
+        )
+        body = _pack(
+            ts, cpu or 0.0, rss or 0, vms or 0, rd or 0, wr or 0, fds or 0, thr or 0, seq, mask, 0
+        )
+    else:  # the common case: every metric read
+        body = _pack(ts, cpu, rss, vms, rd, wr, fds, thr, seq, 0, 0)
+    return body + _pack_crc(_crc32(body))
+
+
+_pack, _pack_crc, _crc32 = BODY.pack, CRC.pack, zlib.crc32
 
 
 def decode_records(data: bytes | memoryview) -> list[tuple[int, Point]]:
@@ -169,11 +159,11 @@ class Ring:
         return cls(path, fd, capacity, len(points) % capacity, len(points), points[-1][0] if points else 0.0)
 
     def append(self, point: Point | tuple) -> None:
-        seq = self.seq + 1
-        os.pwrite(self.fd, encode_record(seq, point), RECORD_SIZE * (self.head + 1))
+        seq, head = self.seq + 1, self.head
+        os.pwrite(self.fd, encode_record(seq, point), RECORD_SIZE * (head + 1))
         self.seq = seq
         self.last_ts = point[0]
-        self.head = (self.head + 1) % self.capacity
+        self.head = head + 1 if head + 1 < self.capacity else 0
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -225,7 +215,8 @@ class RingStore:
     def ring(self, agent_id: str) -> Ring:
         ring = self._open.get(agent_id)
         if ring is not None:
-            self._open.move_to_end(agent_id)
+            if len(self._open) > self.max_open // 2:  # the order matters only when eviction is near
+                self._open.move_to_end(agent_id)
             return ring
         if len(self._open) >= self.max_open:
             self._evict(max(1, self.max_open // 8))
@@ -252,7 +243,9 @@ class RingStore:
         return self.ring(agent_id).last_ts
 
     def append(self, agent_id: str, point: Point | tuple) -> None:
-        ring = self.ring(agent_id)
+        ring = self._open.get(agent_id)
+        if ring is None or len(self._open) > self.max_open // 2:
+            ring = self.ring(agent_id)
         try:
             ring.append(point)
         except OSError as exc:

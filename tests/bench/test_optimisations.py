@@ -121,3 +121,67 @@ def test_find_head_fast_path_agrees_with_the_reference(capacity, records, cut):
             buf[i * R.RECORD_SIZE : (i + 1) * R.RECORD_SIZE] = rec
     data = memoryview(bytes(buf[: min(cut, len(buf))]))
     assert R._find_head(data, capacity) == _reference_find_head(data, capacity)
+
+
+def _reference_encode_record(seq, p):
+    """ring.encode_record before its fast path: the null mask built metric by metric."""
+    import zlib as _zlib
+
+    from fleetmon.store import ring as R
+
+    values = list(p)
+    mask = 0
+    for bit, i in enumerate(range(1, 8)):
+        if values[i] is None:
+            mask |= 1 << bit
+            values[i] = 0.0 if i == 1 else 0
+    body = R.BODY.pack(*values, seq, mask, 0)
+    return body + R.CRC.pack(_zlib.crc32(body))
+
+
+_metric = st.one_of(st.none(), st.integers(min_value=0, max_value=2**62))
+
+
+@given(
+    st.integers(min_value=1, max_value=2**32 - 1),
+    st.floats(min_value=0, max_value=4e9),
+    st.one_of(st.none(), st.floats(min_value=0, max_value=1e4, width=32)),
+    _metric, _metric, _metric, _metric,
+    st.one_of(st.none(), st.integers(min_value=0, max_value=2**31 - 1)),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=2**31 - 1)),
+)
+def test_encode_record_fast_path_agrees_with_the_reference(seq, ts, cpu, rss, vms, rd, wr, fds, thr):
+    from fleetmon.store import ring as R
+
+    p = R.Point(ts, cpu, rss, vms, rd, wr, fds, thr)
+    data = R.encode_record(seq, p)
+    assert data == _reference_encode_record(seq, p)
+    assert R.decode_records(data) == [(seq, p)]
+
+
+def test_agent_record_without_alerts_shares_an_empty_list_that_stays_empty(tmp_path):
+    """Agent.record hands every alert-free agent the same empty list (no allocation per agent per
+    tick): encoding and decoding records must never put anything in it."""
+    import msgspec
+
+    from fleetmon.store import fleet as F
+    from fleetmon.store.records import AgentRecord, AlertBrief, point_json
+    from fleetmon.store.ring import Point, RingStore
+    from fleetmon.store.thresholds import Alert
+
+    fleet = Fleet(RingStore(tmp_path, 10), lambda e: None)
+    fleet.set_registry([wire.RegisteredAgent(i, "web", 42, None, wire.Thresholds()) for i in ("a", "b")], 0)
+    a, b = fleet.agents["a"], fleet.agents["b"]
+    for agent in (a, b):
+        agent.pid, agent.create_time, agent.status = 42, 1.7e9, "running"
+        agent.last = Point(1.7e9 + 60.5, 1.0, 1, 2, 3, 4, 5, None)
+    b.alerts["cpu"] = Alert("warning", 1.7e9 + 30)
+    now = 1.7e9 + 61.25
+    records = [a.record(now), b.record(now)]
+    decoded = msgspec.json.decode(msgspec.json.encode(records), type=list[AgentRecord])
+    decoded[0].alerts.append(AlertBrief("cpu", "warning", "x"))
+    assert F._NO_ALERTS == [] and records[0].alerts is F._NO_ALERTS
+    assert records[0] == AgentRecord(
+        "a", "web", 42, "running", 0, rfc3339(1.7e9), point_json(a.last), [], rfc3339(now),
+    )
+    assert records[1].alerts == [AlertBrief("cpu", "warning", rfc3339(1.7e9 + 30))]
