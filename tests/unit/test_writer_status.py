@@ -1,0 +1,142 @@
+"""When the writer replaces status.json: after every tick at intervals of a second or more; at most
+once a second (and then with the newest samples) at sub-second intervals. A fake clock drives it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import pytest
+
+from fleetmon import channel, wire
+from fleetmon.store import writer as writer_mod
+from fleetmon.store.layout import StateDir
+from fleetmon.store.persist import _status_decoder
+from fleetmon.store.ring import read_points
+
+
+class Clock:
+    def __init__(self, start: float = 1_000.0):
+        self.now = start
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1.7e9 + self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(writer_mod, "time", c)
+    return c
+
+
+@pytest.fixture
+def setup(tmp_path, clock):
+    from fleetmon.supervisor.config import Config
+
+    listener = channel.listen_unix(str(tmp_path / "w.sock"))
+    state = StateDir(tmp_path / "state").create()
+    w = writer_mod.Writer(state, Config(history_size=50), listener, "tok", [0.0, 0.0], os.getppid())
+    conns = {role: _connect(w, role) for role in (-1, 0)}
+    w._dispatch(conns[-1], wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())]))
+    yield w, conns, state
+    w.rings.close_all()
+    for c in conns.values():
+        c.close()
+    listener.close()
+
+
+def _connect(w, role: int) -> channel.FramedConn:
+    a, b = socket.socketpair()
+    conn = channel.FramedConn(a)
+    conn.peer = b  # keep the other end open
+    w.conns[conn.fileno()] = conn
+    w.roles[conn.fileno()] = None
+    w._dispatch(conn, wire.Hello(role, 1, "tok"))
+    return conn
+
+
+def _tick(w, conns, clock, tick: int, interval: float, pid: int = 4242) -> float:
+    """The supervisor's DaemonInfo for ``tick``, then worker 0's batch for it; returns its timestamp."""
+    ts = clock.time()
+    w._dispatch(conns[-1], wire.DaemonInfo(1, os.getpid(), [wire.WorkerInfo(0, 2, 1)], tick, interval))
+    w._dispatch(conns[0], wire.Batch(0, tick, ts, ts, [wire.Sample("x", pid, float(pid), ts, 1.0, 2, 3, 4, 5, 6, 7)]))
+    w._maybe_flush()
+    return ts
+
+
+def _status_sample(state: StateDir) -> float:
+    snap = _status_decoder.decode(state.status.read_bytes())
+    from fleetmon.units import parse_rfc3339
+
+    return parse_rfc3339(snap.agents[0].last_sample.timestamp)
+
+
+def test_sub_second_interval_replaces_status_at_most_once_a_second(setup, clock):
+    w, conns, state = setup
+    first = _tick(w, conns, clock, 1, 0.1)
+    assert _status_sample(state) == pytest.approx(first)
+    stamps = [first]
+    for tick in range(2, 10):  # 0.1 .. 0.8 s later: history gets every tick, status.json waits
+        clock.now += 0.1
+        stamps.append(_tick(w, conns, clock, tick, 0.1))
+        assert _status_sample(state) == pytest.approx(first)
+    assert w.status_pending
+    assert [p.timestamp for p in read_points(state.ring_file("x"))] == pytest.approx(stamps)
+    assert 0 < w._wait_time() <= 0.2 + 1e-9  # the loop wakes when the second is up
+    clock.now += 0.2  # a second after the last write, no tick coming: the loop writes it alone
+    w._maybe_flush()
+    assert _status_sample(state) == pytest.approx(stamps[-1])
+    assert not w.status_pending
+    clock.now += 0.1
+    last = _tick(w, conns, clock, 10, 0.1)
+    assert _status_sample(state) == pytest.approx(stamps[-1])
+    w._flush(final=True)  # stopping: always the newest
+    assert _status_sample(state) == pytest.approx(last)
+
+
+def test_a_change_of_an_agent_is_in_status_json_at_once_at_sub_second_intervals(setup, clock):
+    """Only new samples wait for the second: a new pid (a restart), like a status or an alert
+    change, is written with the tick that brought it, as agents/<id>.json and alerts.jsonl are."""
+    w, conns, state = setup
+    _tick(w, conns, clock, 1, 0.1)
+    clock.now += 0.1
+    ts = _tick(w, conns, clock, 2, 0.1, pid=4343)
+    rec = _status_decoder.decode(state.status.read_bytes()).agents[0]
+    assert (rec.pid, rec.restart_count) == (4343, 1)
+    assert _status_sample(state) == pytest.approx(ts)
+    assert not w.status_pending
+
+
+@pytest.mark.parametrize("interval", [1.0, 60.0])
+def test_interval_of_a_second_or_more_replaces_status_after_every_tick(setup, clock, interval):
+    w, conns, state = setup
+    for tick in range(1, 5):
+        clock.now += 0.3  # flushes closer together than a second (a late tick, then an early one)
+        ts = _tick(w, conns, clock, tick, interval)
+        assert _status_sample(state) == pytest.approx(ts)
+        assert not w.status_pending
+
+
+def test_status_write_failure_is_retried_a_second_later_not_in_a_busy_loop(setup, clock, monkeypatch):
+    w, conns, state = setup
+    _tick(w, conns, clock, 1, 0.1)
+    calls = []
+
+    def fail(*args):
+        calls.append(clock.now)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_mod.persist, "save_status", fail)
+    clock.now += 1.0
+    _tick(w, conns, clock, 2, 0.1)
+    assert len(calls) == 1 and w.status_pending
+    w._maybe_flush()
+    assert len(calls) == 1  # not again at once
+    assert w._wait_time() == 0.5  # the loop's longest sleep: nothing is due sooner
+    clock.now += 1.0
+    w._maybe_flush()
+    assert len(calls) == 2
+
