@@ -182,3 +182,95 @@ class BareProbe:
         if self.proc.is_alive():
             kill_pids([self.proc.pid])
             self.proc.join(5)
+
+
+# --- the bare loops in parallel: what this host's cores give the floor ------------------------------
+
+
+def _procfs_pass(pids) -> int:
+    """One pass of the bare /proc loop: the reads fleetmon's procfs reader makes (stat, statm, io,
+    and a stat of fd/), with nothing around them."""
+    import os
+
+    n = 0
+    for pid in pids:
+        try:
+            for name in ("stat", "statm", "io"):
+                fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY)
+                try:
+                    os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+            os.stat(f"/proc/{pid}/fd")
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+PARALLEL_KINDS = ("psutil", "procfs")
+
+
+def _parallel_child(kind: str, pids: list[int], seconds: float, start, conn) -> None:
+    import psutil
+
+    if kind == "psutil":
+        procs = [psutil.Process(pid) for pid in pids]
+        _bare_pass(procs)  # prime, as in the bare baseline
+        run = lambda: _bare_pass(procs)  # noqa: E731
+    else:
+        run = lambda: _procfs_pass(pids)  # noqa: E731
+    if not start.wait(120):  # the parent is gone
+        return
+    cpu0, wall0, samples = _rusage_cpu(), time.perf_counter(), 0
+    while True:
+        samples += run()
+        if time.perf_counter() - wall0 >= seconds:
+            break
+    conn.send({"samples": samples, "cpu_s": _rusage_cpu() - cpu0, "wall_s": time.perf_counter() - wall0})
+    conn.close()
+
+
+def parallel_baseline(kind: str, pids: list[int], seconds: float, procs: int) -> dict:
+    """The bare ``psutil`` loop or the bare ``procfs`` loop in ``procs`` forked processes at once,
+    each over its slice of ``pids`` (``pids[i::procs]``), for ``seconds``: their total samples/s.
+    With procs 1 and 2 back to back, the ratio is how far this host scales the floor itself."""
+    import multiprocessing
+
+    if kind not in PARALLEL_KINDS:
+        raise ValueError(f"unknown loop {kind!r}: {', '.join(PARALLEL_KINDS)}")
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    pipes, children = [], []
+    try:
+        for i in range(procs):
+            parent, child = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_parallel_child, args=(kind, pids[i::procs], seconds, start, child))
+            p.start()
+            child.close()
+            pipes.append(parent)
+            children.append(p)
+        start.set()
+        results = []
+        deadline = time.monotonic() + seconds + 600
+        for parent, p in zip(pipes, children, strict=True):
+            while not parent.poll(0.5):
+                if not p.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"{kind} loop died or did not finish (exit code {p.exitcode})")
+            results.append(parent.recv())
+    finally:
+        kill_pids([p.pid for p in children if p.is_alive()])
+        for p in children:
+            p.join(10)
+    samples = sum(r["samples"] for r in results)
+    wall = max(r["wall_s"] for r in results)
+    cpu = sum(r["cpu_s"] for r in results)
+    return {
+        "kind": kind,
+        "procs": procs,
+        "samples": samples,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "samples_per_s": round(samples / wall, 1) if wall else None,
+        "cpu_per_sample_us": round(cpu / samples * 1e6, 2) if samples else None,
+    }

@@ -448,6 +448,11 @@ def machine() -> dict:
     }
 
 
+def names(text: str) -> list[str]:
+    """A comma-separated flag value (``--reader procfs,psutil``) as a list."""
+    return [x for x in text.split(",") if x]
+
+
 def fmt(value, spec: str = ".1f", unit: str = "") -> str:
     if value is None:
         return "-"

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from benchmarks import fleet, pipeline, storage
+from benchmarks import baselines, fleet, pipeline, scaling, storage
 from tests.helpers import children_of
 
 pytestmark = pytest.mark.slow
@@ -127,4 +127,72 @@ def test_pipeline_benchmark_small_run(tmp_path):
         assert r["writer_cpu_per_sample_us"] >= 0 and r["worker_cpu_per_sample_us"] >= 0  # /proc: 10 ms ticks
     assert modes["writer"]["writer_cpu_per_sample_us"] > 0
     assert modes["writer"]["samples_per_s_vs_sink"] > 0
+    _no_children_left()
+
+
+@pytest.mark.timeout(300)
+def test_scaling_benchmark_small_run(tmp_path):
+    out = tmp_path / "scaling.json"
+    result = scaling.main(
+        [
+            "--agents",
+            "200",
+            "--rounds",
+            "2",
+            "--reader",
+            "procfs",
+            "--duration",
+            "3",
+            "--warmup",
+            "2",
+            "--loop-seconds",
+            "0.5",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert [r["order"] for r in result["rounds"]] == [[1, 2], [2, 1]]
+    for rnd in result["rounds"]:
+        assert [p["what"] for p in rnd["pairs"]] == ["bare psutil loop", "bare procfs loop", "fleetmon, procfs reader"]
+        for pair in rnd["pairs"]:
+            assert pair["samples_per_s"]["1"] > 0 and pair["samples_per_s"]["2"] > 0
+            assert pair["ratio"] == pytest.approx(pair["samples_per_s"]["2"] / pair["samples_per_s"]["1"], rel=1e-3)
+        fm = rnd["pairs"][-1]
+        # 200 agents at 0.02s: at most 10,000 samples/s, which both runs reach: flagged, not hidden
+        assert fm["interval_bound"] is True
+        assert set(fm["cpu_per_sample_us_by_role"]["2"]) == {"supervisor", "writer", "workers"}
+    summary = {row["what"]: row for row in result["summary"]}
+    assert set(summary) == {"bare psutil loop", "bare procfs loop", "fleetmon, procfs reader"}
+    row = summary["fleetmon, procfs reader"]
+    assert row["min_ratio"] <= row["median_ratio"] <= row["max_ratio"]
+    assert row["vs_bare_loop"] == pytest.approx(row["median_ratio"] / summary["bare procfs loop"]["median_ratio"], rel=1e-2)
+    assert "vs_bare_loop" not in summary["bare procfs loop"]
+    _no_children_left()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", baselines.PARALLEL_KINDS)
+def test_parallel_bare_loop_covers_every_pid_once_per_pass(kind):
+    """Two processes over half the pids each: every pass of each reads its whole slice, so the total
+    is a whole number of slice passes (a pid read twice, or skipped, would break that)."""
+    import subprocess
+
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(10)]
+    try:
+        pids = [p.pid for p in procs]
+        one = baselines.parallel_baseline(kind, pids, 0.2, 1)
+        two = baselines.parallel_baseline(kind, pids, 0.2, 2)
+        assert one["procs"] == 1 and two["procs"] == 2
+        assert one["samples"] > 0 and one["samples"] % 10 == 0
+        assert two["samples"] > 0 and two["samples"] % 5 == 0
+        assert one["samples_per_s"] > 0 and two["cpu_per_sample_us"] > 0
+        with pytest.raises(ValueError):
+            baselines.parallel_baseline("nope", pids, 0.1, 1)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(5)
     _no_children_left()
