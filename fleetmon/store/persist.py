@@ -19,7 +19,8 @@ from fleetmon.units import parse_rfc3339, rfc3339
 
 # Seconds between rewrites of an unchanged agent's metadata file, to refresh its last_sample (one file
 # create per agent: at the default 60 s interval, refreshing every minute was ~80% of the writer's CPU).
-# status.json, `fleetmon status` and the HTTP API always have the newest sample.
+# status.json (and so `fleetmon status` and /api/status) has the newest sample, or at intervals under a
+# second one at most a second old; /metrics always has the newest.
 METADATA_REFRESH = 300.0
 METADATA_PER_FLUSH = 2000  # bound on metadata files written after one tick
 

@@ -215,7 +215,7 @@ class RingStore:
     def ring(self, agent_id: str) -> Ring:
         ring = self._open.get(agent_id)
         if ring is not None:
-            if len(self._open) > self.max_open // 2:  # the order matters only when eviction is near
+            if len(self._open) > self.max_open // 2:  # LRU order, kept once eviction is near (approximate below)
                 self._open.move_to_end(agent_id)
             return ring
         if len(self._open) >= self.max_open:

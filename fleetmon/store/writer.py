@@ -31,7 +31,8 @@ FLUSH_AFTER = 1.0  # seconds; see Writer._flush_delay
 # status.json (every agent, rewritten whole) is replaced after each tick, but at intervals under a
 # second not more often than this when only the samples changed: at 0.1 s and 10,000 agents it would
 # be ~50 MB/s of rewrites of a file people read by hand. A change of an agent's status, pid, restarts
-# or alerts is written at once; the history, alerts and the HTTP API see every tick.
+# or alerts, or of the registry, is written at once; the history, alerts.jsonl, agents/<id>.json and
+# /metrics see every tick (`fleetmon status` and /api/status read status.json: up to a second behind).
 STATUS_EVERY = 1.0
 DRAIN_TIMEOUT = 5.0
 EARLY_MAX = 1000  # batches held until the first Registry arrives
@@ -73,6 +74,8 @@ class Writer:
         self.last_ring_sync = time.monotonic()
         self.status_written = -STATUS_EVERY  # monotonic time status.json was last replaced
         self.status_pending = False  # a flush skipped status.json (sub-second interval): write it soon
+        self.status_forced = False  # the registry changed: the next status.json is not skipped
+        self.status_failed = False  # the last attempt to write status.json failed
         self.stopping = False
         self.signals: list[int] = []
         self.http = None
@@ -127,7 +130,7 @@ class Writer:
         now = time.monotonic()
         if self.dirty:
             wait = min(wait, self._flush_delay() - (now - self.dirty_since))
-        if self.status_pending:
+        elif self.status_pending:  # (while dirty, the flush to come writes it)
             wait = min(wait, self.status_written + STATUS_EVERY - now)
         return max(0.0, wait)
 
@@ -219,6 +222,7 @@ class Writer:
                 self.timing.on_tick(msg.tick, msg.tick_wall)
         elif t is wire.Registry:
             self.fleet.set_registry(msg.agents, time.time())
+            self.status_forced = True  # agents added or removed: status.json shows it with the next flush
             self._mark_dirty()
             early, self.early = self.early, None
             for early_fd, batch, early_conn, seq, resent in early or ():
@@ -323,12 +327,15 @@ class Writer:
             self._tick_complete() or self._round_complete() or time.monotonic() - self.dirty_since >= self._flush_delay()
         ):
             self._flush()
-        elif self.status_pending and time.monotonic() - self.status_written >= STATUS_EVERY:
+        elif not self.dirty and self.status_pending and time.monotonic() - self.status_written >= STATUS_EVERY:
+            # No tick came since one was left out of status.json (a tick in progress waits for its
+            # flush, so that status.json never shows a tick the other files do not have yet).
             now = time.time()
             try:
                 self._save_status(now, force=True)
             except OSError as exc:
                 self.fleet._write_error("status.json", exc, now)
+                self.write_failing = True
 
     def _flush(self, final: bool = False) -> None:
         now = time.time()
@@ -359,7 +366,7 @@ class Writer:
         if not ok:
             self._mark_dirty()  # try again after the next tick, or sooner
             self.write_failing = True
-        elif self.write_failing:
+        elif self.write_failing and not self.status_failed:  # (a status.json left out is no proof)
             self.write_failing = False
             logger.info("writing to the state dir works again ({} write errors in all)", fleet.write_errors)
         if tick > self.flushed_tick:
@@ -382,13 +389,18 @@ class Writer:
         ``force``) leave it for the loop to replace once STATUS_EVERY has passed since the last time."""
         mono = time.monotonic()
         interval = self.daemon.interval if self.daemon is not None else None
+        force = force or self.status_forced
         if not force and interval and interval < STATUS_EVERY and mono - self.status_written < STATUS_EVERY:
             self.status_pending = True
             return
         self.status_written = mono  # also on failure: the next try is a tick or STATUS_EVERY away
         self.status_pending = True
-        persist.save_status(self.state, self.fleet, now)
-        self.status_pending = False
+        try:
+            persist.save_status(self.state, self.fleet, now)
+        except OSError:
+            self.status_failed = True
+            raise
+        self.status_pending = self.status_forced = self.status_failed = False
 
     def _sync_alerts(self) -> None:
         self.alert_log.write()

@@ -161,7 +161,7 @@ def test_encode_record_fast_path_agrees_with_the_reference(seq, ts, cpu, rss, vm
 
 def test_agent_record_without_alerts_shares_an_empty_list_that_stays_empty(tmp_path):
     """Agent.record hands every alert-free agent the same empty list (no allocation per agent per
-    tick): encoding and decoding records must never put anything in it."""
+    tick): building and encoding records, with and without alerts, never puts anything in it."""
     import msgspec
 
     from fleetmon.store import fleet as F
@@ -178,10 +178,13 @@ def test_agent_record_without_alerts_shares_an_empty_list_that_stays_empty(tmp_p
     b.alerts["cpu"] = Alert("warning", 1.7e9 + 30)
     now = 1.7e9 + 61.25
     records = [a.record(now), b.record(now)]
-    decoded = msgspec.json.decode(msgspec.json.encode(records), type=list[AgentRecord])
-    decoded[0].alerts.append(AlertBrief("cpu", "warning", "x"))
+    msgspec.json.encode(records)
     assert F._NO_ALERTS == [] and records[0].alerts is F._NO_ALERTS
     assert records[0] == AgentRecord(
         "a", "web", 42, "running", 0, rfc3339(1.7e9), point_json(a.last), [], rfc3339(now),
     )
     assert records[1].alerts == [AlertBrief("cpu", "warning", rfc3339(1.7e9 + 30))]
+    a.alerts["memory"] = Alert("error", 1.7e9 + 40)  # a's next record gets a list of its own
+    again = a.record(now)
+    assert again.alerts == [AlertBrief("memory", "error", rfc3339(1.7e9 + 40))]
+    assert again.alerts is not F._NO_ALERTS and F._NO_ALERTS == [] and records[0].alerts == []

@@ -90,6 +90,21 @@ def test_ringstore_keeps_every_agent_apart_and_bounded(tmp_path):
         assert [p.timestamp for p in got] == [7.0, 8.0, 9.0, 10.0, 11.0]
 
 
+def test_ringstore_evicts_the_least_recently_used_once_more_than_half_are_open(tmp_path):
+    """Below max_open/2 open rings the order is left alone (no reordering per sample); above it a
+    ring written to moves to the end, so the eviction that makes room takes one not used since."""
+    store = RingStore(tmp_path, capacity=5, max_open=8)
+    for i in range(8):
+        store.append(f"a{i}", Point(1.0, 1.0, 1, 1, 1, 1, 1, 1))
+    store.append("a0", Point(2.0, 1.0, 1, 1, 1, 1, 1, 1))  # 8 open: a0 is now the most recent
+    store.append("a8", Point(1.0, 1.0, 1, 1, 1, 1, 1, 1))  # full: evicts max_open // 8 = 1 ring
+    assert list(store._open) == ["a2", "a3", "a4", "a5", "a6", "a7", "a0", "a8"]
+    store.append("a1", Point(2.0, 1.0, 1, 1, 1, 1, 1, 1))  # reopened where it left off
+    store.close_all()
+    assert [p.timestamp for p in read_points(store.path("a1"))] == [1.0, 2.0]
+    assert [p.timestamp for p in read_points(store.path("a0"))] == [1.0, 2.0]
+
+
 def test_capacity_change_keeps_the_newest(tmp_path):
     path = tmp_path / "a.ring"
     ring = Ring.open(path, 8)

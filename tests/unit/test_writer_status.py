@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+
 import pytest
 
 from fleetmon import channel, wire
@@ -121,22 +122,88 @@ def test_interval_of_a_second_or_more_replaces_status_after_every_tick(setup, cl
 
 
 def test_status_write_failure_is_retried_a_second_later_not_in_a_busy_loop(setup, clock, monkeypatch):
+    from loguru import logger
+
     w, conns, state = setup
     _tick(w, conns, clock, 1, 0.1)
-    calls = []
+    calls, said = [], []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="INFO")
+    real = writer_mod.persist.save_status
 
     def fail(*args):
         calls.append(clock.now)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writer_mod.persist, "save_status", fail)
-    clock.now += 1.0
+    try:
+        monkeypatch.setattr(writer_mod.persist, "save_status", fail)
+        clock.now += 1.0
+        _tick(w, conns, clock, 2, 0.1)
+        assert len(calls) == 1 and w.status_pending
+        w._maybe_flush()  # the failed flush is tried again at once: status.json is left out of it
+        assert len(calls) == 1  # not again at once
+        assert w._wait_time() == 0.5  # the loop's longest sleep: nothing is due sooner
+        clock.now += 1.0
+        w._maybe_flush()
+        assert len(calls) == 2
+        assert not [m for m in said if "works again" in m]  # a status.json left out proves nothing
+        monkeypatch.setattr(writer_mod.persist, "save_status", real)
+        clock.now += 1.0
+        ts = _tick(w, conns, clock, 3, 0.1)
+        assert _status_sample(state) == pytest.approx(ts)
+        assert len([m for m in said if "works again" in m]) == 1
+    finally:
+        logger.remove(sink)
+
+
+def test_a_registry_change_is_in_status_json_at_once(setup, clock):
+    """An agent added (which changes its metadata) or removed (which changes no agent's file) shows
+    in status.json with the next tick."""
+    w, conns, state = setup
+
+    def registry(*ids):
+        w._dispatch(conns[-1], wire.Registry([wire.RegisteredAgent(i, "default", 4242, None, wire.Thresholds()) for i in ids]))
+
+    def listed():
+        return [r.id for r in _status_decoder.decode(state.status.read_bytes()).agents]
+
+    _tick(w, conns, clock, 1, 0.1)
+    for tick, ids in ((2, ("x", "y")), (3, ("x",))):
+        clock.now += 0.1
+        registry(*ids)
+        _tick(w, conns, clock, tick, 0.1)
+        assert listed() == list(ids)
+    clock.now += 0.1
+    _tick(w, conns, clock, 4, 0.1)  # and the next tick waits for the second again
+    assert w.status_pending
+
+
+def test_before_the_first_tick_info_status_json_is_not_held_back(setup, clock):
+    """No DaemonInfo yet (no interval known): nothing is left out."""
+    w, conns, state = setup
+    ts = clock.time()
+    w._dispatch(conns[0], wire.Batch(0, 1, ts, ts, [wire.Sample("x", 4242, 1000.0, ts, 1.0, 2, 3, 4, 5, 6, 7)]))
+    clock.now += writer_mod.FLUSH_AFTER
+    w._maybe_flush()
+    assert _status_sample(state) == pytest.approx(ts)
+    assert not w.status_pending
+
+
+def test_a_left_out_status_json_waits_for_a_tick_in_progress(setup, clock):
+    """While a tick is only partly in (dirty), status.json is written by that tick's flush, not
+    ahead of it, and the loop does not spin meanwhile."""
+    w, conns, state = setup
+    _tick(w, conns, clock, 1, 0.1)
+    clock.now += 0.1
     _tick(w, conns, clock, 2, 0.1)
-    assert len(calls) == 1 and w.status_pending
-    w._maybe_flush()
-    assert len(calls) == 1  # not again at once
-    assert w._wait_time() == 0.5  # the loop's longest sleep: nothing is due sooner
+    assert w.status_pending
     clock.now += 1.0
+    w._dispatch(conns[-1], wire.DaemonInfo(1, os.getpid(), [wire.WorkerInfo(0, 2, 1), wire.WorkerInfo(1, 3, 1)], 3, 0.1))
+    ts = clock.time()
+    w._dispatch(conns[0], wire.Batch(0, 3, ts, ts, [wire.Sample("x", 4242, 4242.0, ts, 1.0, 2, 3, 4, 5, 6, 7)]))
+    w._maybe_flush()  # worker 1's batch has not come
+    assert w.dirty and w.status_pending and _status_sample(state) < ts
+    assert w._wait_time() == 0.5  # not 0: the flush delay (1 s from now) governs
+    clock.now += writer_mod.FLUSH_AFTER
     w._maybe_flush()
-    assert len(calls) == 2
+    assert _status_sample(state) == pytest.approx(ts) and not w.status_pending
 
