@@ -22,8 +22,8 @@ Ratios: daemon CPU per sample / baseline CPU per sample, and throughput against 
 For the scaling question (does a second worker help when CPU-bound?) pass an interval much shorter
 than a pass over the fleet takes, e.g. ``--agents 4000 --workers 1,2 --interval 0.02s``: workers
 never idle, ticks coalesce, and samples/s is the pipeline's throughput. A run whose samples/s came
-within 10% of agents/interval was capped by the interval, not by the CPU: the table marks its
-"x 1 worker" with "(cap)" and the JSON has ``interval_bound: true``. Such a ratio says nothing about
+within 10% of agents/interval was capped by the interval, not by the CPU: the JSON has
+``interval_bound: true`` and the table marks its "x 1 worker" with "(cap)" (for 2 or more workers). Such a ratio says nothing about
 scaling (4000 agents at 0.1s is capped at 40,000 samples/s).
 
     python -m benchmarks.fleet                                   # N in 1k,2k,5k,10k x workers 1,2,4
@@ -341,7 +341,7 @@ def table(result: dict) -> Table:
             str(r["workers"]),
             r.get("reader", "auto"),
             H.fmt(r["samples_per_s"], ".0f"),
-            H.fmt(r["samples_per_s_vs_1_worker"], ".2f") + (" (cap)" if r.get("interval_bound") else ""),
+            H.fmt(r["samples_per_s_vs_1_worker"], ".2f") + (" (cap)" if r.get("interval_bound") and r["workers"] > 1 else ""),
             H.fmt(r["tick_latency_p50_s"], ".3f", "s"),
             H.fmt(r["tick_latency_p99_s"], ".3f", "s"),
             f"{r['missed_ticks']}/{r['ticks']}",

@@ -161,8 +161,9 @@ def test_scaling_benchmark_small_run(tmp_path):
             assert pair["samples_per_s"]["1"] > 0 and pair["samples_per_s"]["2"] > 0
             assert pair["ratio"] == pytest.approx(pair["samples_per_s"]["2"] / pair["samples_per_s"]["1"], rel=1e-3)
         fm = rnd["pairs"][-1]
-        # 200 agents at 0.02s: at most 10,000 samples/s, which both runs reach: flagged, not hidden
-        assert fm["interval_bound"] is True
+        # 200 agents at 0.02s: at most 10,000 samples/s; a run that came within 10% of it is flagged
+        near_cap = [fm["samples_per_s"][k] >= 0.9 * 200 / 0.02 for k in ("1", "2")]
+        assert fm["interval_bound"] is any(near_cap)
         assert set(fm["cpu_per_sample_us_by_role"]["2"]) == {"supervisor", "writer", "workers"}
     summary = {row["what"]: row for row in result["summary"]}
     assert set(summary) == {"bare psutil loop", "bare procfs loop", "fleetmon, procfs reader"}
