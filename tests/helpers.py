@@ -148,3 +148,29 @@ def pid_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] != b"Z"
+
+
+# --- a writer in the test process, fed by hand ------------------------------------------------------
+
+
+def in_process_writer(state, listener):
+    """A ``Writer`` built as the supervisor builds it (history of 50), driven by calling its methods."""
+    from fleetmon.store.writer import Writer
+    from fleetmon.supervisor.config import Config
+
+    return Writer(state, Config(history_size=50), listener, "tok", [0.0, 0.0], os.getppid())
+
+
+def writer_connection(w, role: int):
+    """A connection the writer knows as worker ``role`` (-1: the supervisor), already past its Hello:
+    (the writer's end, the peer's end)."""
+    import socket
+
+    from fleetmon import channel, wire
+
+    a, b = socket.socketpair()
+    conn = channel.FramedConn(a)
+    w.conns[conn.fileno()] = conn
+    w.roles[conn.fileno()] = None
+    w._dispatch(conn, wire.Hello(role, 1, "tok"))
+    return conn, channel.FramedConn(b)

@@ -16,7 +16,7 @@ from fleetmon import channel, wire
 from fleetmon.store import persist
 from fleetmon.store.layout import StateDir
 from fleetmon.store.ring import Point, RingStore, read_points
-from tests.helpers import wait_until
+from tests.helpers import in_process_writer, wait_until, writer_connection
 
 # --- the channel ------------------------------------------------------------------------------------
 
@@ -114,33 +114,17 @@ def test_link_without_a_writer_keeps_a_bounded_outbox_and_counts_what_it_drops(t
 # --- the writer: a batch sent again after a restart is not recorded twice ---------------------------
 
 
-def _writer(state: StateDir, listener):
-    from fleetmon.store.writer import Writer
-    from fleetmon.supervisor.config import Config
-
-    return Writer(state, Config(history_size=50), listener, "tok", [0.0, 0.0], os.getppid())
-
-
 def _sample(agent: str, ts: float) -> wire.Sample:
     return wire.Sample(agent, 4242, 1000.0, ts, 1.0, 2, 3, 4, 5, 6, 7)
-
-
-def _connect(w, role: int):
-    a, b = socket.socketpair()
-    conn = channel.FramedConn(a)
-    w.conns[conn.fileno()] = conn
-    w.roles[conn.fileno()] = None
-    w._dispatch(conn, wire.Hello(role, 1, "tok"))
-    return conn, channel.FramedConn(b)
 
 
 def test_writer_skips_samples_it_already_had_in_a_batch_sent_again(tmp_path, address):
     _, listener = address
     state = StateDir(tmp_path / "state").create()
     registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())])
-    w = _writer(state, listener)
-    sup, _ = _connect(w, -1)
-    conn, peer = _connect(w, 0)
+    w = in_process_writer(state, listener)
+    sup, _ = writer_connection(w, -1)
+    conn, peer = writer_connection(w, 0)
     w._dispatch(conn, wire.Batch(0, 1, 0, 0, [_sample("x", 100.0)]))  # held until the registry comes
     w._dispatch(sup, registry)
     w._dispatch(conn, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
@@ -149,11 +133,11 @@ def test_writer_skips_samples_it_already_had_in_a_batch_sent_again(tmp_path, add
     assert acks[-1] == 2
     w.rings.close_all()
     # Restarted: the worker sends tick 2 again (the ack may have been lost) and then tick 3.
-    w2 = _writer(state, listener)
+    w2 = in_process_writer(state, listener)
     persist.load_fleet_state(state, w2.fleet)
-    sup2, _ = _connect(w2, -1)
+    sup2, _ = writer_connection(w2, -1)
     w2._dispatch(sup2, registry)
-    conn2, peer2 = _connect(w2, 0)
+    conn2, peer2 = writer_connection(w2, 0)
     w2._dispatch(conn2, wire.Resend(1))
     w2._dispatch(conn2, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
     w2._dispatch(conn2, wire.Batch(0, 3, 0, 0, [_sample("x", 102.0)]))

@@ -4,7 +4,6 @@ once a second (and then with the newest samples) at sub-second intervals. A fake
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -13,6 +12,7 @@ from fleetmon.store import writer as writer_mod
 from fleetmon.store.layout import StateDir
 from fleetmon.store.persist import _status_decoder
 from fleetmon.store.ring import read_points
+from tests.helpers import in_process_writer, writer_connection
 
 
 class Clock:
@@ -35,28 +35,18 @@ def clock(monkeypatch):
 
 @pytest.fixture
 def setup(tmp_path, clock):
-    from fleetmon.supervisor.config import Config
-
     listener = channel.listen_unix(str(tmp_path / "w.sock"))
     state = StateDir(tmp_path / "state").create()
-    w = writer_mod.Writer(state, Config(history_size=50), listener, "tok", [0.0, 0.0], os.getppid())
-    conns = {role: _connect(w, role) for role in (-1, 0)}
+    w = in_process_writer(state, listener)
+    ends = {role: writer_connection(w, role) for role in (-1, 0)}
+    conns = {role: conn for role, (conn, _) in ends.items()}
     w._dispatch(conns[-1], wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())]))
     yield w, conns, state
     w.rings.close_all()
-    for c in conns.values():
-        c.close()
+    for pair in ends.values():
+        for c in pair:
+            c.close()
     listener.close()
-
-
-def _connect(w, role: int) -> channel.FramedConn:
-    a, b = socket.socketpair()
-    conn = channel.FramedConn(a)
-    conn.peer = b  # keep the other end open
-    w.conns[conn.fileno()] = conn
-    w.roles[conn.fileno()] = None
-    w._dispatch(conn, wire.Hello(role, 1, "tok"))
-    return conn
 
 
 def _tick(w, conns, clock, tick: int, interval: float, pid: int = 4242) -> float:
