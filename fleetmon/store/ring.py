@@ -243,9 +243,7 @@ class RingStore:
         return self.ring(agent_id).last_ts
 
     def append(self, agent_id: str, point: Point | tuple) -> None:
-        ring = self._open.get(agent_id)
-        if ring is None or len(self._open) > self.max_open // 2:
-            ring = self.ring(agent_id)
+        ring = self.ring(agent_id)
         try:
             ring.append(point)
         except OSError as exc:
