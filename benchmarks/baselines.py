@@ -56,15 +56,22 @@ def _naive_pass(pids) -> int:
     return n
 
 
-def _baseline_child(kind: str, pids: list[int], seconds: float, conn) -> None:
-    import psutil
-
+def _runner(kind: str, pids: list[int]):
+    """One pass of a loop over ``pids``, as a function: ``bare`` (primed: what fleetmon's workers
+    have done before a measured window), ``naive`` or ``procfs``."""
     if kind == "bare":
+        import psutil
+
         procs = [psutil.Process(pid) for pid in pids]
-        _bare_pass(procs)  # prime: what fleetmon's workers have done before the measured window
-        run = lambda: _bare_pass(procs)  # noqa: E731
-    else:
-        run = lambda: _naive_pass(pids)  # noqa: E731
+        _bare_pass(procs)
+        return lambda: _bare_pass(procs)
+    if kind == "naive":
+        return lambda: _naive_pass(pids)
+    return lambda: _procfs_pass(pids)
+
+
+def _baseline_child(kind: str, pids: list[int], seconds: float, conn) -> None:
+    run = _runner(kind, pids)
     cpu0, wall0, samples, passes = _rusage_cpu(), time.perf_counter(), 0, 0
     while passes < 3 or time.perf_counter() - wall0 < seconds:
         samples += run()
@@ -212,14 +219,7 @@ PARALLEL_KINDS = ("psutil", "procfs")
 
 
 def _parallel_child(kind: str, pids: list[int], seconds: float, start, conn) -> None:
-    import psutil
-
-    if kind == "psutil":
-        procs = [psutil.Process(pid) for pid in pids]
-        _bare_pass(procs)  # prime, as in the bare baseline
-        run = lambda: _bare_pass(procs)  # noqa: E731
-    else:
-        run = lambda: _procfs_pass(pids)  # noqa: E731
+    run = _runner("bare" if kind == "psutil" else kind, pids)
     if not start.wait(120):  # the parent is gone
         return
     cpu0, wall0, samples = _rusage_cpu(), time.perf_counter(), 0
