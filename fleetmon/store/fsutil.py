@@ -12,6 +12,7 @@ import errno
 import os
 import secrets
 import stat
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,22 +22,44 @@ FILE_MODE = 0o600
 
 _libc = None
 
+# Filesystems where a write through a shared memory map into a preallocated file never allocates a
+# block, so it cannot fail on a full disk (which would be SIGBUS, not an error to log): ext2/3/4, xfs
+# and tmpfs. Copy-on-write ones (btrfs, zfs, ...) and anything else keep pwrite.
+MAPPED_WRITE_FILESYSTEMS = {0xEF53: "ext4", 0x58465342: "xfs", 0x01021994: "tmpfs"}
 
-def _syncfs(fd: int) -> bool:
-    """syncfs(2) on Linux: one call flushes every file of the filesystem. False where unavailable."""
+
+def _libc_call(name: str):
+    """A function of the C library (Linux), or None where there is none."""
     global _libc
     if _libc is None:
         try:
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            _libc.syncfs  # noqa: B018 - probe
-        except (OSError, AttributeError):
+        except OSError:
             _libc = False
-    if not _libc:
+    return getattr(_libc, name, None) if _libc else None
+
+
+def _syncfs(fd: int) -> bool:
+    """syncfs(2) on Linux: one call flushes every file of the filesystem. False where unavailable."""
+    syncfs = _libc_call("syncfs")
+    if syncfs is None:
         return False
-    if _libc.syncfs(fd) != 0:
+    if syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return True
+
+
+def mapped_writes_safe(path: Path) -> str | None:
+    """The name of the filesystem holding ``path`` when writes through a memory map are safe there
+    (see MAPPED_WRITE_FILESYSTEMS), else None (also off Linux, or when statfs(2) fails)."""
+    statfs = _libc_call("statfs") if sys.platform.startswith("linux") else None
+    if statfs is None:
+        return None
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type, a C long, comes first
+    if statfs(os.fsencode(path), buf) != 0:
+        return None
+    return MAPPED_WRITE_FILESYSTEMS.get(ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF)
 
 
 def ensure_dir(path: Path) -> Path:

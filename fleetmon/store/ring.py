@@ -1,9 +1,15 @@
 """Per-agent history: a fixed-size ring of 64-byte records in ``history/<id>.ring``.
 
-Persisting a sample is one ``pwrite`` of one record, whatever the history length. Each record carries
-a sequence number and a CRC32, so a torn or never-written record is ignored on read, and the ring's
-head is found again after a restart from the highest valid sequence number. The file is preallocated
-when created, so a full disk cannot fail a later write into it.
+Persisting a sample is one write of one record in place, whatever the history length. Each record
+carries a sequence number and a CRC32, so a torn or never-written record is ignored on read, and the
+ring's head is found again after a restart from the highest valid sequence number. The file is
+preallocated when created (and extended again if something cut it short), so a full disk cannot
+fail a later write into it.
+
+Where the filesystem allows it (``fsutil.mapped_writes_safe``), a record is copied into a shared
+memory map of the page that holds the head instead of being written with ``pwrite``: it lands in the
+same page cache, without a system call per sample (a third of the writer's time went to ``pwrite``).
+The map moves on one page (64 records) at a time, so the writer holds one page per open ring.
 
 Record layout (little endian): timestamp f64, cpu f32, rss i64, vms i64, read i64, write i64,
 fds i32, threads i32, seq u32, null-mask u16, pad u16, crc32 u32 (of the first 60 bytes).
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import math
+import mmap
 import os
 import stat
 import struct
@@ -30,6 +37,7 @@ CRC = struct.Struct("<I")
 RECORD_SIZE = 64
 assert HEADER.size == RECORD_SIZE and BODY.size + CRC.size == RECORD_SIZE
 _SEQ_WORD = 13  # index of ``seq`` when a record is viewed as sixteen u32 words
+_WINDOW = mmap.ALLOCATIONGRANULARITY  # bytes of a ring mapped at a time for writing (a page)
 
 METRICS = ("cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads")
 
@@ -116,26 +124,33 @@ def read_points(path: Path) -> list[Point]:
 class Ring:
     """An open ring file: ``append`` writes one record in place."""
 
-    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts")
+    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts", "mapped", "window", "first", "end")
 
-    def __init__(self, path: Path, fd: int, capacity: int, head: int, seq: int, last_ts: float = 0.0):
+    def __init__(
+        self, path: Path, fd: int, capacity: int, head: int, seq: int, last_ts: float = 0.0, mapped: bool = False
+    ):
         self.path, self.fd, self.capacity, self.head, self.seq = path, fd, capacity, head, seq
         self.last_ts = last_ts  # timestamp of the newest record (0.0: none)
+        self.mapped = mapped  # write through a memory map of the page that holds the head
+        self.window: mmap.mmap | None = None
+        self.first = self.end = 0  # the window holds records first..end-1 (record 0 is the header)
 
     @classmethod
-    def open(cls, path: Path, capacity: int) -> Ring:
+    def open(cls, path: Path, capacity: int, mapped: bool = False) -> Ring:
         """Open or create the ring. A ring of another capacity is migrated (its newest points kept);
-        a file with a bad header raises CorruptRing."""
+        a file with a bad header raises CorruptRing. ``mapped``: see the module's docstring."""
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
-            return cls._create(path, capacity, [])
+            return cls._create(path, capacity, [], mapped)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted in its place
                 raise CorruptRing("not a regular file")
             data = _read_all(fd)
             file_capacity = _parse_header(data)
+            if file_capacity == capacity and len(data) < RECORD_SIZE * (capacity + 1):
+                fsutil.preallocate(fd, RECORD_SIZE * (capacity + 1))  # cut short: a map past the end would fault
         except BaseException:
             os.close(fd)
             raise
@@ -143,29 +158,61 @@ class Ring:
             os.close(fd)
             records = decode_records(memoryview(data)[RECORD_SIZE:])
             records.sort(key=lambda r: r[0])
-            return cls._create(path, capacity, [p for _, p in records[-capacity:]])
+            return cls._create(path, capacity, [p for _, p in records[-capacity:]], mapped)
         head, seq = _find_head(memoryview(data)[RECORD_SIZE:], capacity)
         last_ts = struct.unpack_from("<d", data, RECORD_SIZE * (1 + (head - 1) % capacity))[0] if seq else 0.0
-        return cls(path, fd, capacity, head, seq, last_ts)
+        return cls(path, fd, capacity, head, seq, last_ts, mapped)
 
     @classmethod
-    def _create(cls, path: Path, capacity: int, points: list[Point]) -> Ring:
+    def _create(cls, path: Path, capacity: int, points: list[Point], mapped: bool = False) -> Ring:
         body = bytearray(_header(capacity))
         for i, p in enumerate(points, start=1):
             body += encode_record(i, p)
         size = RECORD_SIZE * (capacity + 1)
         fsutil.atomic_write(path, bytes(body), sync=False, size=size)  # preallocated, zeros after the points
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        return cls(path, fd, capacity, len(points) % capacity, len(points), points[-1][0] if points else 0.0)
+        return cls(path, fd, capacity, len(points) % capacity, len(points), points[-1][0] if points else 0.0, mapped)
 
     def append(self, point: Point | tuple) -> None:
         seq, head = self.seq + 1, self.head
-        os.pwrite(self.fd, encode_record(seq, point), RECORD_SIZE * (head + 1))
+        record = encode_record(seq, point)
+        slot = head + 1  # record 0 is the header
+        if self.first <= slot < self.end or self._move_window(slot):
+            at = (slot - self.first) * RECORD_SIZE
+            self.window[at : at + RECORD_SIZE] = record  # type: ignore[index]
+        else:
+            os.pwrite(self.fd, record, RECORD_SIZE * slot)
         self.seq = seq
         self.last_ts = point[0]
         self.head = head + 1 if head + 1 < self.capacity else 0
 
+    def _move_window(self, slot: int) -> bool:
+        """Map the page that holds record ``slot``. False: write with pwrite (not mapped, or the map
+        failed: then this ring keeps to pwrite)."""
+        if not self.mapped:
+            return False
+        self._unmap()
+        offset = slot * RECORD_SIZE // _WINDOW * _WINDOW
+        try:
+            self.window = mmap.mmap(self.fd, min(_WINDOW, RECORD_SIZE * (self.capacity + 1) - offset), offset=offset)
+        except (OSError, ValueError) as exc:  # ENOMEM past vm.max_map_count, a filesystem without mmap
+            self.mapped = False
+            from loguru import logger
+
+            logger.warning("history file {}: memory map failed ({}): written with pwrite instead", self.path, exc)
+            return False
+        self.first = offset // RECORD_SIZE
+        self.end = self.first + len(self.window) // RECORD_SIZE
+        return True
+
+    def _unmap(self) -> None:
+        if self.window is not None:
+            self.window.close()  # its pages stay in the page cache, dirty until written back
+            self.window = None
+            self.first = self.end = 0
+
     def close(self) -> None:
+        self._unmap()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -202,10 +249,15 @@ def _find_head(records: memoryview, capacity: int) -> tuple[int, int]:
 class RingStore:
     """The writer's open rings, one per agent, with a bound on open file descriptors."""
 
-    def __init__(self, directory: Path, capacity: int, max_open: int = 4096):
+    def __init__(self, directory: Path, capacity: int, max_open: int = 4096, mapped: bool | None = None):
+        """``max_open``: file descriptors the rings may hold; a mapped ring holds two (Python's mmap
+        keeps a duplicate of the descriptor). ``mapped``: write through memory maps (see the module's
+        docstring); None: where ``directory``'s filesystem allows it."""
         self.directory = directory
         self.capacity = capacity
-        self.max_open = max_open
+        self.filesystem = fsutil.mapped_writes_safe(directory) if mapped is None else None
+        self.mapped = bool(self.filesystem) if mapped is None else mapped
+        self.max_open = max(1, max_open // 2) if self.mapped else max_open
         self._open: OrderedDict[str, Ring] = OrderedDict()
         self._seq: dict[str, tuple[int, int]] = {}  # head and seq of rings closed by the LRU
 
@@ -222,7 +274,7 @@ class RingStore:
             self._evict(max(1, self.max_open // 8))
         path = self.path(agent_id)
         try:
-            ring = Ring.open(path, self.capacity)
+            ring = Ring.open(path, self.capacity, self.mapped)
         except (CorruptRing, OSError) as exc:
             # A bad header, or something planted in place of the file (a symlink is not followed:
             # ELOOP; a directory: EISDIR) is moved aside; any other OSError (ENOSPC ...) propagates.
@@ -234,7 +286,7 @@ class RingStore:
             logger.bind(agent_id=agent_id).error(
                 "history file {} is corrupt ({}): moved aside to {}, starting a new one", path, exc, aside
             )
-            ring = Ring.open(path, self.capacity)
+            ring = Ring.open(path, self.capacity, self.mapped)
         self._open[agent_id] = ring
         return ring
 

@@ -98,7 +98,11 @@ class Writer:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         started = time.monotonic()
         n = persist.load_fleet_state(self.state, self.fleet)
-        logger.info("writer started (pid {}): {} agents loaded in {:.2f}s", os.getpid(), n, time.monotonic() - started)
+        logger.info(
+            "writer started (pid {}): {} agents loaded in {:.2f}s; history written {}", os.getpid(), n,
+            time.monotonic() - started,
+            f"through memory maps ({self.rings.filesystem})" if self.rings.mapped else "with pwrite",
+        )
         self.sel.register(self.listener, selectors.EVENT_READ, "listener")
         self._start_http()
         deadline = None

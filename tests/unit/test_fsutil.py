@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +131,29 @@ def test_move_aside(tmp_path):
     aside = fsutil.move_aside(path)
     assert not path.exists() and aside.read_text() == "garbage"
     assert aside.name.startswith("a.json.corrupt-")
+
+
+
+def _mount_type(path: Path) -> str:
+    """The filesystem type of the mount holding ``path``, from /proc/self/mountinfo."""
+    best, fstype = "", ""
+    target = str(path.resolve())
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        point = fields[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, fields[fields.index("-") + 1]
+    return fstype
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="statfs(2) magic numbers are Linux's")
+def test_mapped_writes_only_on_filesystems_that_cannot_fail_them(tmp_path):
+    """ext2/3/4, xfs and tmpfs (preallocated blocks: a write through a map never allocates), as the
+    mount table names them; not procfs, nor a path that does not exist (statfs fails)."""
+    safe = {"ext2": "ext4", "ext3": "ext4", "ext4": "ext4", "xfs": "xfs", "tmpfs": "tmpfs"}
+    for path in (tmp_path, Path("/dev/shm"), Path("/proc")):
+        if path.is_dir():
+            assert fsutil.mapped_writes_safe(path) == safe.get(_mount_type(path)), path
+    assert fsutil.mapped_writes_safe(Path("/proc")) is None
+    assert fsutil.mapped_writes_safe(tmp_path / "missing") is None

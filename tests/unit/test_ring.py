@@ -40,20 +40,21 @@ def fresh(tmp_path, name="a.ring"):
     return path
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["pwrite", "mapped"])
 @SETTINGS
 @given(pts=points(), capacity=st.integers(min_value=1, max_value=20), reopen_every=st.integers(min_value=1, max_value=25))
-def test_ring_bound_and_newest_in_order(tmp_path, pts, capacity, reopen_every):
+def test_ring_bound_and_newest_in_order(tmp_path, mapped, pts, capacity, reopen_every):
     """Never more than ``capacity`` points; exactly the newest ones, oldest first; also across reopens
     (the head is found again from the sequence numbers)."""
     path = fresh(tmp_path)
-    ring = Ring.open(path, capacity)
+    ring = Ring.open(path, capacity, mapped)
     size = path.stat().st_size
     try:
         for i, p in enumerate(pts, start=1):
             ring.append(p)
             if i % reopen_every == 0:
                 ring.close()
-                ring = Ring.open(path, capacity)
+                ring = Ring.open(path, capacity, mapped)
             got = read_points(path)
             assert len(got) <= capacity
             assert got == pts[max(0, i - capacity) : i]
@@ -62,11 +63,12 @@ def test_ring_bound_and_newest_in_order(tmp_path, pts, capacity, reopen_every):
     assert path.stat().st_size == size == RECORD_SIZE * (capacity + 1)  # preallocated, never grows
 
 
-def test_append_is_one_write_in_place(tmp_path):
+@pytest.mark.parametrize("mapped", [False, True], ids=["pwrite", "mapped"])
+def test_append_is_one_write_in_place(tmp_path, mapped):
     """Persisting a sample does not rewrite the history: same inode, same size, and only one
     record's bytes change, whatever the history length."""
     path = tmp_path / "a.ring"
-    ring = Ring.open(path, 1000)
+    ring = Ring.open(path, 1000, mapped)
     for i in range(700):
         ring.append(Point(float(i + 1), 1.0, i, i, i, i, i, i))
     before_ino = path.stat().st_ino
@@ -77,6 +79,76 @@ def test_append_is_one_write_in_place(tmp_path):
     assert path.stat().st_ino == before_ino and len(after) == len(before)
     changed = [i for i in range(0, len(after), RECORD_SIZE) if after[i : i + RECORD_SIZE] != before[i : i + RECORD_SIZE]]
     assert changed == [RECORD_SIZE * 701]
+
+
+def test_mapped_writes_match_pwrite_byte_for_byte_across_pages_and_reopens(tmp_path):
+    """Written through memory maps, a ring is the same file as one written with pwrite: across page
+    boundaries (64 records a page), the short last page, wrap-arounds, and reopening anywhere."""
+    capacity = 300  # 301 records: four whole pages and part of a fifth
+    pts = [Point(float(i + 1), i * 0.5, i, 2 * i, 3 * i, 4 * i, i % 7, 1 + i % 3) for i in range(1000)]
+    files = {}
+    for mapped in (False, True):
+        path = tmp_path / f"{mapped}.ring"
+        ring = Ring.open(path, capacity, mapped)
+        for i, p in enumerate(pts, start=1):
+            ring.append(p)
+            if i % 97 == 0:
+                ring.close()
+                ring = Ring.open(path, capacity, mapped)
+        assert (ring.window is not None) == mapped
+        ring.close()
+        files[mapped] = path.read_bytes()
+    assert files[True] == files[False]
+    assert read_points(tmp_path / "True.ring") == pts[-capacity:]
+
+
+def test_a_ring_cut_short_is_extended_again_before_it_is_mapped(tmp_path):
+    """A map past the end of a file faults (SIGBUS): a ring truncated behind the writer's back is
+    brought back to its full, preallocated size when opened, keeping the records it still has."""
+    path = tmp_path / "a.ring"
+    ring = Ring.open(path, 200, mapped=True)
+    for i in range(150):
+        ring.append(Point(float(i + 1), 1.0, i, i, i, i, i, i))
+    ring.close()
+    os.truncate(path, RECORD_SIZE * 101)  # the header and 100 records are left
+    ring = Ring.open(path, 200, mapped=True)
+    assert os.path.getsize(path) == RECORD_SIZE * 201
+    for i in range(150, 260):  # writes into the pages that were cut off, then wraps around
+        ring.append(Point(float(i + 1), 1.0, i, i, i, i, i, i))
+    ring.close()
+    assert [p.timestamp for p in read_points(path)] == [float(i + 1) for i in range(10, 100)] + [
+        float(i + 1) for i in range(150, 260)
+    ]
+
+
+def test_a_failed_map_falls_back_to_pwrite(tmp_path, monkeypatch):
+    """Past vm.max_map_count (ENOMEM), or where the filesystem cannot map, the ring keeps writing."""
+    import errno
+    import mmap
+
+    from fleetmon.store import ring as ring_module
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(ring_module.mmap, "mmap", refuse)
+    path = tmp_path / "a.ring"
+    ring = Ring.open(path, 100, mapped=True)
+    for i in range(80):
+        ring.append(Point(float(i + 1), 1.0, i, i, i, i, i, i))
+    assert not ring.mapped and ring.window is None
+    ring.close()
+    monkeypatch.setattr(ring_module.mmap, "mmap", mmap.mmap)
+    assert [p.timestamp for p in read_points(path)] == [float(i + 1) for i in range(80)]
+
+
+def test_ringstore_maps_only_where_the_filesystem_is_safe_and_counts_two_fds_a_ring(tmp_path):
+    from fleetmon.store import fsutil
+
+    auto = RingStore(tmp_path, capacity=5, max_open=64)
+    assert auto.mapped == bool(fsutil.mapped_writes_safe(tmp_path)) and auto.filesystem == fsutil.mapped_writes_safe(tmp_path)
+    assert RingStore(tmp_path, capacity=5, max_open=64, mapped=True).max_open == 32  # mmap keeps a dup of the fd
+    assert RingStore(tmp_path, capacity=5, max_open=64, mapped=False).max_open == 64
 
 
 def test_ringstore_keeps_every_agent_apart_and_bounded(tmp_path):
@@ -93,7 +165,7 @@ def test_ringstore_keeps_every_agent_apart_and_bounded(tmp_path):
 def test_ringstore_evicts_the_least_recently_used_once_more_than_half_are_open(tmp_path):
     """Below max_open/2 open rings the order is left alone (no reordering per sample); above it a
     ring written to moves to the end, so the eviction that makes room takes one not used since."""
-    store = RingStore(tmp_path, capacity=5, max_open=8)
+    store = RingStore(tmp_path, capacity=5, max_open=8, mapped=False)
     for i in range(8):
         store.append(f"a{i}", Point(1.0, 1.0, 1, 1, 1, 1, 1, 1))
     store.append("a0", Point(2.0, 1.0, 1, 1, 1, 1, 1, 1))  # 8 open: a0 is now the most recent
