@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -150,13 +151,25 @@ _metric = st.one_of(st.none(), st.integers(min_value=0, max_value=2**62))
     st.one_of(st.none(), st.integers(min_value=0, max_value=2**31 - 1)),
     st.one_of(st.none(), st.integers(min_value=0, max_value=2**31 - 1)),
 )
-def test_encode_record_fast_path_agrees_with_the_reference(seq, ts, cpu, rss, vms, rd, wr, fds, thr):
+def test_ring_append_fast_path_agrees_with_the_reference(seq, ts, cpu, rss, vms, rd, wr, fds, thr):
+    """The record Ring.append writes (its own packing when no metric is null, else encode_record),
+    mapped or with pwrite, is the reference encoding."""
+    import tempfile
+
     from fleetmon.store import ring as R
 
     p = R.Point(ts, cpu, rss, vms, rd, wr, fds, thr)
-    data = R.encode_record(seq, p)
-    assert data == _reference_encode_record(seq, p)
-    assert R.decode_records(data) == [(seq, p)]
+    assert R.encode_record(seq, p) == _reference_encode_record(seq, p)
+    with tempfile.TemporaryDirectory() as d:
+        for mapped in (False, True):
+            path = Path(d) / f"{mapped}.ring"
+            ring = R.Ring.open(path, 4, mapped)
+            ring.seq = seq - 1  # the next append is ``seq``
+            ring.append(p)
+            ring.close()
+            data = path.read_bytes()[R.RECORD_SIZE : 2 * R.RECORD_SIZE]
+            assert data == _reference_encode_record(seq, p)
+            assert R.decode_records(data) == [(seq, p)]
 
 
 def test_agent_record_without_alerts_shares_an_empty_list_that_stays_empty(tmp_path):
