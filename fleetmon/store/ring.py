@@ -7,9 +7,10 @@ preallocated when created (and extended again if something cut it short), so a f
 fail a later write into it.
 
 Where the filesystem allows it (``fsutil.mapped_writes_safe``), a record is copied into a shared
-memory map of the page that holds the head instead of being written with ``pwrite``: it lands in the
-same page cache, without a system call per sample (a third of the writer's time went to ``pwrite``).
-The map moves on one page (64 records) at a time, so the writer holds one page per open ring.
+memory map of the file instead of being written with ``pwrite``: it lands in the same page cache,
+without a system call per sample (a third of the writer's time went to ``pwrite``). When the head
+moves on to the next page (every 64 records) the page left behind is dropped from the map, so the
+writer holds one page per open ring, not the history.
 
 Record layout (little endian): timestamp f64, cpu f32, rss i64, vms i64, read i64, write i64,
 fds i32, threads i32, seq u32, null-mask u16, pad u16, crc32 u32 (of the first 60 bytes).
@@ -37,7 +38,9 @@ CRC = struct.Struct("<I")
 RECORD_SIZE = 64
 assert HEADER.size == RECORD_SIZE and BODY.size + CRC.size == RECORD_SIZE
 _SEQ_WORD = 13  # index of ``seq`` when a record is viewed as sixteen u32 words
-_WINDOW = mmap.ALLOCATIONGRANULARITY  # bytes of a ring mapped at a time for writing (a page)
+_PAGE = mmap.PAGESIZE
+_PAGE_SHIFT = _PAGE.bit_length() - 1
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 METRICS = ("cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads")
 
@@ -120,16 +123,32 @@ def read_points(path: Path) -> list[Point]:
 class Ring:
     """An open ring file: ``append`` writes one record in place."""
 
-    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts", "mapped", "window", "first", "end")
+    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts", "map", "page")
 
     def __init__(
         self, path: Path, fd: int, capacity: int, head: int, seq: int, last_ts: float = 0.0, mapped: bool = False
     ):
         self.path, self.fd, self.capacity, self.head, self.seq = path, fd, capacity, head, seq
         self.last_ts = last_ts  # timestamp of the newest record (0.0: none)
-        self.mapped = mapped  # write through a memory map of the page that holds the head
-        self.window: mmap.mmap | None = None
-        self.first = self.end = 0  # the window holds records first..end-1 (record 0 is the header)
+        self.map: mmap.mmap | None = None  # the whole file, shared, when written through a map
+        self.page = -1  # the page of the map written to last: the only one left mapped in
+        if mapped:
+            self._map()
+
+    @property
+    def mapped(self) -> bool:
+        return self.map is not None
+
+    def _map(self) -> None:
+        try:
+            self.map = mmap.mmap(self.fd, RECORD_SIZE * (self.capacity + 1))
+        except (OSError, ValueError) as exc:  # ENOMEM past vm.max_map_count, a filesystem without mmap
+            from loguru import logger
+
+            logger.warning("history file {}: memory map failed ({}): written with pwrite instead", self.path, exc)
+            return
+        os.close(self.fd)  # the map keeps a descriptor of its own (Python's mmap holds a duplicate)
+        self.fd = -1
 
     @classmethod
     def open(cls, path: Path, capacity: int, mapped: bool = False) -> Ring:
@@ -177,43 +196,30 @@ class Ring:
         else:  # the common case, every metric read, packed here: one call less per sample
             body = _pack(ts, cpu, rss, vms, rd, wr, fds, thr, seq, 0, 0)
             record = body + _pack_crc(_crc32(body))
-        slot = head + 1  # record 0 is the header
-        if self.first <= slot < self.end or self._move_window(slot):
-            at = (slot - self.first) * RECORD_SIZE
-            self.window[at : at + RECORD_SIZE] = record  # type: ignore[index]
+        at = RECORD_SIZE * (head + 1)  # record 0 is the header
+        m = self.map
+        if m is not None:
+            if at >> _PAGE_SHIFT != self.page:
+                self._next_page(at >> _PAGE_SHIFT)
+            m[at : at + RECORD_SIZE] = record
         else:
-            os.pwrite(self.fd, record, RECORD_SIZE * slot)
+            os.pwrite(self.fd, record, at)
         self.seq = seq
         self.last_ts = ts
         self.head = head + 1 if head + 1 < self.capacity else 0
 
-    def _move_window(self, slot: int) -> bool:
-        """Map the page that holds record ``slot``. False: write with pwrite (not mapped, or the map
-        failed: then this ring keeps to pwrite)."""
-        if not self.mapped:
-            return False
-        self._unmap()
-        offset = slot * RECORD_SIZE // _WINDOW * _WINDOW
-        try:
-            self.window = mmap.mmap(self.fd, min(_WINDOW, RECORD_SIZE * (self.capacity + 1) - offset), offset=offset)
-        except (OSError, ValueError) as exc:  # ENOMEM past vm.max_map_count, a filesystem without mmap
-            self.mapped = False
-            from loguru import logger
-
-            logger.warning("history file {}: memory map failed ({}): written with pwrite instead", self.path, exc)
-            return False
-        self.first = offset // RECORD_SIZE
-        self.end = self.first + len(self.window) // RECORD_SIZE
-        return True
-
-    def _unmap(self) -> None:
-        if self.window is not None:
-            self.window.close()  # its pages stay in the page cache, dirty until written back
-            self.window = None
-            self.first = self.end = 0
+    def _next_page(self, page: int) -> None:
+        """Drop the page written to until now from the map (its data stays in the page cache, dirty
+        until written back), so the writer holds one page per ring, not the whole history."""
+        if self.page >= 0 and _DONTNEED is not None:
+            start = self.page << _PAGE_SHIFT
+            self.map.madvise(_DONTNEED, start, min(_PAGE, len(self.map) - start))  # type: ignore[union-attr]
+        self.page = page
 
     def close(self) -> None:
-        self._unmap()
+        if self.map is not None:
+            self.map.close()
+            self.map = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -251,14 +257,13 @@ class RingStore:
     """The writer's open rings, one per agent, with a bound on open file descriptors."""
 
     def __init__(self, directory: Path, capacity: int, max_open: int = 4096, mapped: bool | None = None):
-        """``max_open``: file descriptors the rings may hold; a mapped ring holds two (Python's mmap
-        keeps a duplicate of the descriptor). ``mapped``: write through memory maps (see the module's
-        docstring); None: where ``directory``'s filesystem allows it."""
+        """``max_open``: rings open at once (one file descriptor each). ``mapped``: write through
+        memory maps (see the module's docstring); None: where ``directory``'s filesystem allows it."""
         self.directory = directory
         self.capacity = capacity
         self.filesystem = fsutil.mapped_writes_safe(directory) if mapped is None else None
         self.mapped = bool(self.filesystem) if mapped is None else mapped
-        self.max_open = max(1, max_open // 2) if self.mapped else max_open
+        self.max_open = max_open
         self._reorder_above = self.max_open // 2
         self._open: OrderedDict[str, Ring] = OrderedDict()
         self._seq: dict[str, tuple[int, int]] = {}  # head and seq of rings closed by the LRU

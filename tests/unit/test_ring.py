@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import zlib
 
 import pytest
@@ -95,9 +96,10 @@ def test_mapped_writes_match_pwrite_byte_for_byte_across_pages_and_reopens(tmp_p
             if i % 97 == 0:
                 ring.close()
                 ring = Ring.open(path, capacity, mapped)
-        assert (ring.window is not None) == mapped
+        assert ring.mapped == mapped
+        files[mapped] = path.read_bytes()  # before close: the pages dropped from the map kept their data
         ring.close()
-        files[mapped] = path.read_bytes()
+        assert path.read_bytes() == files[mapped]
     assert files[True] == files[False]
     assert read_points(tmp_path / "True.ring") == pts[-capacity:]
 
@@ -136,19 +138,43 @@ def test_a_failed_map_falls_back_to_pwrite(tmp_path, monkeypatch):
     ring = Ring.open(path, 100, mapped=True)
     for i in range(80):
         ring.append(Point(float(i + 1), 1.0, i, i, i, i, i, i))
-    assert not ring.mapped and ring.window is None
+    assert not ring.mapped
     ring.close()
     monkeypatch.setattr(ring_module.mmap, "mmap", mmap.mmap)
     assert [p.timestamp for p in read_points(path)] == [float(i + 1) for i in range(80)]
 
 
-def test_ringstore_maps_only_where_the_filesystem_is_safe_and_counts_two_fds_a_ring(tmp_path):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_a_mapped_ring_holds_one_page_of_its_history_in_memory(tmp_path):
+    """The writer's RSS must not grow with the history: once the head moves on, the page left
+    behind is dropped from the map (its data stays in the page cache, and in the file)."""
+    import mmap
+
+    path = tmp_path / "a.ring"
+    ring = Ring.open(path, 1440, mapped=True)
+    for i in range(1000):  # 16 pages
+        ring.append(Point(float(i + 1), 1.0, i, i, i, i, i, i))
+
+    def resident_kib() -> int:
+        lines = open("/proc/self/smaps").read().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.endswith(str(path)))
+        return next(int(line.split()[1]) for line in lines[start + 1 :] if line.startswith("Rss:"))
+
+    assert resident_kib() <= mmap.PAGESIZE // 1024
+    assert [p.timestamp for p in read_points(path)] == [float(i + 1) for i in range(1000)]
+    ring.close()
+
+
+def test_ringstore_maps_only_where_the_filesystem_is_safe(tmp_path):
     from fleetmon.store import fsutil
 
     auto = RingStore(tmp_path, capacity=5, max_open=64)
-    assert auto.mapped == bool(fsutil.mapped_writes_safe(tmp_path)) and auto.filesystem == fsutil.mapped_writes_safe(tmp_path)
-    assert RingStore(tmp_path, capacity=5, max_open=64, mapped=True).max_open == 32  # mmap keeps a dup of the fd
-    assert RingStore(tmp_path, capacity=5, max_open=64, mapped=False).max_open == 64
+    assert auto.filesystem == fsutil.mapped_writes_safe(tmp_path) and auto.mapped == bool(auto.filesystem)
+    for mapped in (False, True):
+        store = RingStore(tmp_path, capacity=5, max_open=64, mapped=mapped)
+        store.append("a", Point(1.0, 1.0, 1, 1, 1, 1, 1, 1))
+        assert store.ring("a").mapped == mapped and store.max_open == 64
+        store.close_all()
 
 
 def test_ringstore_keeps_every_agent_apart_and_bounded(tmp_path):
