@@ -10,7 +10,9 @@ Where the filesystem allows it (``fsutil.mapped_writes_safe``), a record is copi
 memory map of the file instead of being written with ``pwrite``: it lands in the same page cache,
 without a system call per sample (a third of the writer's time went to ``pwrite``). When the head
 moves on to the next page (every 64 records) the page left behind is dropped from the map, so the
-writer holds one page per open ring, not the history.
+writer holds one page per open ring, not the history. A ring file cut short behind the writer's back
+kills it with SIGBUS at its next page (the supervisor restarts it, the workers send their batches
+again, and the ring is extended when opened): tried by hand, back to persisting within 0.1 s.
 
 Record layout (little endian): timestamp f64, cpu f32, rss i64, vms i64, read i64, write i64,
 fds i32, threads i32, seq u32, null-mask u16, pad u16, crc32 u32 (of the first 60 bytes).
