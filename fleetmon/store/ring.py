@@ -11,8 +11,9 @@ memory map of the file instead of being written with ``pwrite``: it lands in the
 without a system call per sample (a third of the writer's time went to ``pwrite``). When the head
 moves on to the next page (every 64 records) the page left behind is dropped from the map, so the
 writer holds one page per open ring, not the history. A ring file cut short behind the writer's back
-kills it with SIGBUS at its next page (the supervisor restarts it, the workers send their batches
-again, and the ring is extended when opened): tried by hand, back to persisting within 0.1 s.
+is noticed at the next page or wrap-around and opened again (which extends it); cut short below the
+page being written, it kills the writer with SIGBUS instead (the supervisor restarts it, the workers
+send their batches again, and the ring is extended when opened: tried by hand, back within 0.1 s).
 
 Record layout (little endian): timestamp f64, cpu f32, rss i64, vms i64, read i64, write i64,
 fds i32, threads i32, seq u32, null-mask u16, pad u16, crc32 u32 (of the first 60 bytes).
@@ -201,7 +202,7 @@ class Ring:
         at = RECORD_SIZE * (head + 1)  # record 0 is the header
         m = self.map
         if m is not None:
-            if at >> _PAGE_SHIFT != self.page:
+            if at >> _PAGE_SHIFT != self.page or not head:
                 self._next_page(at >> _PAGE_SHIFT)
             m[at : at + RECORD_SIZE] = record
         else:
@@ -211,11 +212,16 @@ class Ring:
         self.head = head + 1 if head + 1 < self.capacity else 0
 
     def _next_page(self, page: int) -> None:
-        """Drop the page written to until now from the map (its data stays in the page cache, dirty
-        until written back), so the writer holds one page per ring, not the whole history."""
-        if self.page >= 0 and _DONTNEED is not None:
+        """At a new page or a wrap-around: check that the file was not cut short (writes past its end
+        would be lost; ESTALE makes the RingStore open it again, which extends it), and drop the page
+        written to until now from the map (its data stays in the page cache, dirty until written
+        back), so the writer holds one page per ring, not the whole history."""
+        m = self.map
+        if m.size() < len(m):  # type: ignore[union-attr]
+            raise OSError(errno.ESTALE, f"history file {self.path} was cut short")
+        if page != self.page and self.page >= 0 and _DONTNEED is not None:
             start = self.page << _PAGE_SHIFT
-            self.map.madvise(_DONTNEED, start, min(_PAGE, len(self.map) - start))  # type: ignore[union-attr]
+            m.madvise(_DONTNEED, start, min(_PAGE, len(m) - start))  # type: ignore[union-attr]
         self.page = page
 
     def close(self) -> None:

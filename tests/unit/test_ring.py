@@ -123,6 +123,28 @@ def test_a_ring_cut_short_is_extended_again_before_it_is_mapped(tmp_path):
     ]
 
 
+def test_a_mapped_ring_cut_short_behind_the_writers_back_is_opened_again_at_its_wrap(tmp_path):
+    """Writes through a map past the end of a file are lost without an error (within its last page):
+    at the wrap-around (or the next page) the ring notices, the store opens it again, extending it,
+    and the history is persisted again."""
+    import errno
+
+    store = RingStore(tmp_path, capacity=10, mapped=True)
+    for i in range(5):
+        store.append("a", Point(float(i + 1), 1.0, i, i, i, i, i, i))
+    os.truncate(store.path("a"), RECORD_SIZE)  # the header alone
+    failed = []
+    for i in range(5, 30):
+        try:
+            store.append("a", Point(float(i + 1), 1.0, i, i, i, i, i, i))
+        except OSError as exc:
+            failed.append((i, exc.errno))
+    store.close_all()
+    assert failed == [(10, errno.ESTALE)]  # the first append after the wrap; the rest went in
+    assert os.path.getsize(store.path("a")) == RECORD_SIZE * 11
+    assert [p.timestamp for p in read_points(store.path("a"))] == [float(i + 1) for i in range(20, 30)]
+
+
 def test_a_failed_map_falls_back_to_pwrite(tmp_path, monkeypatch):
     """Past vm.max_map_count (ENOMEM), or where the filesystem cannot map, the ring keeps writing."""
     import errno
