@@ -23,9 +23,20 @@ FILE_MODE = 0o600
 _libc = None
 
 # Filesystems where a write through a shared memory map into a preallocated file never allocates a
-# block, so it cannot fail on a full disk (which would be SIGBUS, not an error to log): ext2/3/4, xfs
-# and tmpfs. Copy-on-write ones (btrfs, zfs, ...) and anything else keep pwrite.
-MAPPED_WRITE_FILESYSTEMS = {0xEF53: "ext4", 0x58465342: "xfs", 0x01021994: "tmpfs"}
+# block, so it cannot fail on a full disk (which would be SIGBUS, not an error to log): ext2/3/4 and
+# tmpfs. Not xfs: a ring copied with reflinks (cp's default there) shares its blocks, and a write
+# into it allocates. Copy-on-write ones (btrfs, zfs, ...) and anything else keep pwrite.
+MAPPED_WRITE_FILESYSTEMS = {0xEF53: "ext4", 0x01021994: "tmpfs"}
+MAP_COUNT_DEFAULT = 65530  # Linux's vm.max_map_count when /proc does not say
+
+
+def map_count_limit() -> int:
+    """How many memory maps this process may hold (vm.max_map_count)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return MAP_COUNT_DEFAULT
 
 
 def _libc_call(name: str):

@@ -6,14 +6,16 @@ ring's head is found again after a restart from the highest valid sequence numbe
 preallocated when created (and extended again if something cut it short), so a full disk cannot
 fail a later write into it.
 
-Where the filesystem allows it (``fsutil.mapped_writes_safe``), a record is copied into a shared
-memory map of the file instead of being written with ``pwrite``: it lands in the same page cache,
-without a system call per sample (a third of the writer's time went to ``pwrite``). When the head
-moves on to the next page (every 64 records) the page left behind is dropped from the map, so the
-writer holds one page per open ring, not the history. A ring file cut short behind the writer's back
-is noticed at the next page or wrap-around and opened again (which extends it); cut short below the
-page being written, it kills the writer with SIGBUS instead (the supervisor restarts it, the workers
-send their batches again, and the ring is extended when opened: tried by hand, back within 0.1 s).
+Where the filesystem allows it (``fsutil.mapped_writes_safe``: ext4, tmpfs), a record is copied
+into a shared memory map of the file instead of being written with ``pwrite``: it lands in the same
+page cache, without a system call per sample (a third of the writer's time went to ``pwrite``). When
+the head moves on to the next page (every 64 records) the page left behind is dropped from the map,
+so the writer holds one page per open ring, not the history. Past half of vm.max_map_count open
+rings, the rest use ``pwrite``. A ring file cut short behind the writer's back is noticed at the next
+page or wrap-around, opened again (which extends it) and the record written to it; cut short below
+the page being written, it kills the writer with SIGBUS instead (the supervisor restarts it, the
+workers send their batches again, and the ring is extended when opened: tried by hand, back within
+0.1 s).
 
 Record layout (little endian): timestamp f64, cpu f32, rss i64, vms i64, read i64, write i64,
 fds i32, threads i32, seq u32, null-mask u16, pad u16, crc32 u32 (of the first 60 bytes).
@@ -150,6 +152,10 @@ class Ring:
 
             logger.warning("history file {}: memory map failed ({}): written with pwrite instead", self.path, exc)
             return
+        except BaseException:
+            os.close(self.fd)
+            self.fd = -1
+            raise
         os.close(self.fd)  # the map keeps a descriptor of its own (Python's mmap holds a duplicate)
         self.fd = -1
 
@@ -272,6 +278,10 @@ class RingStore:
         self.filesystem = fsutil.mapped_writes_safe(directory) if mapped is None else None
         self.mapped = bool(self.filesystem) if mapped is None else mapped
         self.max_open = max_open
+        # Maps are a per-process resource too (vm.max_map_count): past half of it, rings use pwrite,
+        # and the rest is left to everything else in the process (threads, allocations, libraries).
+        self.max_mapped = max(0, fsutil.map_count_limit() // 2 - 1024)
+        self.mapped_open = 0
         self._reorder_above = self.max_open // 2
         self._open: OrderedDict[str, Ring] = OrderedDict()
         self._seq: dict[str, tuple[int, int]] = {}  # head and seq of rings closed by the LRU
@@ -289,7 +299,7 @@ class RingStore:
             self._evict(max(1, self.max_open // 8))
         path = self.path(agent_id)
         try:
-            ring = Ring.open(path, self.capacity, self.mapped)
+            ring = Ring.open(path, self.capacity, self._map_next())
         except (CorruptRing, OSError) as exc:
             # A bad header, or something planted in place of the file (a symlink is not followed:
             # ELOOP; a directory: EISDIR) is moved aside; any other OSError (ENOSPC ...) propagates.
@@ -301,8 +311,9 @@ class RingStore:
             logger.bind(agent_id=agent_id).error(
                 "history file {} is corrupt ({}): moved aside to {}, starting a new one", path, exc, aside
             )
-            ring = Ring.open(path, self.capacity, self.mapped)
+            ring = Ring.open(path, self.capacity, self._map_next())
         self._open[agent_id] = ring
+        self.mapped_open += ring.mapped
         return ring
 
     def newest(self, agent_id: str) -> float:
@@ -316,19 +327,29 @@ class RingStore:
         try:
             ring.append(point)
         except OSError as exc:
-            if exc.errno in (errno.EBADF, errno.ESTALE, errno.ENOENT):
-                self.close(agent_id)
-            raise
+            if exc.errno not in (errno.EBADF, errno.ESTALE, errno.ENOENT):
+                raise
+            self.close(agent_id)
+            if exc.errno != errno.ESTALE:
+                raise
+            self.ring(agent_id).append(point)  # cut short (or a stale NFS handle): opened again, extended
+
+    def _map_next(self) -> bool:
+        return self.mapped and self.mapped_open < self.max_mapped
 
     def close(self, agent_id: str) -> None:
         ring = self._open.pop(agent_id, None)
         if ring is not None:
-            ring.close()
+            self._close(ring)
+
+    def _close(self, ring: Ring) -> None:
+        self.mapped_open -= ring.mapped
+        ring.close()
 
     def _evict(self, count: int) -> None:
         for _ in range(min(count, len(self._open))):
             _, ring = self._open.popitem(last=False)
-            ring.close()
+            self._close(ring)
 
     def close_all(self) -> None:
         self._evict(len(self._open))
