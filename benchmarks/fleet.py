@@ -81,11 +81,13 @@ def run_daemon(
     profile: Path | None = None,
     reader: str = "auto",
     catch_up: bool = True,
+    thresholds: bool = True,
 ) -> dict:
     """One daemon run over ``pids``; returns its measurements. ``interleave``: run the bare psutil
     loop between ticks (``harness.BareProbe``) as the reference for CPU per sample. ``catch_up``:
     after the warm-up, wait (up to 30 s more) for a tick persisted within two intervals before the
-    window opens; a CPU-bound run never catches up, so pass False for one."""
+    window opens; a CPU-bound run never catches up, so pass False for one. ``thresholds``: every
+    agent has limits (``harness.THRESHOLDS_CONFIG``), none of them crossed."""
     n = len(pids)
     warmup = max(warmup, n / 1000)  # creating the rings takes about this long on the first tick
     state = workdir / f"state-n{n}-w{workers}-i{interval:g}-{reader}"
@@ -96,7 +98,8 @@ def run_daemon(
     probe = baselines.BareProbe(pids) if interleave else None
     profiler = None
     started = time.monotonic()
-    d = H.DaemonRun(state, workers, interval, history_size, extra_config=f'reader = "{reader}"\n')
+    config = f'reader = "{reader}"\n' + (H.THRESHOLDS_CONFIG if thresholds else "")
+    d = H.DaemonRun(state, workers, interval, history_size, extra_config=config)
     base = end = None
     marks: list[tuple[int, float]] = []  # (samples persisted, daemon CPU) after each flush in the window
     startup_deadline = started + 120 + n / 50
@@ -260,6 +263,7 @@ def sweep(args) -> dict:
                             args.interleave,
                             args.profile,
                             reader,
+                            thresholds=args.thresholds,
                         )
                     )
                 base = progress.add_task(f"{n} agents: psutil baseline again", total=None)
@@ -308,6 +312,7 @@ def sweep(args) -> dict:
             "history_size": args.history_size,
             "busy": args.busy,
             "memory": args.memory,
+            "thresholds": args.thresholds,
         },
         "baselines": {str(k): v for k, v in by_size.items()},
         "runs": runs,
@@ -403,6 +408,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run (default 20)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens (default 5)")
     p.add_argument("--history-size", type=int, default=1440)
+    p.add_argument(
+        "--thresholds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give every agent limits, as a production config would (none crossed; default on)",
+    )
     p.add_argument("--baseline-seconds", type=float, default=5.0, help="seconds of each psutil baseline run (default 5)")
     p.add_argument("--busy", type=int, default=0, help="how many of the processes burn ~20%% of a CPU")
     p.add_argument("--memory", type=int, default=0, help="how many of the processes hold --memory-mb")

@@ -231,6 +231,13 @@ def write_registry(state_dir: Path, pids: list[int]) -> list[str]:
 
 # --- the daemon -------------------------------------------------------------------------------
 
+# Limits on every agent, as a production config would set them, far above what the benchmark's
+# processes use: the writer checks each sample against them, and no alert fires.
+THRESHOLDS_CONFIG = (
+    "[thresholds.default]\ncpu_threshold = 95\nmemory_threshold = 8589934592\n"
+    "open_files_threshold = 100000\nthreshold_duration = 300\n"
+)
+
 
 class DaemonRun:
     """``python -m fleetmon run`` on a state dir, with the opt-in timing log, watched from /proc."""

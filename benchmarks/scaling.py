@@ -69,7 +69,7 @@ def measure(args) -> dict:
                     for w in order:
                         by[w] = run_daemon(
                             pids, w, args.interval, args.duration, args.warmup, args.history_size, workdir,
-                            progress, interleave=False, reader=reader, catch_up=False,
+                            progress, interleave=False, reader=reader, catch_up=False, thresholds=args.thresholds,
                         )
                     pairs.append(_pair(f"fleetmon, {reader} reader", reader, by[1], by[2]))
                 rounds.append({"round": rnd + 1, "order": list(order), "pairs": pairs})
@@ -89,6 +89,7 @@ def measure(args) -> dict:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "loop_seconds": args.loop_seconds,
+            "thresholds": args.thresholds,
         },
         "rounds": rounds,
         "summary": summarize(rounds),
@@ -188,6 +189,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens (default 5)")
     p.add_argument("--loop-seconds", type=float, default=5.0, help="seconds of each bare loop run (default 5)")
     p.add_argument("--history-size", type=int, default=1440)
+    p.add_argument(
+        "--thresholds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give every agent limits, as a production config would (none crossed; default on)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="where state dirs go (default: beside fleetmon's default state dir)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/scaling-<time>.json)")
     args = p.parse_args(argv)
