@@ -23,7 +23,7 @@ _point = tuple.__new__  # Point(*values) without the Python-level __new__ of a N
 class Agent:
     __slots__ = (
         "id", "type", "registered_pid", "pid", "create_time", "status", "restart_count",
-        "last", "alerts", "limits", "limited", "meta_dirty", "meta_written", "registered",
+        "last", "alerts", "limits", "cpu_max", "rss_max", "fds_max", "meta_dirty", "meta_written", "registered",
     )
 
     def __init__(self, agent_id: str, agent_type: str = "default"):
@@ -37,7 +37,9 @@ class Agent:
         self.last: Point | None = None
         self.alerts: dict[str, th.Alert] = {}
         self.limits = th.Limits()
-        self.limited = False  # limits.any, looked up once per sample
+        # The limits again, off as infinity: a sample at or under all three, with no alert open,
+        # cannot change any alert state, and skips the state machine (see Fleet.on_sample).
+        self.cpu_max = self.rss_max = self.fds_max = _OFF
         self.meta_dirty = True
         self.meta_written = 0.0
         self.registered = False
@@ -61,6 +63,7 @@ class Agent:
 
 
 _NO_ALERTS: list[AlertBrief] = []
+_OFF = float("inf")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -125,7 +128,9 @@ class Fleet:
         if limits == a.limits:
             return
         a.limits = limits
-        a.limited = limits.any
+        a.cpu_max = limits.cpu or _OFF
+        a.rss_max = limits.memory or _OFF
+        a.fds_max = limits.open_files or _OFF
         for resource in list(a.alerts):
             if not limits.for_resource(resource):
                 self._change(a, resource, None, "ok", None, now, reason="threshold_off")
@@ -154,7 +159,13 @@ class Fleet:
             self.rings.append(a.id, point)
         except OSError as exc:
             self._write_error(f"history of {a.id}", exc, s.timestamp)
-        if a.limited or a.alerts:
+        if a.alerts:
+            self._evaluate(a, s)
+        elif (  # no episode open: only a value over its limit can open one (None changes nothing)
+            (s.cpu is not None and s.cpu > a.cpu_max)
+            or (s.memory_rss is not None and s.memory_rss > a.rss_max)
+            or (s.open_files is not None and s.open_files > a.fds_max)
+        ):
             self._evaluate(a, s)
 
     def _identify(self, a: Agent, s: Sample) -> bool:

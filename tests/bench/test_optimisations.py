@@ -201,3 +201,65 @@ def test_agent_record_without_alerts_shares_an_empty_list_that_stays_empty(tmp_p
     again = a.record(now)
     assert again.alerts == [AlertBrief("memory", "error", rfc3339(1.7e9 + 40))]
     assert again.alerts is not F._NO_ALERTS and F._NO_ALERTS == [] and records[0].alerts == []
+
+
+_limit = st.integers(min_value=0, max_value=4)  # small: values land on the limits often
+_value = st.one_of(st.none(), st.integers(min_value=0, max_value=6))
+
+
+@given(
+    cpu=_limit, memory=_limit, fds=_limit,
+    duration=st.sampled_from([0, 1, 3]),
+    repeat=st.sampled_from([0.0, 2.0, 600.0]),
+    readings=st.lists(st.tuples(_value, _value, _value), max_size=30),
+)
+def test_skipping_the_state_machine_under_the_limits_changes_nothing(tmp_path_factory, cpu, memory, fds, duration, repeat, readings):
+    """``Fleet.on_sample`` runs the threshold state machine only when an episode is open or a value
+    is over its limit. Against a fleet that runs it for every sample: the same events, alerts and log
+    lines, whatever the limits (0 = off), values (None = unreadable) and repeat interval."""
+    from loguru import logger
+
+    from fleetmon.store.ring import RingStore
+
+    thresholds = wire.Thresholds(cpu_threshold=cpu, memory_threshold=memory, open_files_threshold=fds, threshold_duration=duration)
+    runs = []
+    for gate in (True, False):
+        events: list = []
+        lines: list = []
+        sink = logger.add(lambda m, lines=lines: lines.append(m.record["message"]), level="DEBUG")
+        rings = RingStore(tmp_path_factory.mktemp("h"), 50)
+        try:
+            fleet = Fleet(rings, events.append, alert_repeat=repeat)
+            fleet.set_registry([wire.RegisteredAgent("a", "default", 7, None, thresholds)], 0)
+            a = fleet.agents["a"]
+            if not gate:  # every non-None value passes the gate: the state machine runs for each sample
+                a.cpu_max = a.rss_max = a.fds_max = float("-inf")
+            for i, (c, m, f) in enumerate(readings):
+                fleet.on_sample(wire.Sample("a", 7, 1.7e9, 1.7e9 + 100 + i, None if c is None else float(c), m, 1, 0, 0, f, 1))
+            runs.append((events, {r: (x.state, x.since, x.logged) for r, x in a.alerts.items()}, lines))
+        finally:
+            logger.remove(sink)
+            rings.close_all()
+    assert runs[0] == runs[1]
+
+
+def test_new_limits_reach_the_gate(tmp_path):
+    """Limits changed by a reload (``set_thresholds``) or the registry are the ones the gate uses."""
+    from fleetmon.store.ring import RingStore
+
+    events: list = []
+    fleet = Fleet(RingStore(tmp_path, 10), events.append)
+    fleet.set_registry([wire.RegisteredAgent("a", "default", 7, None, wire.Thresholds())], 0)
+
+    def feed(ts, cpu, fds=3):
+        fleet.on_sample(wire.Sample("a", 7, 1.7e9, ts, cpu, 100, 1, 0, 0, fds, 1))
+
+    feed(1.7e9 + 1, 80.0)
+    assert events == []  # no limits
+    fleet.set_thresholds(wire.Thresholds(cpu_threshold=50, threshold_duration=0), {}, 0)
+    feed(1.7e9 + 2, 80.0)
+    assert [(e.resource, e.state) for e in events] == [("cpu", "error")]
+    fleet.set_registry([wire.RegisteredAgent("a", "default", 7, None, wire.Thresholds(cpu_threshold=90, open_files_threshold=2))], 0)
+    feed(1.7e9 + 3, 80.0)  # under the agent's own 90: the episode closes
+    feed(1.7e9 + 4, 10.0, fds=5)  # over the agent's own open-files limit
+    assert [(e.resource, e.state) for e in events][1:] == [("cpu", "ok"), ("open_files", "error")]
