@@ -46,6 +46,7 @@ _SEQ_WORD = 13  # index of ``seq`` when a record is viewed as sixteen u32 words
 _PAGE = mmap.PAGESIZE
 _PAGE_SHIFT = _PAGE.bit_length() - 1
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 METRICS = ("cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads")
 
@@ -195,6 +196,14 @@ class Ring:
         size = RECORD_SIZE * (capacity + 1)
         fsutil.atomic_write(path, bytes(body), sync=False, size=size)  # preallocated, zeros after the points
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if mapped and _WILLNEED is not None:
+            # Into the page cache now, whole: else the head's first move to a new page reads ahead
+            # the rest of the file in the loop, for every ring at the same tick (all agents start
+            # together): 33 us a ring, +0.35 s of CPU at tick 64 with 10,000 agents, 1-1.9 s late.
+            try:
+                os.posix_fadvise(fd, 0, size, _WILLNEED)
+            except OSError:
+                pass  # only a hint
         return cls(path, fd, capacity, len(points) % capacity, len(points), points[-1][0] if points else 0.0, mapped)
 
     def append(self, point: Point | tuple) -> None:

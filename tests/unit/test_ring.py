@@ -356,3 +356,40 @@ def test_seq_zero_or_unwritten_records_are_ignored(tmp_path):
         f.write(body + struct.pack("<I", zlib.crc32(body)))
     assert read_points(path) == []
     assert os.path.getsize(path) == RECORD_SIZE * 4
+
+
+def _resident_pages(path) -> list[bool]:
+    """Which pages of the file are in the page cache (mincore(2) on a private map of it)."""
+    import ctypes
+    import ctypes.util
+    import mmap
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+    try:
+        buf = ctypes.c_char.from_buffer(m)
+        vec = (ctypes.c_ubyte * pages)()
+        rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(size), vec)
+        del buf
+        assert rc == 0, os.strerror(ctypes.get_errno())
+        return [bool(v & 1) for v in vec]
+    finally:
+        m.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore(2)")
+def test_a_new_mapped_ring_is_in_the_page_cache_whole(tmp_path):
+    """Else the head's first move to a new page reads ahead the rest of the file in the writer's
+    loop, for every ring at the same tick (0.35 s of CPU at 10,000 agents)."""
+    import mmap
+
+    ring = Ring.open(tmp_path / "a.ring", 1440, mapped=True)
+    if not ring.mapped:
+        pytest.skip("the filesystem of the test's directory is not written through maps")
+    resident = _resident_pages(tmp_path / "a.ring")
+    ring.close()
+    full = os.path.getsize(tmp_path / "a.ring") // mmap.PAGESIZE  # (the kernel may leave a partial last page)
+    assert full > 20 and all(resident[:full])
