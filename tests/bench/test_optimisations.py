@@ -263,3 +263,21 @@ def test_new_limits_reach_the_gate(tmp_path):
     feed(1.7e9 + 3, 80.0)  # under the agent's own 90: the episode closes
     feed(1.7e9 + 4, 10.0, fds=5)  # over the agent's own open-files limit
     assert [(e.resource, e.state) for e in events][1:] == [("cpu", "ok"), ("open_files", "error")]
+
+
+def test_status_records_are_not_tracked_by_the_garbage_collector(tmp_path):
+    """The writer builds a record per agent for every status.json: tracked, they set off a
+    collection every ~700 and a full one every few seconds (12% of its CPU at 10,000 agents, 1 s)."""
+    import gc
+
+    from fleetmon.store.ring import Point, RingStore
+    from fleetmon.store.thresholds import Alert
+
+    fleet = Fleet(RingStore(tmp_path, 10), lambda e: None)
+    fleet.set_registry([wire.RegisteredAgent("a", "web", 42, None, wire.Thresholds())], 0)
+    a = fleet.agents["a"]
+    a.last = Point(1.7e9, 1.0, 1, 2, 3, 4, 5, 6)
+    a.alerts["cpu"] = Alert("warning", 1.7e9)
+    record = a.record(1.7e9 + 1)
+    assert record.last_sample is not None and record.alerts
+    assert not gc.is_tracked(record) and not gc.is_tracked(record.last_sample) and not gc.is_tracked(record.alerts[0])
