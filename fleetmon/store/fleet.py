@@ -286,11 +286,12 @@ class Fleet:
             a.status = "running"
             a.meta_dirty = True
 
-    def _write_error(self, what: str, exc: OSError, now: float) -> None:
+    def _write_error(self, what: str, exc: Exception, now: float) -> None:
         self.write_errors += 1
         if now - self._last_write_error >= 10.0:
             self._last_write_error = now
-            logger.error("cannot write {}: {} (sampling goes on; {} write errors so far)", what, exc.strerror or exc, self.write_errors)
+            why = getattr(exc, "strerror", None) or exc
+            logger.error("cannot write {}: {} (sampling goes on; {} write errors so far)", what, why, self.write_errors)
 
 
 def _show(resource: str, value) -> str:

@@ -356,13 +356,13 @@ class Writer:
             ("status.json", lambda: self._save_status(now, final or any(changed))),
             ("daemon.json", lambda: persist.save_daemon(self.state, self._daemon_json(now, final))),
         ]
+        failed = self.ring_sync.take_error()  # of a sync started at an earlier flush, once it is over
         if final:  # a clean stop: synced before the writer exits, whatever it takes
-            self.ring_sync.idle.wait(DRAIN_TIMEOUT)
+            self.ring_sync.close(DRAIN_TIMEOUT)
             steps.insert(0, ("history", lambda: fsutil.sync_filesystem(self.state.history)))
         elif time.monotonic() - self.last_ring_sync >= RING_SYNC_EVERY and self.ring_sync.start():
             self.last_ring_sync = time.monotonic()
         ok = True
-        failed = self.ring_sync.take_error()  # of a sync started at an earlier flush
         if failed is not None:
             ok = False
             fleet._write_error("history", failed, now)
@@ -485,29 +485,43 @@ class RingSync:
         self.wanted = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
-        self.error: OSError | None = None
-        threading.Thread(target=self._run, name="ring-sync", daemon=True).start()
+        self.error: Exception | None = None
+        self.closing = False
+        self.thread: threading.Thread | None = None  # started by the first sync
 
     def start(self) -> bool:
         """Begin a sync; False (and nothing done) while the previous one is still running."""
-        if not self.idle.is_set():
+        if not self.idle.is_set() or self.closing:
             return False
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._run, name="ring-sync", daemon=True)
+            self.thread.start()
         self.idle.clear()
         self.wanted.set()
         return True
 
-    def take_error(self) -> OSError | None:
-        """The error of the last sync that failed, once."""
+    def take_error(self) -> Exception | None:
+        """Why the last sync failed, once, when it is over (None while one runs, or if it worked)."""
+        if not self.idle.is_set():
+            return None
         error, self.error = self.error, None
         return error
+
+    def close(self, timeout: float) -> None:
+        """Let a sync in progress end (waiting up to ``timeout``), and stop the thread."""
+        self.idle.wait(timeout)
+        self.closing = True
+        self.wanted.set()
 
     def _run(self) -> None:
         while True:
             self.wanted.wait()
             self.wanted.clear()
+            if self.closing:
+                return
             try:
                 fsutil.sync_filesystem(self.path)
-            except OSError as exc:
+            except Exception as exc:  # reported by the writer's next flush; the thread carries on
                 self.error = exc
             finally:
                 self.idle.set()

@@ -67,28 +67,42 @@ def test_a_slow_sync_does_not_hold_up_the_flush(setup):
 
     sync.release.set()
     assert w.ring_sync.idle.wait(5)
-    w._flush()
-    assert len(sync.threads) == 2  # due, and the thread free again
+    w._flush()  # due, and the thread free again
     assert w.ring_sync.idle.wait(5)
+    assert len(sync.threads) == 2 and sync.threads[1] is sync.threads[0]
 
 
-def test_a_failed_sync_is_reported_by_the_next_flush(setup):
+@pytest.mark.parametrize("fail", [OSError(errno.EIO, "Input/output error"), RuntimeError("unexpected")])
+def test_a_failed_sync_is_reported_by_the_next_flush_and_syncs_go_on(setup, fail):
     w, sync = setup
-    sync.fail = OSError(errno.EIO, "Input/output error")
+    sync.fail = fail
     sync.release.set()
     due(w)
     w._flush()
     assert w.ring_sync.idle.wait(5)
-    assert w.fleet.write_errors == 0
+    assert w.fleet.write_errors == 0  # (the flush that started it came before it failed)
     w._flush()
     assert w.fleet.write_errors == 1
     assert w.write_failing
     w._flush()  # reported once
     assert w.fleet.write_errors == 1
 
+    sync.fail = None
+    due(w)
+    w._flush()  # the thread lived through the failure: the next sync runs
+    assert w.ring_sync.idle.wait(5)
+    assert len(sync.threads) == 2 and sync.threads[1] is sync.threads[0]
 
-def test_a_clean_stop_syncs_before_it_returns(setup):
+
+def test_a_clean_stop_syncs_before_it_returns_and_ends_the_thread(setup):
     w, sync = setup
     sync.release.set()
+    due(w)
+    w._flush()
+    assert w.ring_sync.idle.wait(5)
+    thread = w.ring_sync.thread
     w._flush(final=True)
-    assert sync.threads == [threading.main_thread()]
+    assert sync.threads == [thread, threading.main_thread()]
+    thread.join(5)
+    assert not thread.is_alive()
+    assert not w.ring_sync.start()  # closed
