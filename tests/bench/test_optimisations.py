@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetmon import wire
@@ -207,6 +207,7 @@ _limit = st.integers(min_value=0, max_value=4)  # small: values land on the limi
 _value = st.one_of(st.none(), st.integers(min_value=0, max_value=6))
 
 
+@settings(deadline=None)  # a RingStore per example: file creation time varies on a shared host
 @given(
     cpu=_limit, memory=_limit, fds=_limit,
     duration=st.sampled_from([0, 1, 3]),
@@ -251,7 +252,7 @@ def test_new_limits_reach_the_gate(tmp_path):
     fleet = Fleet(RingStore(tmp_path, 10), events.append)
     fleet.set_registry([wire.RegisteredAgent("a", "default", 7, None, wire.Thresholds())], 0)
 
-    def feed(ts, cpu, fds=3):
+    def feed(ts, cpu, fds=1):
         fleet.on_sample(wire.Sample("a", 7, 1.7e9, ts, cpu, 100, 1, 0, 0, fds, 1))
 
     feed(1.7e9 + 1, 80.0)
@@ -261,8 +262,9 @@ def test_new_limits_reach_the_gate(tmp_path):
     assert [(e.resource, e.state) for e in events] == [("cpu", "error")]
     fleet.set_registry([wire.RegisteredAgent("a", "default", 7, None, wire.Thresholds(cpu_threshold=90, open_files_threshold=2))], 0)
     feed(1.7e9 + 3, 80.0)  # under the agent's own 90: the episode closes
-    feed(1.7e9 + 4, 10.0, fds=5)  # over the agent's own open-files limit
-    assert [(e.resource, e.state) for e in events][1:] == [("cpu", "ok"), ("open_files", "error")]
+    assert [(e.resource, e.state) for e in events][1:] == [("cpu", "ok")]
+    feed(1.7e9 + 4, 10.0, fds=5)  # no episode open, over the agent's own open-files limit
+    assert [(e.resource, e.state) for e in events][2:] == [("open_files", "error")]
 
 
 def test_status_records_are_not_tracked_by_the_garbage_collector(tmp_path):
