@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from benchmarks import baselines, fleet, pipeline, scaling, storage
+from benchmarks import baselines, fleet, pipeline, scaling, storage, writer_paths
 from tests.helpers import children_of
 
 pytestmark = pytest.mark.slow
@@ -197,3 +197,17 @@ def test_parallel_bare_loop_covers_every_pid_once_per_pass(kind):
             p.kill()
             p.wait(5)
     _no_children_left()
+
+
+@pytest.mark.timeout(120)
+def test_writer_paths_small_run(tmp_path):
+    """Today's writer and the columnar prototype both write every record (read back), and each has
+    a cost per sample; 12 ticks into rings of 10 also wraps both around."""
+    out = tmp_path / "writer_paths.json"
+    result = writer_paths.main(
+        ["--agents", "200", "--ticks", "5", "--repeat", "2", "--history-size", "10", "--workdir", str(tmp_path), "--out", str(out)]
+    )
+    assert json.loads(out.read_text())["benchmark"] == "writer_paths"
+    assert result["today"]["every_record_written"] and result["prototype"]["every_record_written"]
+    assert result["today"]["min_us"] > 0 and result["prototype"]["min_us"] > 0 and result["prototype_vs_today"] > 0
+    assert len(result["today"]["runs_us"]) == 2 and result["worker_encode"]["msgpack"]["min_us"] > 0

@@ -1,0 +1,254 @@
+"""What would a columnar writer path save? Today's per-sample path against a prototype of a vectorised one.
+
+The writer's CPU per sample is what keeps 2 workers under 2x of 1 on 2 cores (benchmarks/README.md,
+"What is left"). This script feeds the same synthetic batches (two workers' worth per tick, every
+agent with limits that no sample crosses) to:
+
+- **today's writer**, in process: the msgpack decode of each Batch, ``Fleet.on_sample`` for each
+  sample (identity, the threshold gate, a 64-byte record into the agent's ring file, through its
+  memory map where the filesystem allows), and the flush after each tick, at a 0.02 s interval
+  (status.json at most once a second), as in a CPU-bound run;
+- **a prototype** (numpy; not fleetmon code): every agent's ring a fixed slot of one memory-mapped
+  file; a batch one packed array; identity and limits checked as arrays (a Python path would take
+  only the samples that fail them: none here); sequence numbers, heads and a checksum (not CRC32:
+  numpy has none) computed as arrays; the records scattered into the map in one assignment.
+
+Both write one 64-byte record per sample into files of the same total size on the same filesystem,
+and both are read back at the end to check that every record landed. Reported: microseconds per
+sample (minimum and median over ``--repeat`` runs of ``--ticks`` ticks), and what it costs a worker to
+encode a batch for each. What the prototype leaves out (status.json, metadata files, alerts, the
+resend bookkeeping) is paid per tick, not per sample.
+
+    python -m benchmarks.writer_paths                  # 4000 agents, 30 ticks, 5 repeats
+
+Prints a table and writes ``benchmarks/results/writer_paths-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from loguru import logger
+from rich.table import Table
+
+from benchmarks import harness as H
+from benchmarks.pipeline import synthetic_samples
+from fleetmon import wire
+
+RECORD = np.dtype(
+    [
+        ("ts", "<f8"), ("cpu", "<f4"), ("rss", "<i8"), ("vms", "<i8"), ("rd", "<i8"), ("wr", "<i8"),
+        ("fds", "<i4"), ("thr", "<i4"), ("seq", "<u4"), ("mask", "<u2"), ("pad", "<u2"), ("sum", "<u4"),
+    ]
+)  # the layout of today's ring records
+ROW = np.dtype(
+    [
+        ("slot", "<u4"), ("pid", "<i4"), ("ctime", "<f8"), ("ts", "<f8"), ("cpu", "<f4"), ("rss", "<i8"),
+        ("vms", "<i8"), ("rd", "<i8"), ("wr", "<i8"), ("fds", "<i4"), ("thr", "<i4"), ("mask", "<u2"),
+    ]
+)  # one sample on the wire, packed by the worker
+_MIX = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+     0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x27D4EB2F165667C5],
+    dtype=np.uint64,
+)
+LIMITS = wire.Thresholds(cpu_threshold=95, memory_threshold=8 << 30, open_files_threshold=100_000, threshold_duration=300)
+
+
+class Columnar:
+    """The prototype: every agent a slot of ``capacity + 1`` records in one memory-mapped file."""
+
+    def __init__(self, path: Path, agents: int, capacity: int, pids: np.ndarray, ctimes: np.ndarray):
+        self.capacity = capacity
+        size = agents * (capacity + 1) * RECORD.itemsize
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.history = np.frombuffer(self.map, dtype=RECORD).reshape(agents, capacity + 1)
+        self.pid, self.ctime = pids, ctimes
+        self.seq = np.zeros(agents, np.uint32)
+        self.head = np.zeros(agents, np.int64)
+        self.cpu_max = np.full(agents, float(LIMITS.cpu_threshold), np.float32)
+        self.rss_max = np.full(agents, LIMITS.memory_threshold, np.int64)
+        self.fds_max = np.full(agents, LIMITS.open_files_threshold, np.int32)
+        self.alerts_open = np.zeros(agents, bool)
+        self.last = np.zeros(agents, RECORD)
+
+    def apply(self, blob: bytes) -> int:
+        rows = np.frombuffer(blob, ROW)
+        slots = rows["slot"].astype(np.int64)
+        stranger = (self.pid[slots] != rows["pid"]) | (np.abs(self.ctime[slots] - rows["ctime"]) > 0.05)
+        check = self.alerts_open[slots] | (rows["cpu"] > self.cpu_max[slots]) | (rows["rss"] > self.rss_max[slots])
+        check |= rows["fds"] > self.fds_max[slots]
+        if stranger.any() or check.any():
+            raise RuntimeError("the prototype has no per-sample path: the benchmark's samples never need one")
+        seq = self.seq[slots] + 1
+        self.seq[slots] = seq
+        head = self.head[slots]
+        self.head[slots] = (head + 1) % self.capacity
+        out = np.empty(len(rows), RECORD)
+        for field in ("ts", "cpu", "rss", "vms", "rd", "wr", "fds", "thr", "mask"):
+            out[field] = rows[field]
+        out["seq"], out["pad"] = seq, 0
+        words = out.view(np.uint64).reshape(len(rows), 8)[:, :7]
+        out["sum"] = ((words * _MIX).sum(axis=1, dtype=np.uint64) >> np.uint64(32)).astype(np.uint32)
+        self.history[slots, head + 1] = out
+        self.last[slots] = out
+        return len(rows)
+
+    def records_written(self) -> np.ndarray:
+        return (self.history["seq"][:, 1:] != 0).sum(axis=1)
+
+    def close(self) -> None:
+        del self.history
+        self.map.close()
+
+
+def _packed(samples: list[wire.Sample], slot: dict[str, int]) -> bytes:
+    """What a worker would send for the prototype: its batch as one packed array."""
+    return np.array(
+        [
+            (slot[s.agent_id], s.pid, s.create_time, s.timestamp, s.cpu, s.memory_rss, s.memory_vms,
+             s.disk_read_bytes, s.disk_write_bytes, s.open_files, s.num_threads, 0)
+            for s in samples
+        ],
+        dtype=ROW,
+    ).tobytes()
+
+
+def measure(args) -> dict:
+    from fleetmon.store.layout import StateDir
+    from fleetmon.store.ring import read_points
+    from fleetmon.store.writer import Writer
+    from fleetmon.supervisor.config import Config
+
+    n, half = args.agents, args.agents // 2
+    ids = H.agent_ids(n)
+    slot = {agent_id: i for i, agent_id in enumerate(ids)}
+    root = Path(tempfile.mkdtemp(prefix="fleetmon-bench-", dir=args.workdir or H.default_workdir()))
+    logger.disable("fleetmon")
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        state = StateDir(root / "state").create()
+        writer = Writer(state, Config(history_size=args.history_size), listener, "token", [0.0, 0.0], os.getppid())
+        writer.fleet.set_registry([wire.RegisteredAgent(i, "default", 10_000 + k, None, LIMITS) for k, i in enumerate(ids)], time.time())
+        writer.early = None
+        pids = 10_000 + np.arange(n, dtype=np.int32)
+        ctimes = 1.7e9 + np.arange(n, dtype=np.float64)  # synthetic_samples' create times
+        columnar = Columnar(root / "history.bin", n, args.history_size, pids, ctimes)
+        encoder, decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(wire.ToWriter)
+        infos = [wire.WorkerInfo(0, 1, half), wire.WorkerInfo(1, 2, n - half)]
+        tick = 0
+        today_us, proto_us, encode_us = [], [], {"msgpack": [], "packed array": []}
+
+        def batches(count: int):
+            nonlocal tick
+            out = []
+            for _ in range(count):
+                samples = synthetic_samples(ids, tick, time.time() + tick * 0.02)
+                parts = (samples[:half], samples[half:])
+                started = time.process_time()
+                msgs = [encoder.encode(wire.Batch(w, tick, 0.0, 0.0, part)) for w, part in enumerate(parts)]
+                encode_us["msgpack"].append((time.process_time() - started) / n * 1e6)
+                started = time.process_time()
+                packed = [_packed(part, slot) for part in parts]
+                encode_us["packed array"].append((time.process_time() - started) / n * 1e6)
+                out.append((tick, msgs, packed))
+                tick += 1
+            return out
+
+        def run_today(ticks) -> float:
+            started = time.process_time()
+            for t, msgs, _ in ticks:
+                writer.daemon = wire.DaemonInfo(1, 2, infos, t, 0.02)
+                for w, msg in enumerate(msgs):
+                    writer._on_batch(w, decoder.decode(msg))
+                    writer._maybe_flush()
+            return (time.process_time() - started) / (n * len(ticks)) * 1e6
+
+        def run_prototype(ticks) -> float:
+            started = time.process_time()
+            for _, _, packed in ticks:
+                for blob in packed:
+                    columnar.apply(blob)
+            return (time.process_time() - started) / (n * len(ticks)) * 1e6
+
+        warm = batches(2)
+        run_today(warm), run_prototype(warm)
+        for r in range(args.repeat):  # alternating which goes first
+            ticks = batches(args.ticks)
+            if r % 2:
+                proto_us.append(run_prototype(ticks))
+                today_us.append(run_today(ticks))
+            else:
+                today_us.append(run_today(ticks))
+                proto_us.append(run_prototype(ticks))
+        written = tick
+        writer.rings.close_all()
+        today_ok = all(len(read_points(writer.rings.path(i))) == min(written, args.history_size) for i in ids)
+        proto_ok = bool((columnar.records_written() == min(written, args.history_size)).all())
+        columnar.close()
+    finally:
+        listener.close()
+        logger.enable("fleetmon")
+        shutil.rmtree(root, ignore_errors=True)
+
+    def summary(values: list[float]) -> dict:
+        return {"min_us": round(min(values), 3), "median_us": round(statistics.median(values), 3), "runs_us": [round(v, 3) for v in values]}
+
+    return {
+        "benchmark": "writer_paths",
+        "command": "python -m benchmarks.writer_paths " + " ".join(args.argv),
+        "machine": H.machine(),
+        "params": {"agents": n, "ticks": args.ticks, "repeat": args.repeat, "history_size": args.history_size},
+        "today": {**summary(today_us), "every_record_written": today_ok},
+        "prototype": {**summary(proto_us), "every_record_written": proto_ok},
+        "prototype_vs_today": round(min(proto_us) / min(today_us), 3),
+        "worker_encode": {k: summary(v) for k, v in encode_us.items()},
+    }
+
+
+def table(result: dict) -> Table:
+    t = Table(title=f"writer cost per sample, {result['params']['agents']} agents, 2 batches a tick")
+    for col in ("path", "writer us/sample (min)", "median", "x today", "worker encode us/sample (min)", "all records written"):
+        t.add_column(col, justify="left" if col == "path" else "right")
+    enc = result["worker_encode"]
+    today, proto = result["today"], result["prototype"]
+    t.add_row("today (msgpack, per sample)", f"{today['min_us']:.2f}", f"{today['median_us']:.2f}", "1.00",
+              f"{enc['msgpack']['min_us']:.2f}", str(today["every_record_written"]))
+    t.add_row("prototype (packed array, numpy)", f"{proto['min_us']:.2f}", f"{proto['median_us']:.2f}",
+              f"{result['prototype_vs_today']:.2f}", f"{enc['packed array']['min_us']:.2f}", str(proto["every_record_written"]))
+    t.caption = "writer: decode and apply, in process (today's also flushes after each tick); the prototype is not fleetmon code"
+    return t
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.writer_paths", description=__doc__.splitlines()[0])
+    p.add_argument("--agents", type=int, default=4000, help="agents (default 4000), in two batches a tick")
+    p.add_argument("--ticks", type=int, default=30, help="ticks per run (default 30)")
+    p.add_argument("--repeat", type=int, default=5, help="runs of each path, alternating (default 5)")
+    p.add_argument("--history-size", type=int, default=1440)
+    p.add_argument("--workdir", type=Path, default=None, help="where the files go (default: beside fleetmon's default state dir)")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/writer_paths-<time>.json)")
+    args = p.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+main = H.entry_point("writer_paths", parse_args, measure, table, 150)
+
+if __name__ == "__main__":
+    H.run_script(main)
