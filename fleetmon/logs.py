@@ -80,7 +80,12 @@ class _StderrAsJSON(io.TextIOBase):
 TEXT_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSS!UTC}Z {level: <7} {message}"
 
 
+_format = "text"  # of the last configure(), inherited by the children (fork)
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
+    global _format
+    _format = fmt
     logger.remove()
     level = level.upper()
     if isinstance(sys.stderr, _StderrAsJSON):
@@ -92,6 +97,11 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         logger.add(_json_sink, level=level, format="{message}", backtrace=False, diagnose=False)
     else:
         logger.add(sys.stderr, level=level, format=TEXT_FORMAT, backtrace=False, diagnose=False, colorize=False)
+
+
+def set_level(level: str) -> None:
+    """The same sink, at another level (SIGHUP changed ``log_level``; each process sets its own)."""
+    configure(level, _format)
 
 
 def now_utc() -> datetime:

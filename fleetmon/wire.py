@@ -49,7 +49,13 @@ class Stop(msgspec.Struct, frozen=True, tag=True):
     pass
 
 
-ToWorker = Assign | Tick | Stop
+class LogLevel(msgspec.Struct, frozen=True, tag=True):
+    """Supervisor -> workers and writer: SIGHUP changed ``log_level``."""
+
+    level: str
+
+
+ToWorker = Assign | Tick | Stop | LogLevel
 
 
 # --- worker -> writer -----------------------------------------------------------------------------
@@ -164,7 +170,7 @@ class Resend(msgspec.Struct, frozen=True, tag=True):
     count: int
 
 
-ToWriter = Hello | Batch | Registry | DaemonInfo | Stalled | Stop | ConfigUpdate | Resend
+ToWriter = Hello | Batch | Registry | DaemonInfo | Stalled | Stop | ConfigUpdate | Resend | LogLevel
 
 
 # --- writer -> worker -----------------------------------------------------------------------------

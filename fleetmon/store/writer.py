@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 from loguru import logger
 
-from fleetmon import channel, wire
+from fleetmon import channel, logs, wire
 from fleetmon.store import fsutil, persist
 from fleetmon.store.fleet import Fleet
 from fleetmon.store.layout import StateDir
@@ -243,6 +243,9 @@ class Writer:
             self._mark_dirty()
         elif t is wire.Resend:
             self.resends[fd] = msg.count
+        elif t is wire.LogLevel:
+            logs.set_level(msg.level)
+            logger.log(msg.level, "writer (pid {}) logs at {} from now on", os.getpid(), msg.level)
         elif t is wire.Stop:
             self.stopping = True
 

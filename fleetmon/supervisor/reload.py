@@ -9,10 +9,12 @@ can change, it applies, and it logs every change by key:
 - ``interval``: the next tick comes no later than one new interval from now;
 - ``workers``: the pool grows or shrinks (new workers are started, surplus ones drained and stopped)
   and the agents are resharded;
-- ``stall_timeout``: read by the supervisor at every check.
+- ``stall_timeout``: read by the supervisor at every check;
+- ``log_level``: the supervisor's, and sent to the workers and the writer (``wire.LogLevel``); a
+  child started later inherits it.
 
-Every other key (``state_dir``, ``history_size``, ``http``, ``log_level``, ``log_format`` ...) needs a
-restart: a change is logged as a WARNING and the running value kept.
+Every other key (``state_dir``, ``history_size``, ``http``, ``log_format`` ...) needs a restart: a
+change is logged as a WARNING and the running value kept.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import time
 
 from loguru import logger
 
-from fleetmon import wire
+from fleetmon import logs, wire
 from fleetmon.supervisor import children
 from fleetmon.supervisor.config import Config, ConfigError, load
 from fleetmon.units import format_duration
 
-RELOADABLE = ("workers", "interval", "stall_timeout", "alert_repeat", "thresholds")
+RELOADABLE = ("workers", "interval", "stall_timeout", "alert_repeat", "thresholds", "log_level")
 DURATIONS = ("interval", "stall_timeout", "alert_repeat")
 THRESHOLD_KEYS = ("cpu_threshold", "memory_threshold", "open_files_threshold", "threshold_duration")
 STOP_GRACE = 5.0  # seconds a surplus worker gets to finish its tick before it is terminated
@@ -84,6 +86,12 @@ def reload_config(arbiter) -> bool:
         )
     if "interval" in keys:
         arbiter.reschedule = time.monotonic() + float(new.interval)
+    if "log_level" in keys:
+        logs.set_level(new.log_level)
+        msg = wire.LogLevel(new.log_level.upper())
+        for w in arbiter.workers + [arbiter.quarantine_worker]:
+            arbiter._send(w, msg)
+        arbiter._tell_writer(msg)
     if new.worker_count != len(arbiter.workers):
         resize_pool(arbiter, new.worker_count)
     return True
@@ -99,6 +107,8 @@ def config_changes(old: Config, new: Config) -> list[tuple[str, object, object]]
     out: list[tuple[str, object, object]] = []
     if old.worker_count != new.worker_count:
         out.append(("workers", old.worker_count, new.worker_count))
+    if old.log_level.upper() != new.log_level.upper():
+        out.append(("log_level", old.log_level.upper(), new.log_level.upper()))
     for key in DURATIONS:
         a, b = float(getattr(old, key)), float(getattr(new, key))
         if a != b:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import msgspec
 from loguru import logger
 
-from fleetmon import channel, wire
+from fleetmon import channel, logs, wire
 from fleetmon.workers.sampler import Sampler
 
 # Heartbeat slots (a multiprocess RawArray of doubles, written only by the worker).
@@ -117,6 +117,9 @@ def run(
                 tick = msg  # ticks that queued up while we were busy coalesce into the newest
             elif isinstance(msg, wire.Stop):
                 stop = True
+            elif isinstance(msg, wire.LogLevel):
+                logs.set_level(msg.level)
+                log.log(msg.level, "worker {} (pid {}) logs at {} from now on", index, os.getpid(), msg.level)
         if tick is not None:
             batch = sample_tick(index, tick, agents, sampler, heartbeat, hook, link.lost)
             link.send(encoder.encode(batch))

@@ -31,6 +31,9 @@ def test_config_changes_names_every_reloadable_key(tmp_path):
     ]
     assert reload.config_changes(old, old) == []
     assert "history_size" in reload.restart_only() and "interval" not in reload.restart_only()
+    quiet = load(write_config(tmp_path / "c.toml", "[thresholds.default]\ncpu_threshold = 90\n", workers=2, interval="60s", log_level="warning"))
+    assert reload.config_changes(old, quiet) == [("log_level", "INFO", "WARNING")]
+    assert "log_level" not in reload.restart_only() and "log_format" in reload.restart_only()
 
 
 def _events(state_dir, agent_id: str) -> list[dict]:
@@ -132,3 +135,40 @@ def test_an_invalid_config_is_refused_and_the_old_one_kept(daemons, procs, state
     register(state_dir, "late", pid=procs.sleeper().pid)
     d.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "late" in {a["id"] for a in cli_json("status", state_dir=state_dir)["agents"] if a["last_sample"]}, 10, what="the new agent sampled")
+
+
+@pytest.mark.slow
+def test_sighup_log_level_reaches_the_workers_and_the_writer(daemons, procs, state_dir, tmp_path):
+    """``systemctl reload`` turns on DEBUG logging without a restart: every process applies it
+    (each says so at the new level), and a debug line of the supervisor's follows."""
+    import json
+
+    register(state_dir, "idle", pid=procs.sleeper().pid)
+    config = write_config(tmp_path / "fleetmon.toml", interval="500ms", workers=2, log_format="json")
+    d = daemons(state_dir, "--config", str(config), env=daemon_env())
+    info = d.wait_tick(2)
+    pids = {w["pid"] for w in info["workers"]} | {info["writer_pid"]}
+
+    def lines(level: str) -> list[dict]:
+        out = []
+        for text in d.log().splitlines():
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue
+            if line.get("level") == level:
+                out.append(line)
+        return out
+
+    assert lines("DEBUG") == []
+    write_config(config, interval="500ms", workers=2, log_format="json", log_level="DEBUG")
+    d.proc.send_signal(signal.SIGHUP)
+    said = wait_until(
+        lambda: (s := {x["process"] for x in lines("DEBUG") if "logs at DEBUG from now on" in x["message"]}) >= pids and s,
+        15, what="every worker and the writer at DEBUG",
+    )
+    assert said == pids
+    assert any("log_level INFO -> DEBUG" in x["message"] for x in lines("INFO"))
+    register(state_dir, "late", pid=procs.sleeper().pid)  # the supervisor's rescan logs at DEBUG
+    wait_until(lambda: any("registry changed" in x["message"] for x in lines("DEBUG")), 20, what="a supervisor DEBUG line")
+    assert d.proc.poll() is None
