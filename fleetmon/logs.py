@@ -80,28 +80,44 @@ class _StderrAsJSON(io.TextIOBase):
 TEXT_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSS!UTC}Z {level: <7} {message}"
 
 
-_format = "text"  # of the last configure(), inherited by the children (fork)
+_level_no = 20  # INFO; set_level changes it, the sink's filter reads it
+
+
+def _at_level(record) -> bool:
+    return record["level"].no >= _level_no
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
-    global _format
-    _format = fmt
+    """One sink on stderr. Its level is a filter on ``_level_no`` (the sink itself takes every
+    level), so that set_level changes it without removing a sink: a line another thread is logging
+    meanwhile would go to a removed sink, and be lost."""
+    global _level_no
     logger.remove()
-    level = level.upper()
     if isinstance(sys.stderr, _StderrAsJSON):
         sys.stderr.flush()
         sys.stderr = sys.stderr.original
+    _level_no = logger.level(level.upper()).no
+    common = {"level": "TRACE", "filter": _at_level, "backtrace": False, "diagnose": False}
     if fmt == "json":
         sys.stderr.flush()
         sys.stderr = _StderrAsJSON(sys.stderr)
-        logger.add(_json_sink, level=level, format="{message}", backtrace=False, diagnose=False)
+        logger.add(_json_sink, format="{message}", **common)
     else:
-        logger.add(sys.stderr, level=level, format=TEXT_FORMAT, backtrace=False, diagnose=False, colorize=False)
+        logger.add(sys.stderr, format=TEXT_FORMAT, colorize=False, **common)
 
 
-def set_level(level: str) -> None:
-    """The same sink, at another level (SIGHUP changed ``log_level``; each process sets its own)."""
-    configure(level, _format)
+def set_level(level: str, said: str | None = None) -> None:
+    """Log at another level from now on (SIGHUP changed ``log_level``; each process sets its own).
+    ``said``: a line about the change, logged at INFO under whichever of the two levels shows it
+    (after the change when it is more verbose, before when it is quieter)."""
+    global _level_no
+    new = logger.level(level.upper()).no
+    louder = new <= logger.level("INFO").no
+    if said and not louder:
+        logger.info(said)
+    _level_no = new
+    if said and louder:
+        logger.info(said)
 
 
 def now_utc() -> datetime:

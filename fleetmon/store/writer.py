@@ -244,8 +244,7 @@ class Writer:
         elif t is wire.Resend:
             self.resends[fd] = msg.count
         elif t is wire.LogLevel:
-            logs.set_level(msg.level)
-            logger.log(msg.level, "writer (pid {}) logs at {} from now on", os.getpid(), msg.level)
+            logs.set_level(msg.level, f"writer (pid {os.getpid()}) logs at {msg.level} from now on")
         elif t is wire.Stop:
             self.stopping = True
 

@@ -70,11 +70,14 @@ def reload_config(arbiter) -> bool:
     if not changed:
         logger.info("SIGHUP: config file {} reloaded: nothing changed", path)
         return True
-    logger.info(
-        "SIGHUP: config file {} reloaded: {}", path,
-        "; ".join(f"{key} {_show(key, a)} -> {_show(key, b)}" for key, a, b in changed),
+    summary = "SIGHUP: config file {} reloaded: {}".format(
+        path, "; ".join(f"{key} {_show(key, a)} -> {_show(key, b)}" for key, a, b in changed)
     )
     keys = {key for key, _, _ in changed}
+    if "log_level" in keys:  # the summary at INFO, under whichever of the two levels shows it
+        logs.set_level(new.log_level, summary)
+    else:
+        logger.info(summary)
     arbiter.config = new
     if "alert_repeat" in keys or any(k.startswith("thresholds.") for k in keys):
         arbiter._tell_writer(
@@ -87,7 +90,6 @@ def reload_config(arbiter) -> bool:
     if "interval" in keys:
         arbiter.reschedule = time.monotonic() + float(new.interval)
     if "log_level" in keys:
-        logs.set_level(new.log_level)
         msg = wire.LogLevel(new.log_level.upper())
         for w in arbiter.workers + [arbiter.quarantine_worker]:
             arbiter._send(w, msg)

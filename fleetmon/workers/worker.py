@@ -118,8 +118,7 @@ def run(
             elif isinstance(msg, wire.Stop):
                 stop = True
             elif isinstance(msg, wire.LogLevel):
-                logs.set_level(msg.level)
-                log.log(msg.level, "worker {} (pid {}) logs at {} from now on", index, os.getpid(), msg.level)
+                logs.set_level(msg.level, f"worker {index} (pid {os.getpid()}) logs at {msg.level} from now on")
         if tick is not None:
             batch = sample_tick(index, tick, agents, sampler, heartbeat, hook, link.lost)
             link.send(encoder.encode(batch))
