@@ -408,12 +408,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run (default 20)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens (default 5)")
     p.add_argument("--history-size", type=int, default=1440)
-    p.add_argument(
-        "--thresholds",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="give every agent limits, as a production config would (none crossed; default on)",
-    )
+    H.thresholds_flag(p)
     p.add_argument("--baseline-seconds", type=float, default=5.0, help="seconds of each psutil baseline run (default 5)")
     p.add_argument("--busy", type=int, default=0, help="how many of the processes burn ~20%% of a CPU")
     p.add_argument("--memory", type=int, default=0, help="how many of the processes hold --memory-mb")

@@ -6,6 +6,7 @@ Every process started here is remembered by pid and ended by pid (also on Ctrl-C
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -233,10 +234,18 @@ def write_registry(state_dir: Path, pids: list[int]) -> list[str]:
 
 # Limits on every agent, as a production config would set them, far above what the benchmark's
 # processes use: the writer checks each sample against them, and no alert fires.
-THRESHOLDS_CONFIG = (
-    "[thresholds.default]\ncpu_threshold = 95\nmemory_threshold = 8589934592\n"
-    "open_files_threshold = 100000\nthreshold_duration = 300\n"
-)
+THRESHOLDS = {"cpu_threshold": 95, "memory_threshold": 8 << 30, "open_files_threshold": 100_000, "threshold_duration": 300}
+THRESHOLDS_CONFIG = "[thresholds.default]\n" + "".join(f"{key} = {value}\n" for key, value in THRESHOLDS.items())
+
+
+def thresholds_flag(parser) -> None:
+    """``--thresholds/--no-thresholds``: THRESHOLDS on every agent of the daemon runs (default on)."""
+    parser.add_argument(
+        "--thresholds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give every agent limits, as a production config would (none crossed; default on)",
+    )
 
 
 class DaemonRun:

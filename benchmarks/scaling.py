@@ -189,12 +189,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens (default 5)")
     p.add_argument("--loop-seconds", type=float, default=5.0, help="seconds of each bare loop run (default 5)")
     p.add_argument("--history-size", type=int, default=1440)
-    p.add_argument(
-        "--thresholds",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="give every agent limits, as a production config would (none crossed; default on)",
-    )
+    H.thresholds_flag(p)
     p.add_argument("--workdir", type=Path, default=None, help="where state dirs go (default: beside fleetmon's default state dir)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/scaling-<time>.json)")
     args = p.parse_args(argv)

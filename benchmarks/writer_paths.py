@@ -64,7 +64,7 @@ _MIX = np.array(
      0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x27D4EB2F165667C5],
     dtype=np.uint64,
 )
-LIMITS = wire.Thresholds(cpu_threshold=95, memory_threshold=8 << 30, open_files_threshold=100_000, threshold_duration=300)
+LIMITS = wire.Thresholds(**H.THRESHOLDS)
 
 
 class Columnar:
