@@ -175,14 +175,14 @@ class Ring:
                 raise CorruptRing("not a regular file")
             data = _read_all(fd)
             file_capacity = _parse_header(data)
-            if file_capacity == capacity and len(data) < RECORD_SIZE * (capacity + 1):
+            size, end = RECORD_SIZE * (capacity + 1), len(data)
+            if file_capacity == capacity and end < size:
                 # Cut short: a map past the end would fault. Extended again, with the rest of the
                 # old last page zeroed: records written through a map past the end (within that
                 # page) would come back on some filesystems (tmpfs) with sequence numbers above the
                 # ones the ring goes on with, and pass for its newest.
-                end = len(data)
-                fsutil.preallocate(fd, RECORD_SIZE * (capacity + 1))
-                tail = min(-end % _PAGE, RECORD_SIZE * (capacity + 1) - end)
+                fsutil.preallocate(fd, size)
+                tail = min(-end % _PAGE, size - end)
                 if tail:
                     os.pwrite(fd, bytes(tail), end)
         except BaseException:
