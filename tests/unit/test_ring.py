@@ -382,10 +382,11 @@ def test_seq_zero_or_unwritten_records_are_ignored(tmp_path):
 def _resident_pages(path) -> list[bool]:
     """Which pages of the file are in the page cache (mincore(2) on a private map of it)."""
     import ctypes
-    import ctypes.util
     import mmap
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    from fleetmon.store import fsutil
+
+    mincore = fsutil._libc_call("mincore")
     size = os.path.getsize(path)
     pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
     with open(path, "rb") as f:
@@ -393,7 +394,7 @@ def _resident_pages(path) -> list[bool]:
     try:
         buf = ctypes.c_char.from_buffer(m)
         vec = (ctypes.c_ubyte * pages)()
-        rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(size), vec)
+        rc = mincore(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(size), vec)
         del buf
         assert rc == 0, os.strerror(ctypes.get_errno())
         return [bool(v & 1) for v in vec]
