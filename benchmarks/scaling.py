@@ -15,6 +15,8 @@ Odd rounds run each pair in the opposite order (2 before 1), so that a steady dr
 one side. Reported: every round's samples/s and its ratio 2/1, the median ratio over the rounds,
 and fleetmon's median ratio as a share of the matching bare loop's (procfs reader: the /proc loop;
 psutil reader: the psutil loop), i.e. how much of what the host gives the floor fleetmon keeps.
+And for fleetmon, the CPU bound: the best ratio the 1-worker run's CPU per sample by role allows
+when the writer and the supervisor share the host's cores with 2 workers (``cpu_bound``).
 
     python -m benchmarks.scaling                          # 4000 agents, 3 rounds, the default reader
     python -m benchmarks.scaling --reader procfs,psutil --rounds 5
@@ -25,6 +27,7 @@ Prints a table and writes ``benchmarks/results/scaling-<time>.json`` (and ``scal
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -109,19 +112,36 @@ def _pair(what: str, kind: str, one: dict, two: dict) -> dict:
         "cpu_per_sample_us_by_role": {
             k: r["cpu_per_sample_us_by_role"] for k, r in (("1", one), ("2", two)) if "cpu_per_sample_us_by_role" in r
         },
+        "bound": cpu_bound(one.get("cpu_per_sample_us_by_role")),
     }
+
+
+def cpu_bound(by_role: dict | None, cpus: int | None = None) -> float | None:
+    """The best ratio 2 workers can reach over 1 given the 1-worker run's CPU per sample by role:
+    one worker is the bottleneck (w us per sample) while the writer and the supervisor (r) run
+    beside it; two workers share the host's cores with them, so throughput is at most cores/(w + r),
+    and at most 2/w. Ratio: min(2, cores * w / (w + r)). None for the bare loops (no roles)."""
+    if not by_role or not by_role.get("workers"):
+        return None
+    cores = cpus or os.cpu_count() or 1
+    w = by_role["workers"]
+    r = by_role.get("writer", 0.0) + by_role.get("supervisor", 0.0)
+    return round(min(2.0, cores * w / (w + r)), 3)
 
 
 def summarize(rounds: list[dict]) -> list[dict]:
     """Per thing measured: the median (and range) of its ratios over the rounds; for fleetmon, that
     median over the median of the matching bare loop."""
     ratios: dict[str, list[float]] = {}
+    bounds: dict[str, list[float]] = {}
     kinds: dict[str, str] = {}
     capped: dict[str, bool] = {}
     for rnd in rounds:
         for p in rnd["pairs"]:
             if p["ratio"] is not None:
                 ratios.setdefault(p["what"], []).append(p["ratio"])
+            if p.get("bound") is not None:
+                bounds.setdefault(p["what"], []).append(p["bound"])
             kinds[p["what"]] = p["kind"]
             capped[p["what"]] = capped.get(p["what"], False) or p["interval_bound"]
     out = []
@@ -138,6 +158,8 @@ def summarize(rounds: list[dict]) -> list[dict]:
             loop = f"bare {MATCHING_LOOP[kind]} loop"
             if loop in ratios:
                 row["vs_bare_loop"] = H.ratio(row["median_ratio"], statistics.median(ratios[loop]))
+            if what in bounds:
+                row["median_bound"] = round(statistics.median(bounds[what]), 3)
         out.append(row)
     return out
 
@@ -145,7 +167,7 @@ def summarize(rounds: list[dict]) -> list[dict]:
 def table(result: dict) -> Table:
     p = result["params"]
     t = Table(title=f"2 vs 1 (processes or workers), {p['agents']} agents, CPU-bound (fleetmon at interval {p['interval_s']:g}s)")
-    for col in ("round", "what", "1: samples/s", "2: samples/s", "2 / 1"):
+    for col in ("round", "what", "1: samples/s", "2: samples/s", "2 / 1", "CPU bound"):
         t.add_column(col, justify="right")
     for rnd in result["rounds"]:
         for pair in rnd["pairs"]:
@@ -155,6 +177,7 @@ def table(result: dict) -> Table:
                 H.fmt(pair["samples_per_s"]["1"], ".0f"),
                 H.fmt(pair["samples_per_s"]["2"], ".0f"),
                 H.fmt(pair["ratio"], ".2f") + (" (cap)" if pair["interval_bound"] else ""),
+                H.fmt(pair.get("bound"), ".2f"),
             )
     t.add_section()
     for row in result["summary"]:
@@ -166,10 +189,13 @@ def table(result: dict) -> Table:
             "",
             f"{row['median_ratio']:.2f} ({row['min_ratio']:.2f}-{row['max_ratio']:.2f}){share}"
             + (" (cap)" if row["interval_bound"] else ""),
+            H.fmt(row.get("median_bound"), ".2f"),
         )
     t.caption = (
         "2 / 1: samples/s with 2 processes (bare loops) or 2 workers (fleetmon) over 1; (cap): a fleetmon run "
-        "within 10% of agents/interval, bound by the interval and not the CPU: shorten --interval"
+        "within 10% of agents/interval, bound by the interval and not the CPU: shorten --interval; CPU bound: "
+        "the best 2 / 1 the 1-worker run's CPU per sample allows, min(2, cores x workers / (workers + writer "
+        "+ supervisor)), as the writer and the supervisor share the cores with 2 workers"
     )
     return t
 

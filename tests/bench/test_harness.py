@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 import pytest
 
@@ -165,13 +166,26 @@ def test_scaling_benchmark_small_run(tmp_path):
         near_cap = [fm["samples_per_s"][k] >= 0.9 * 200 / 0.02 for k in ("1", "2")]
         assert fm["interval_bound"] is any(near_cap)
         assert set(fm["cpu_per_sample_us_by_role"]["2"]) == {"supervisor", "writer", "workers"}
+        assert fm["bound"] == scaling.cpu_bound(fm["cpu_per_sample_us_by_role"]["1"])
+        assert all(p["bound"] is None for p in rnd["pairs"][:-1])  # the bare loops have no writer
     summary = {row["what"]: row for row in result["summary"]}
     assert set(summary) == {"bare psutil loop", "bare procfs loop", "fleetmon, procfs reader"}
     row = summary["fleetmon, procfs reader"]
     assert row["min_ratio"] <= row["median_ratio"] <= row["max_ratio"]
     assert row["vs_bare_loop"] == pytest.approx(row["median_ratio"] / summary["bare procfs loop"]["median_ratio"], rel=1e-2)
     assert "vs_bare_loop" not in summary["bare procfs loop"]
+    assert row["median_bound"] == pytest.approx(statistics.median(r["pairs"][-1]["bound"] for r in result["rounds"]), abs=1e-3)
     _no_children_left()
+
+
+def test_scaling_cpu_bound():
+    """Workers at 30 us per sample, writer and supervisor 6 us: 2 workers and the rest share 2 cores,
+    so 2 x 30 / 36 = 1.67x at best; with cores to spare, 2x; and no roles (a bare loop): no bound."""
+    roles = {"workers": 30.0, "writer": 5.0, "supervisor": 1.0}
+    assert scaling.cpu_bound(roles, cpus=2) == pytest.approx(60 / 36, abs=1e-3)
+    assert scaling.cpu_bound(roles, cpus=4) == 2.0
+    assert scaling.cpu_bound({"workers": 30.0}, cpus=2) == 2.0
+    assert scaling.cpu_bound({}, cpus=2) is None and scaling.cpu_bound(None) is None
 
 
 @pytest.mark.timeout(120)
