@@ -34,7 +34,7 @@ class Agent:
         self.create_time: float | None = None
         self.status = "not_running"
         self.restart_count = 0
-        self.last: Point | None = None
+        self.last: Point | Sample | None = None  # the newest sample (the same metric attributes)
         self.alerts: dict[str, th.Alert] = {}
         self.limits = th.Limits()
         # The limits again, off as infinity: a sample at or under all three, with no alert open,
@@ -56,7 +56,12 @@ class Agent:
             self.status,
             self.restart_count,
             _start_time(self.create_time),
-            PointJSON(rfc3339(p[0]), p[1], p[2], p[3], p[4], p[5], p[6], p[7]) if p is not None else None,
+            PointJSON(
+                rfc3339(p.timestamp), p.cpu, p.memory_rss, p.memory_vms, p.disk_read_bytes, p.disk_write_bytes,
+                p.open_files, p.num_threads,
+            )
+            if p is not None
+            else None,
             [AlertBrief(r, a.state, rfc3339(a.since)) for r, a in self.alerts.items()] if self.alerts else _NO_ALERTS,
             updated or rfc3339(now),
         )
@@ -137,6 +142,49 @@ class Fleet:
 
     # --- samples ------------------------------------------------------------------------------
 
+    def on_samples(self, samples: list[Sample]) -> None:
+        """``on_sample`` for each, with the common case inline: a sample of the process the agent is
+        known to run as (running or stalled), every metric read, no alert open and no value over its
+        limit, its ring open. Such a sample only becomes the agent's last and a record in its ring.
+        Anything else goes through ``on_sample``. The same result for about a third less of the
+        writer's CPU per sample (benchmarks/writer_paths.py; on 2 cores 2 workers share them with
+        the writer)."""
+        agents, slow = self.agents, self.on_sample
+        opened, reorder_above = self.rings.opened, self.rings.reorder_above
+        tolerance = IDENTITY_TOLERANCE
+        taken = 0
+        for s in samples:
+            a = agents.get(s.agent_id)
+            if (
+                a is None or a.pid != s.pid or not a.registered or a.alerts or a.create_time is None
+                or not -tolerance <= a.create_time - s.create_time <= tolerance
+                or (a.status != "running" and a.status != "stalled")
+            ):
+                slow(s)
+                continue
+            cpu, rss, fds = s.cpu, s.memory_rss, s.open_files
+            if (
+                cpu is None or rss is None or fds is None or cpu > a.cpu_max or rss > a.rss_max or fds > a.fds_max
+                or s.memory_vms is None or s.disk_read_bytes is None or s.disk_write_bytes is None
+                or s.num_threads is None
+            ):
+                slow(s)
+                continue
+            ring = opened.get(a.id)
+            if ring is None or len(opened) > reorder_above:  # (LRU order kept: ``ring`` moves it)
+                slow(s)
+                continue
+            a.last = s
+            taken += 1
+            try:
+                ring.append_read(s)
+            except OSError:  # e.g. cut short behind the writer's back: the store's own handling
+                try:
+                    self.rings.append(a.id, _as_point(s))
+                except OSError as exc:
+                    self._write_error(f"history of {a.id}", exc, s.timestamp)
+        self.samples_total += taken
+
     def on_sample(self, s: Sample) -> None:
         a = self.agents.get(s.agent_id)
         if a is None or not a.registered:
@@ -150,10 +198,7 @@ class Fleet:
         if a.status != "running" and a.status != "stalled":
             a.status = "running"
             a.meta_dirty = True
-        a.last = point = _point(
-            Point,
-            (s.timestamp, s.cpu, s.memory_rss, s.memory_vms, s.disk_read_bytes, s.disk_write_bytes, s.open_files, s.num_threads),
-        )
+        a.last = point = _as_point(s)
         self.samples_total += 1
         try:
             self.rings.append(a.id, point)
@@ -292,6 +337,13 @@ class Fleet:
             self._last_write_error = now
             why = getattr(exc, "strerror", None) or exc
             logger.error("cannot write {}: {} (sampling goes on; {} write errors so far)", what, why, self.write_errors)
+
+
+def _as_point(s: Sample) -> Point:
+    return _point(
+        Point,
+        (s.timestamp, s.cpu, s.memory_rss, s.memory_vms, s.disk_read_bytes, s.disk_write_bytes, s.open_files, s.num_threads),
+    )
 
 
 def _show(resource: str, value) -> str:

@@ -219,13 +219,27 @@ class Ring:
         return cls(path, fd, capacity, len(points) % capacity, len(points), points[-1][0] if points else 0.0, mapped)
 
     def append(self, point: Point | tuple) -> None:
-        seq, head = self.seq + 1, self.head
+        seq = self.seq + 1
         ts, cpu, rss, vms, rd, wr, fds, thr = point
         if cpu is None or rss is None or vms is None or rd is None or wr is None or fds is None or thr is None:
             record = encode_record(seq, point)
         else:  # the common case, every metric read, packed here: one call less per sample
             body = _pack(ts, cpu, rss, vms, rd, wr, fds, thr, seq, 0, 0)
             record = body + _pack_crc(_crc32(body))
+        self._put(record, seq, ts)
+
+    def append_read(self, s) -> None:
+        """``append`` for a sample (a ``wire.Sample``, or anything with the same metric attributes)
+        whose every metric was read, straight from its attributes (``Fleet.on_samples``)."""
+        seq = self.seq + 1
+        body = _pack(
+            s.timestamp, s.cpu, s.memory_rss, s.memory_vms, s.disk_read_bytes, s.disk_write_bytes, s.open_files,
+            s.num_threads, seq, 0, 0,
+        )
+        self._put(body + _pack_crc(_crc32(body)), seq, s.timestamp)
+
+    def _put(self, record: bytes, seq: int, ts: float) -> None:
+        head = self.head
         at = RECORD_SIZE * (head + 1)  # record 0 is the header
         m = self.map
         if m is not None:
@@ -303,7 +317,9 @@ class RingStore:
         # and the rest is left to everything else in the process (threads, allocations, libraries).
         self.max_mapped = max(0, fsutil.map_count_limit() // 2 - 1024)
         self.mapped_open = 0
-        self._reorder_above = self.max_open // 2
+        # Past this many open rings, ``ring`` keeps them in LRU order (eviction is near): a caller
+        # that looks rings up in ``opened`` goes through ``ring`` then.
+        self.reorder_above = self.max_open // 2
         self._open: OrderedDict[str, Ring] = OrderedDict()
         self._seq: dict[str, tuple[int, int]] = {}  # head and seq of rings closed by the LRU
 
@@ -313,7 +329,7 @@ class RingStore:
     def ring(self, agent_id: str) -> Ring:
         ring = self._open.get(agent_id)
         if ring is not None:
-            if len(self._open) > self._reorder_above:  # LRU order, kept once eviction is near (approximate below)
+            if len(self._open) > self.reorder_above:  # LRU order, kept once eviction is near (approximate below)
                 self._open.move_to_end(agent_id)
             return ring
         if len(self._open) >= self.max_open:
@@ -337,13 +353,18 @@ class RingStore:
         self.mapped_open += ring.mapped
         return ring
 
+    @property
+    def opened(self) -> dict[str, Ring]:
+        """The open rings by agent id: for looking up only (``Fleet.on_samples``)."""
+        return self._open
+
     def newest(self, agent_id: str) -> float:
         """Timestamp of the agent's newest point in its history (0.0 when it has none)."""
         return self.ring(agent_id).last_ts
 
     def append(self, agent_id: str, point: Point | tuple) -> None:
         ring = self._open.get(agent_id)
-        if ring is None or len(self._open) > self._reorder_above:  # (ring() would only look it up)
+        if ring is None or len(self._open) > self.reorder_above:  # (ring() would only look it up)
             ring = self.ring(agent_id)
         try:
             ring.append(point)

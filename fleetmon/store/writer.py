@@ -290,9 +290,7 @@ class Writer:
             self.timing.on_batch(batch.tick, len(batch.samples))
         if self.http is not None:
             self.http.observe_batch(batch)  # tick duration and sample-error counters for /metrics
-        on_sample = self.fleet.on_sample
-        for s in batch.samples:
-            on_sample(s)
+        self.fleet.on_samples(batch.samples)
         for g in batch.gone:
             self.fleet.on_gone(g)
         prev = self.lost_by_conn.get(fd, 0)

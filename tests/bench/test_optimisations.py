@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fleetmon import wire
@@ -283,3 +283,127 @@ def test_status_records_are_not_tracked_by_the_garbage_collector(tmp_path):
     record = a.record(1.7e9 + 1)
     assert record.last_sample is not None and record.alerts
     assert not gc.is_tracked(record) and not gc.is_tracked(record.last_sample) and not gc.is_tracked(record.alerts[0])
+
+
+_AGENTS = ("a", "b")
+_PIDS = {"a": 100, "b": 200}
+# Weighted towards the common case (the same process, every metric read, under the limits), so that
+# the fast path and every way out of it come up in most scripts.
+_reading = st.sampled_from([None] + [0, 1, 1, 2, 2, 3] * 3 + [5, 6])
+_sample = st.tuples(
+    st.sampled_from(_AGENTS),
+    st.sampled_from([0] * 15 + [1]),  # the agent's pid, or the next one: a restart, or a stranger
+    st.sampled_from([1.7e9] * 20 + [1.7e9 + 0.01, 1.7e9 + 5, 0.0]),  # create time: within the tolerance, another process, unreadable
+    _reading, _reading, _reading,  # cpu, rss, open files (None: unreadable; over the small limits often)
+    st.sampled_from([None] * 16 + ["vms", "read", "write", "threads"]),  # one of the other metrics unreadable
+)
+_SAME = ("a", 0, 1.7e9, 1, 1, 1, None)  # a sample of agent a's process, every metric read, small values
+_batch = st.tuples(st.just("batch"), st.lists(_sample, min_size=1, max_size=8))
+_step = st.one_of(
+    _batch, _batch, _batch, _batch,  # most of a script
+    st.tuples(st.just("gone"), st.sampled_from(_AGENTS), st.sampled_from(["no_process", "no_pidfile", "reused"])),
+    st.tuples(st.just("stalled"), st.sampled_from(_AGENTS), st.booleans()),
+    st.tuples(st.just("registry"), st.sampled_from([("a",), (), _AGENTS, _AGENTS, _AGENTS])),  # removed, added back
+    st.tuples(st.just("close"), st.sampled_from(_AGENTS)),
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    limits=st.tuples(*[st.sampled_from([0, 0, 5, 5, 2])] * 3, st.sampled_from([0, 2])),  # 0: off; 2: often over
+    max_open=st.sampled_from([1, 2, 64, 64]),  # 1: rings evicted and reopened; 2: kept in LRU order
+    script=st.lists(_step, min_size=3, max_size=25),
+)
+@example(  # an agent seen gone, then its process again: on_sample makes it running again
+    limits=(0, 0, 0, 0), max_open=64, script=[("batch", [_SAME]), ("gone", "a", "no_process"), ("batch", [_SAME])],
+)
+@example(  # both rings open at max_open 2: the LRU order is kept, so the fast path steps aside
+    limits=(0, 0, 0, 0), max_open=2, script=[("batch", [_SAME, ("b", *_SAME[1:]), _SAME])],
+)
+def test_on_samples_fast_path_is_on_sample_for_each(tmp_path_factory, limits, max_open, script):
+    """``Fleet.on_samples`` takes the common case inline and hands the rest to ``on_sample``. Against
+    ``on_sample`` for every sample, over random scripts of batches (restarts, strangers, unreadable
+    metrics, values over the limits), disappearances, stalls, registry changes and rings closed or
+    evicted: the same events, log lines, agents, retired pids and history files."""
+    from loguru import logger
+
+    from fleetmon.store.ring import RingStore, read_points
+
+    cpu, memory, fds, duration = limits
+    thresholds = wire.Thresholds(cpu_threshold=cpu, memory_threshold=memory, open_files_threshold=fds, threshold_duration=duration)
+    runs = []
+    for batched in (True, False):
+        events: list = []
+        lines: list = []
+        sink = logger.add(lambda m, lines=lines: lines.append(m.record["message"]), level="DEBUG")
+        directory = tmp_path_factory.mktemp("h")
+        rings = RingStore(directory, 5, max_open=max_open, mapped=True)
+        try:
+            fleet = Fleet(rings, events.append)
+            fleet.set_registry([wire.RegisteredAgent(i, "default", _PIDS[i], None, thresholds) for i in _AGENTS], 0)
+            ts = 1.7e9 + 100
+            # Each agent's process known to begin with, as after the first tick; either way, then the script.
+            fleet.on_samples([wire.Sample(i, _PIDS[i], 1.7e9, ts, 0.0, 0, 1, 1, 1, 0, 1) for i in _AGENTS])
+            for step in script:
+                ts += 1
+                kind = step[0]
+                if kind == "batch":
+                    samples = []
+                    for agent, next_pid, ctime, c, m, f, missing in step[1]:
+                        ts += 0.25
+                        vms, rd, wr, thr = (None if missing == k else 1 for k in ("vms", "read", "write", "threads"))
+                        pid = _PIDS[agent] + next_pid
+                        samples.append(wire.Sample(agent, pid, ctime, ts, None if c is None else float(c), m, vms, rd, wr, f, thr))
+                    if batched:
+                        fleet.on_samples(samples)
+                    else:
+                        for s in samples:
+                            fleet.on_sample(s)
+                elif kind == "gone":
+                    fleet.on_gone(wire.Gone(step[1], _PIDS[step[1]], ts, step[2]))
+                elif kind == "stalled":
+                    fleet.on_stalled(step[1], _PIDS[step[1]], step[2])
+                elif kind == "registry":
+                    fleet.set_registry([wire.RegisteredAgent(i, "default", _PIDS[i], None, thresholds) for i in sorted(step[1])], ts)
+                else:
+                    rings.close(step[1])
+            agents = {
+                a.id: (
+                    a.pid, a.create_time, a.status, a.restart_count, a.registered,
+                    {r: (x.state, x.since, x.logged) for r, x in a.alerts.items()},
+                    None if a.last is None else (
+                        a.last.timestamp, a.last.cpu, a.last.memory_rss, a.last.memory_vms, a.last.disk_read_bytes,
+                        a.last.disk_write_bytes, a.last.open_files, a.last.num_threads,
+                    ),
+                )
+                for a in fleet.agents.values()
+            }
+            lru = list(rings.opened)  # the order eviction goes by
+            rings.close_all()
+            history = {p.name: read_points(p) for p in sorted(directory.iterdir())}
+            runs.append((events, lines, agents, fleet.samples_total, fleet.retired, lru, history))
+        finally:
+            logger.remove(sink)
+            rings.close_all()
+    assert runs[0] == runs[1]
+
+
+def test_on_samples_takes_the_common_case_without_on_sample(tmp_path, monkeypatch):
+    """The fast path is taken (else the test above would pass with ``on_samples`` a plain loop): a
+    second sample of the same process, under its limits, never reaches ``on_sample``."""
+    from fleetmon.store.ring import RingStore, read_points
+
+    fleet = Fleet(RingStore(tmp_path, 10, mapped=True), lambda e: None)
+    fleet.set_registry([wire.RegisteredAgent("a", "default", 7, None, wire.Thresholds(cpu_threshold=90))], 0)
+    first = wire.Sample("a", 7, 1.7e9, 1.7e9 + 1, 5.0, 100, 200, 0, 0, 3, 1)
+    fleet.on_samples([first])  # learns the process, opens the ring: on_sample
+    calls: list = []
+    monkeypatch.setattr(fleet, "on_sample", lambda s: calls.append(s))
+    second = wire.Sample("a", 7, 1.7e9, 1.7e9 + 2, 6.0, 110, 200, 1, 1, 3, 1)
+    fleet.on_samples([second])
+    assert calls == [] and fleet.samples_total == 2 and fleet.agents["a"].last is second
+    over = wire.Sample("a", 7, 1.7e9, 1.7e9 + 3, 95.0, 110, 200, 1, 1, 3, 1)
+    fleet.on_samples([over])
+    assert calls == [over]  # over its limit: the state machine's business
+    fleet.rings.close_all()
+    assert [p.timestamp for p in read_points(tmp_path / "a.ring")] == [1.7e9 + 1, 1.7e9 + 2]
