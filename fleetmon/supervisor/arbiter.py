@@ -18,7 +18,7 @@ from loguru import logger
 
 from fleetmon import channel, wire
 from fleetmon.store.layout import StateDir
-from fleetmon.supervisor import children, notify, sharding
+from fleetmon.supervisor import children, lock, notify, sharding
 from fleetmon.supervisor.config import Config
 from fleetmon.supervisor.registry import RegistryScanner
 from fleetmon.workers import worker as W
@@ -71,6 +71,7 @@ class Arbiter:
         self.persisted_at = time.monotonic()
         self.started_at = time.monotonic()
         self.listener: socket.socket | None = None
+        self.lock_fd = -1  # run/lock, held while the daemon runs (lock.acquire)
         self.link: channel.Link | None = None
         self.stopping = False
         self.notifier = notify.Notifier.from_env()
@@ -80,6 +81,11 @@ class Arbiter:
 
     def run(self) -> int:
         self.state.create()
+        try:
+            self.lock_fd = lock.acquire(self.state.run)
+        except lock.StateDirBusy as exc:
+            logger.error("{}", exc)
+            return 1
         address = self.state.writer_socket()
         self.listener = channel.listen_unix(address)
         self.workers = [children.Child(f"worker-{i}", i) for i in range(self.config.worker_count)]
@@ -96,8 +102,9 @@ class Arbiter:
         for w in self.workers:
             self._start_worker(w)
         logger.info(
-            "fleetmon started (pid {}): {} workers reading {}, interval {}s, {} agents, state dir {}",
-            os.getpid(), len(self.workers), resolve_reader(self.config.reader), self.config.interval,
+            "fleetmon started (pid {}): {} worker{} reading {}, interval {}s, {} agents, state dir {}",
+            os.getpid(), len(self.workers), "" if len(self.workers) == 1 else "s", resolve_reader(self.config.reader),
+            self.config.interval,
             len(self.registry.entries), self.state.root,
         )
         next_tick = time.monotonic()
@@ -181,6 +188,9 @@ class Arbiter:
             self.link.close()
         if self.listener is not None:
             self.listener.close()
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)  # (the writer has exited: the state dir is free)
+            self.lock_fd = -1
         logger.info("fleetmon stopped")
         return 0
 
@@ -202,7 +212,9 @@ class Arbiter:
 
     def _start_worker(self, w: children.Child) -> None:
         parent_end, child_end = channel.pair()
-        fds = self._inherited_fds()
+        # The state dir's lock stays with the writer (the other process that writes there), not
+        # with a worker: one stuck in a /proc read past SIGKILL must not keep a new daemon out.
+        fds = self._inherited_fds() + [self.lock_fd]
         children.start_worker(w, child_end, self.state.writer_socket(), self.token, self.config.sampler_hook, fds, self.config.reader)
         child_end.close()
         w.ctl = channel.FramedConn(parent_end)

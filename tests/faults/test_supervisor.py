@@ -54,3 +54,41 @@ def test_supervisor_killed_takes_children_down_and_restart_recovers_state(daemon
     assert len(s0_events) == 1 and s0_events[0]["state"] == "warning", s0_events  # no second warning
     assert len(events) == len(alert_events)  # the others went straight to error before; nothing new
     assert d2.stop() == 0
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_keeps_working(daemons, procs, state_dir, tmp_path):
+    """Two daemons on one state dir would be two writers, and the second's socket took the first's
+    restarted workers away from its writer (nothing saved, no error). The second one is refused
+    (exit 1, naming the first's pid); the first keeps persisting, also after a worker restart."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.helpers import CLI, children_of
+
+    for i in range(3):
+        register(state_dir, f"a{i}", procs.sleeper(900).pid)
+    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
+    d = daemons(state_dir, "--config", str(cfg))
+    d.wait_tick(3, timeout=30)
+    second = subprocess.run(
+        [*CLI, "run", "--state-dir", str(state_dir), "--config", str(cfg)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    print(f"\n[fault] second daemon: exit {second.returncode}: {second.stderr.strip().splitlines()[-1]}")
+    assert second.returncode == 1, second.stderr
+    assert f"is in use by another fleetmon (pid {d.pid})" in second.stderr
+    assert "waiting up to" in second.stderr  # it said so while it waited
+    worker = daemon_json(state_dir)["workers"][0]["pid"]
+    before = set(children_of(d.pid))
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: set(children_of(d.pid)) - before, 10, what="the worker to be restarted")
+    tick = daemon_json(state_dir)["persisted_tick"]
+    d.wait_tick(tick + 4, timeout=20)  # the restarted worker reaches the first daemon's writer
+    assert d.stop() == 0
+    d2 = daemons(state_dir, "--config", str(cfg))  # let go at a clean stop: the next one starts at once
+    info = wait_until(lambda: (j := daemon_json(state_dir)) and j["supervisor_pid"] == d2.pid and j, 20,
+                      what="the next daemon to record itself")
+    d2.wait_tick(info["tick"] + 2, timeout=20)
+    assert "in use by another fleetmon" not in d2.log()
+    assert d2.stop() == 0
