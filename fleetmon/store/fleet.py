@@ -227,12 +227,14 @@ class Fleet:
                     logger.bind(agent_id=a.id, pid=s.pid).info(
                         "agent {} now runs as pid {} (was {}): restart {}", a.id, s.pid, a.pid, a.restart_count
                     )
+                self._close_alerts(a, s.timestamp, "exited")  # the old process's episodes end with it
                 a.pid, a.create_time = s.pid, s.create_time
                 a.meta_dirty = True
             else:
                 a.create_time = s.create_time
                 a.meta_dirty = True
         elif a.pid != s.pid:
+            self._close_alerts(a, s.timestamp, "exited")
             a.pid = s.pid
             a.meta_dirty = True
         return True

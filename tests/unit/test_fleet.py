@@ -126,6 +126,28 @@ def test_pid_change_counts_a_restart(rings, events):
     assert len(read_points(rings.path("a1"))) == 4
 
 
+def test_a_restart_closes_the_old_process_episodes_and_the_new_one_starts_over(rings, events):
+    """An open alert belongs to the process that crossed the limit: when the agent is found running
+    as a new pid (a pidfile that moved on, ``agents add`` with a new pid, or a daemon restarted after
+    the agent was), the episode ends as ``ok``/``exited``, and the new process counts its own
+    ``threshold_duration`` from its own first sample over."""
+    fleet = make_fleet(rings, events, memory_threshold=100, threshold_duration=60)
+    fleet.on_sample(sample(T0, rss=200))
+    fleet.on_sample(sample(T0 + 70, rss=200))
+    assert [e.state for e in events] == ["warning", "error"]
+    fleet.on_sample(sample(T0 + 80, pid=200, create_time=CT + 75, rss=300))
+    assert [(e.state, e.reason) for e in events[2:]] == [("ok", "exited"), ("warning", None)]
+    ok, warning = events[2:]
+    assert ok.value is None and ok.since == events[0].since
+    assert parse_rfc3339(warning.since) == pytest.approx(T0 + 80)
+    a = fleet.agents["a1"]
+    assert a.restart_count == 1 and a.alerts["memory"].state == "warning"
+    # a sample without a readable create time (access denied) from yet another pid: the same
+    fleet.on_sample(sample(T0 + 90, pid=300, create_time=0.0, rss=50))
+    assert [(e.state, e.reason) for e in events[4:]] == [("ok", "exited")]
+    assert a.pid == 300 and a.alerts == {}
+
+
 def test_pid_reuse_marks_exited_and_is_not_recorded(rings, events):
     fleet = make_fleet(rings, events, cpu_threshold=50, threshold_duration=10)
     fleet.on_sample(sample(T0, cpu=80))
