@@ -30,8 +30,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"invalid duration {value!r}: must not be negative")
+        if not 0 <= value < math.inf:  # (nan fails it too)
+            raise ValueError(f"invalid duration {value!r}: must be a finite number, not negative")
         return float(value)
     m = _DURATION_RE.match(value)
     if not m:
@@ -44,8 +44,8 @@ def parse_size(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError(f"invalid size {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"invalid size {value!r}: must not be negative")
+        if not 0 <= value < math.inf:  # (int(inf) raises OverflowError, int(nan) ValueError)
+            raise ValueError(f"invalid size {value!r}: must be a finite number, not negative")
         return int(value)
     m = _SIZE_RE.match(value)
     if not m:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -67,6 +68,16 @@ def _count(text: str) -> int:
     return n
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of percent, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:  # inf or nan would turn the limit off without a word
+        raise argparse.ArgumentTypeError(f"must be a finite number, not negative: {text!r}")
+    return value
+
+
 def _agent_id(text: str) -> str:
     try:
         return check_agent_id(text)
@@ -114,7 +125,7 @@ def build_parser() -> Parser:
     target.add_argument("--pid", type=_pid, help="the agent's process id")
     target.add_argument("--pidfile", metavar="PATH", help="a file holding the agent's pid")
     add.add_argument("--type", default="default", help="agent type, selects [thresholds.types.TYPE] (default: default)")
-    add.add_argument("--cpu", type=float, metavar="PERCENT", help="cpu threshold, percent of one CPU (0 = off)")
+    add.add_argument("--cpu", type=_percent, metavar="PERCENT", help="cpu threshold, percent of one CPU (0 = off)")
     add.add_argument("--memory", type=_size, metavar="SIZE", help="RSS threshold, e.g. 512MiB (0 = off)")
     add.add_argument("--open-files", type=_count, metavar="N", help="open file descriptor threshold (0 = off)")
     add.add_argument("--for", dest="duration", type=_duration, metavar="DUR", help="how long over before error (0 = at once)")

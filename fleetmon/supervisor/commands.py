@@ -71,8 +71,6 @@ def cmd_agents(args) -> int:
     if args.agents_command == "add":
         thresholds = None
         if any(v is not None for v in (args.cpu, args.memory, args.open_files, args.duration)):
-            if args.cpu is not None and args.cpu < 0:
-                raise BadInput("--cpu must not be negative")
             thresholds = Thresholds(args.cpu, args.memory, args.open_files, args.duration)
         try:
             entry = reg.RegistryEntry(args.id, args.type, args.pid, args.pidfile, thresholds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -25,8 +26,8 @@ class ThresholdsConfig(msgspec.Struct, forbid_unknown_fields=True):
     threshold_duration: float | str | None = None
 
     def __post_init__(self) -> None:
-        if self.cpu_threshold is not None and self.cpu_threshold < 0:
-            raise ValueError("cpu_threshold: must not be negative")
+        if self.cpu_threshold is not None and not 0 <= self.cpu_threshold < math.inf:  # (nan fails it too)
+            raise ValueError(f"cpu_threshold: must be a finite number, not negative: {self.cpu_threshold!r}")
         if self.open_files_threshold is not None and self.open_files_threshold < 0:
             raise ValueError("open_files_threshold: must not be negative")
         if self.memory_threshold is not None:

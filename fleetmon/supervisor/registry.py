@@ -9,6 +9,7 @@ ERROR naming it, and named again only once it changes.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import time
@@ -49,8 +50,8 @@ class RegistryEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
         if t is not None:
             for key in ("cpu_threshold", "memory_threshold", "open_files_threshold", "threshold_duration"):
                 value = getattr(t, key)
-                if value is not None and value < 0:
-                    raise ValueError(f"thresholds.{key} must not be negative")
+                if value is not None and not 0 <= value < math.inf:  # (nan fails it too)
+                    raise ValueError(f"thresholds.{key} must be a finite number, not negative")
 
 
 _encoder = msgspec.json.Encoder()

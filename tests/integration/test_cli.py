@@ -27,6 +27,8 @@ def bad_add_commands(tmp_path):
     yield ["agents", "add", "good", "--pid", "5", "--pidfile", str(tmp_path / "x.pid")]
     yield ["agents", "add", "good"]
     yield ["agents", "add", "good", "--pid", "5", "--cpu", "-5"]
+    for limit in ("inf", "nan", "1e999"):  # a limit nothing crosses: off, without a word
+        yield ["agents", "add", "good", "--pid", "5", "--cpu", limit]
     yield ["agents", "add", "good", "--pid", "5", "--memory", "lots"]
     yield ["agents", "add", "good", "--pid", "5", "--for", "forever"]
     yield ["agents", "add", "good", "--pid", "5", "--open-files", "-1"]

@@ -71,6 +71,13 @@ def test_flags_override_the_file(write):
         ("colour = 1", "colour"),
         ('[thresholds.default]\ncpu_threshold = "high"', "thresholds.default.cpu_threshold"),
         ("[thresholds.default]\ncpu_threshold = -1", "thresholds.default.cpu_threshold"),
+        # TOML has inf and nan: a limit that nothing crosses is a limit turned off without a word
+        ("[thresholds.default]\ncpu_threshold = inf", "thresholds.default.cpu_threshold"),
+        ("[thresholds.default]\ncpu_threshold = nan", "thresholds.default.cpu_threshold"),
+        ("[thresholds.default]\nmemory_threshold = inf", "thresholds.default.memory_threshold"),
+        ("[thresholds.default]\nthreshold_duration = inf", "thresholds.default.threshold_duration"),
+        ("interval = nan", "interval"),
+        ("alert_repeat = inf", "alert_repeat"),
         ('[thresholds.default]\nmemory_threshold = "lots"', "thresholds.default.memory_threshold"),
         ("[thresholds.default]\nopen_files_threshold = 2.5", "thresholds.default.open_files_threshold"),
         ('[thresholds.default]\nthreshold_duration = "x"', "thresholds.default.threshold_duration"),

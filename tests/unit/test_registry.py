@@ -9,6 +9,7 @@ import pytest
 from loguru import logger
 
 from fleetmon.supervisor import registry as reg
+from fleetmon.wire import Thresholds
 
 
 def entry_bytes(**fields) -> bytes:
@@ -61,7 +62,7 @@ def test_bad_pids_are_refused(pid):
         ({"id": "a", "pid": None, "pidfile": None}, "exactly one of pid and pidfile"),
         ({"id": "a", "pid": 1, "colour": "red"}, "unknown field `colour`"),
         ({"id": "a", "pid": 1, "thresholds": {"cpu": 80}}, "unknown field `cpu`"),
-        ({"id": "a", "pid": 1, "thresholds": {"cpu_threshold": -1}}, "cpu_threshold must not be negative"),
+        ({"id": "a", "pid": 1, "thresholds": {"cpu_threshold": -1}}, "cpu_threshold must be a finite number, not negative"),
         ({"id": "a", "pid": 1, "thresholds": {"memory_threshold": "1GiB"}}, "memory_threshold"),
         ({"id": "a", "pidfile": ""}, "pidfile"),
         ({"id": "a", "pid": 1, "type": ""}, "type"),
@@ -71,6 +72,17 @@ def test_bad_pids_are_refused(pid):
 def test_invalid_entries(fields, match):
     with pytest.raises(reg.InvalidEntry, match=match):
         reg.parse_entry(entry_bytes(**fields), "a.json")
+
+
+def test_an_infinite_threshold_is_refused_not_taken_for_off():
+    """A limit nothing can cross would be a limit off without a word. From a file, msgspec refuses
+    1e999 already; an entry built in code (``agents add``) is checked too."""
+    data = b'{"id": "a", "pid": 1, "thresholds": {"cpu_threshold": 1e999}}'
+    with pytest.raises(reg.InvalidEntry, match="cpu_threshold"):
+        reg.parse_entry(data, "a.json")
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="cpu_threshold must be a finite number"):
+            reg.RegistryEntry("a", "default", 1, None, Thresholds(cpu_threshold=value))
 
 
 @pytest.mark.parametrize("data", [b"", b"nope", b"[]", b'{"id": "a", "pid": 1', b"\xff\xfe"])
