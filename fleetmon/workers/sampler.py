@@ -70,18 +70,32 @@ def _identity(proc: psutil.Process) -> tuple[object, bool]:
 def read_pidfile(path: str) -> int | None:
     """The pid in a pidfile, or None when it is missing, empty, not a regular file or not a positive
     integer. Opened non-blocking: a FIFO named as a pidfile must not hang the worker."""
+    return check_pidfile(path)[0]
+
+
+def check_pidfile(path: str) -> tuple[int | None, str | None]:
+    """``(pid, None)``, or ``(None, what is wrong with the file)`` for the log."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            text = os.read(fd, 64).split(b"\n", 1)[0].strip()
-        finally:
-            os.close(fd)
+    except FileNotFoundError:
+        return None, "is missing"
+    except OSError as exc:
+        return None, f"cannot be opened ({exc.strerror})"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, "is not a regular file"
+        text = os.read(fd, 64).split(b"\n", 1)[0].strip()
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror})"
+    finally:
+        os.close(fd)
+    try:
         pid = int(text)
-    except (OSError, ValueError):
-        return None
-    return pid if 0 < pid <= MAX_PID else None  # a larger number is no pid (and would not fit the wire)
+    except ValueError:
+        return None, f"does not hold a pid: {text[:32]!r}" if text else "is empty"
+    if not 0 < pid <= MAX_PID:  # a larger number is no pid (and would not fit the wire)
+        return None, f"does not hold a pid: {pid} is out of range"
+    return pid, None
 
 
 class Sampler:
@@ -97,16 +111,35 @@ class Sampler:
         self.proc = proc if self.reader == "procfs" else None
         self._boot: tuple[float, float] = (-1.0, 0.0)  # (monotonic when read, boot time)
         self._parse_error_logged = False
+        self.pidfile_problems: dict[str, str] = {}  # agent id -> what is wrong with its pidfile (logged)
 
     def forget_except(self, agent_ids: set[str]) -> None:
         for agent_id in [a for a in self.tracked if a not in agent_ids]:
             del self.tracked[agent_id]
+        for agent_id in [a for a in self.pidfile_problems if a not in agent_ids]:
+            del self.pidfile_problems[agent_id]
+
+    def _pidfile_changed(self, ref: AgentRef, pid: int | None, problem: str | None) -> None:
+        """A pidfile that does not give a pid is logged once (WARNING, naming the file and what is
+        wrong), and again only when what is wrong changes; one that gives a pid again, once."""
+        log = logger.bind(agent_id=ref.id, pidfile=ref.pidfile)
+        if problem is not None:
+            log.warning("agent {}: pidfile {} {}: not sampled until it holds a pid", ref.id, ref.pidfile, problem)
+            self.pidfile_problems[ref.id] = problem
+        else:
+            log.info("agent {}: pidfile {} holds a pid again ({})", ref.id, ref.pidfile, pid)
+            del self.pidfile_problems[ref.id]
 
     def sample(self, ref: AgentRef) -> Sample | Gone:
         now = time.time()
-        pid = ref.pid if ref.pid is not None else read_pidfile(ref.pidfile or "")
-        if pid is None:
-            return Gone(ref.id, None, now, "no_pidfile")
+        if ref.pid is not None:
+            pid = ref.pid
+        else:
+            pid, problem = check_pidfile(ref.pidfile or "")
+            if problem != self.pidfile_problems.get(ref.id):
+                self._pidfile_changed(ref, pid, problem)
+            if pid is None:
+                return Gone(ref.id, None, now, "no_pidfile")
         t = self.tracked.get(ref.id)
         if t is not None and t.pid != pid:
             t = None  # the agent moved to a new process (pidfile rewritten or re-registered)

@@ -4,6 +4,7 @@ metric -> null + ``denied``, the rest kept), gone and reused processes, and pidf
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -281,3 +282,36 @@ def test_pidfile_takes_the_first_line(tmp_path):
 
 def test_has_num_fds_detected_on_linux():
     assert sampler_mod.HAS_NUM_FDS is True
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "is missing"),
+        ("", "is empty"),
+        ("garbage", "does not hold a pid: b'garbage'"),
+        ("99999999999999999999", "does not hold a pid: 99999999999999999999 is out of range"),
+    ],
+)
+def test_a_pidfile_without_a_pid_is_named_once_with_what_is_wrong(tmp_path, content, problem):
+    """Not just "exited": one WARNING naming the file and what is wrong with it, not repeated every
+    tick, and one line when it holds a pid again."""
+    from loguru import logger
+
+    pidfile = tmp_path / "agent.pid"
+    if content is not None:
+        pidfile.write_text(content + "\n")
+    lines: list = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
+    try:
+        s = Sampler()
+        ref = AgentRef("a", None, str(pidfile))
+        for _ in range(3):
+            assert isinstance(s.sample(ref), Gone)
+        assert lines == [("WARNING", f"agent a: pidfile {pidfile} {problem}: not sampled until it holds a pid")]
+        pidfile.write_text(f"{os.getpid()}\n")
+        assert isinstance(s.sample(ref), Sample)
+        s.sample(ref)
+        assert lines[1:] == [("INFO", f"agent a: pidfile {pidfile} holds a pid again ({os.getpid()})")]
+    finally:
+        logger.remove(sink)
