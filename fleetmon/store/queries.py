@@ -84,11 +84,10 @@ def _agent_file(state: StateDir, agent_id: str) -> AgentRecord | None:
 
 
 def is_known(state: StateDir, agent_id: str) -> bool:
+    """Registered, or has a history (its ring is created with its first point). The metadata file
+    of an agent removed before it was ever sampled does not count: such an id is unknown."""
     check_agent_id(agent_id)
-    for path in (state.registry_file(agent_id), state.ring_file(agent_id), state.agent_file(agent_id)):
-        if path.is_file():
-            return True
-    return False
+    return state.registry_file(agent_id).is_file() or state.ring_file(agent_id).is_file()
 
 
 def history_points(state: StateDir, agent_id: str, since: float, every: float | None = None, now: float | None = None) -> list[Point]:

@@ -99,6 +99,11 @@ def test_history_unknown_agent_exits_2_registered_without_samples_is_empty(state
     assert proc.returncode == 0 and proc.stdout == ",".join(FIELDS) + "\n"
     proc = cli("history", "quiet", state_dir=state_dir)
     assert proc.returncode == 0
+    # removed before it was ever sampled: its metadata file is left, but it has no history
+    (state_dir / "agents" / "quiet.json").write_text('{"id": "quiet"}')
+    cli("agents", "rm", "quiet", state_dir=state_dir, check=True)
+    line = exits_2_and_writes_nothing(["history", "quiet"], state_dir)
+    assert "unknown agent" in line and "quiet" in line
 
 
 def test_history_csv_header_and_empty_cells_for_null(procs, state_dir, daemons):
