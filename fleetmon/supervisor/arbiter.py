@@ -43,6 +43,22 @@ class Quarantined:
         self.agent_id, self.pid, self.strikes, self.retry_at = agent_id, pid, 1, 0.0
 
 
+def registry_changes(before: dict, after: dict, names: int = 5) -> str:
+    """``3 agents: added a, b; removed c; changed d`` (at most ``names`` ids named per kind)."""
+
+    def listed(ids: list[str]) -> str:
+        ids = sorted(ids)
+        more = f" and {len(ids) - names} more" if len(ids) > names else ""
+        return ", ".join(ids[:names]) + more
+
+    parts = [f"{len(after)} agent{'' if len(after) == 1 else 's'}"]
+    added = [i for i in after if i not in before]
+    removed = [i for i in before if i not in after]
+    changed = [i for i in after if i in before and after[i] != before[i]]
+    kinds = [(w, ids) for w, ids in (("added", added), ("removed", removed), ("changed", changed)) if ids]
+    return parts[0] + (": " + "; ".join(f"{w} {listed(ids)}" for w, ids in kinds) if kinds else "")
+
+
 class Arbiter:
     def __init__(self, config: Config, state: StateDir, config_path: Path | None = None):
         self.config = config
@@ -366,14 +382,16 @@ class Arbiter:
                 self.shards[i] = refs
                 if i < len(self.workers):
                     self._send(self.workers[i], wire.Assign(refs))
+        logger.debug("shards: {}", ", ".join(f"worker {i} {len(refs)}" for i, refs in shards.items()))
 
     def tick(self) -> None:
         self.tick_no += 1
         self.tick_wall = time.time()
+        before = self.registry.entries
         if self.registry.scan():
             self._reshard()
             self._tell_writer(self._registry_msg())
-            logger.debug("registry changed: {} agents", len(self.registry.entries))
+            logger.info("registry: {}", registry_changes(before, self.registry.entries))
         for w in self.workers:
             self._send_tick(w)
         self._tick_quarantine()

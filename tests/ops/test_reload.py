@@ -169,8 +169,9 @@ def test_sighup_log_level_reaches_the_workers_and_the_writer(daemons, procs, sta
     d.proc.send_signal(signal.SIGHUP)
     assert wait_until(lambda: said("DEBUG"), 15, what="every worker and the writer at DEBUG") == pids
     assert any("log_level INFO -> DEBUG" in x["message"] for x in lines("INFO"))
-    register(state_dir, "late", pid=procs.sleeper().pid)  # the supervisor's rescan logs at DEBUG
-    wait_until(lambda: any("registry changed" in x["message"] for x in lines("DEBUG")), 20, what="a supervisor DEBUG line")
+    register(state_dir, "late", pid=procs.sleeper().pid)  # the supervisor's reshard logs at DEBUG
+    wait_until(lambda: any(x["message"].startswith("shards: ") for x in lines("DEBUG")), 20, what="a supervisor DEBUG line")
+    assert any(x["message"] == "registry: 2 agents: added late" for x in lines("INFO"))
 
     write_config(config, interval="500ms", workers=2, log_format="json", log_level="ERROR")
     d.proc.send_signal(signal.SIGHUP)

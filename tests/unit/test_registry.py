@@ -159,3 +159,18 @@ def test_scanner_does_not_follow_symlinks(tmp_path):
     scanner = reg.RegistryScanner(d)
     scanner.scan(force=True)
     assert scanner.entries == {}
+
+
+def test_registry_changes_are_summed_up_in_one_line():
+    from fleetmon.supervisor.arbiter import registry_changes
+
+    def entries(*ids, pid=1):
+        return {i: reg.RegistryEntry(i, "default", pid) for i in ids}
+
+    before = entries("a", "b", "c")
+    after = {**entries("a", "d"), **entries("b", pid=2)}
+    assert registry_changes(before, after) == "3 agents: added d; removed c; changed b"
+    assert registry_changes({}, entries("x")) == "1 agent: added x"
+    many = entries(*(f"n{i}" for i in range(8)))
+    assert registry_changes({}, many, names=3) == "8 agents: added n0, n1, n2 and 5 more"
+    assert registry_changes(before, before) == "3 agents"
