@@ -280,7 +280,8 @@ class Fleet:
         shown = _show(resource, value)
         if state == "ok":
             why = f" ({reason})" if reason else ""
-            log.log(level, "agent {} {} back to ok{} at {} after {}", a.id, resource, why, shown, format_duration(ts - since))
+            at = f" at {shown}" if value is not None else ""  # (closed without a reading: exited, removed)
+            log.log(level, "agent {} {} back to ok{}{} after {}", a.id, resource, why, at, format_duration(ts - since))
         else:
             log.log(
                 level, "agent {} {} {} over {} for {}{}", a.id, resource, shown, _show(resource, threshold),

@@ -103,6 +103,18 @@ def test_exited_closes_alerts_with_reason(rings, events):
     assert len(events) == 2 and a.status == "exited"
 
 
+def test_ok_lines_name_the_reading_only_when_there_is_one(rings, events, logs):
+    fleet = make_fleet(rings, events, cpu_threshold=50, open_files_threshold=3, threshold_duration=0)
+    fleet.on_sample(sample(T0, cpu=80, fds=10))
+    fleet.on_sample(sample(T0 + 1, cpu=20, fds=10))
+    fleet.on_gone(Gone("a1", 100, T0 + 3, "no_process"))
+    oks = [r["message"] for r in logs if r["extra"].get("state") == "ok"]
+    assert oks == [
+        "agent a1 cpu back to ok at 20.0% after 1s",
+        "agent a1 open_files back to ok (exited) after 3s",  # not "at null"
+    ]
+
+
 def test_never_seen_is_not_running(rings, events):
     fleet = make_fleet(rings, events)
     fleet.on_gone(Gone("a1", 100, T0, "no_process"))
