@@ -88,6 +88,7 @@ class Arbiter:
         self.started_at = time.monotonic()
         self.listener: socket.socket | None = None
         self.lock_fd = -1  # run/lock, held while the daemon runs (lock.acquire)
+        self.address = ""  # the writer's socket
         self.link: channel.Link | None = None
         self.stopping = False
         self.notifier = notify.Notifier.from_env()
@@ -102,7 +103,7 @@ class Arbiter:
         except lock.StateDirBusy as exc:
             logger.error("{}", exc)
             return 1
-        address = self.state.writer_socket()
+        address = self.address = self.state.writer_socket()
         self.listener = channel.listen_unix(address)
         self.workers = [children.Child(f"worker-{i}", i) for i in range(self.config.worker_count)]
         self._wake_r, self._wake_w = socket.socketpair()
@@ -204,6 +205,10 @@ class Arbiter:
             self.link.close()
         if self.listener is not None:
             self.listener.close()
+            try:
+                os.unlink(self.address)  # (while the lock is held: no other daemon's socket)
+            except OSError:
+                pass
         if self.lock_fd >= 0:
             os.close(self.lock_fd)  # (the writer has exited: the state dir is free)
             self.lock_fd = -1

@@ -92,3 +92,4 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_keeps_wo
     d2.wait_tick(info["tick"] + 2, timeout=20)
     assert "in use by another fleetmon" not in d2.log()
     assert d2.stop() == 0
+    assert not (state_dir / "run" / "writer.sock").exists()  # a clean stop leaves no socket behind
