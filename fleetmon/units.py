@@ -25,6 +25,9 @@ _SIZE_UNITS = {
 }
 
 
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")  # loguru's, for log_level
+
+
 def parse_duration(value: str | int | float) -> float:
     """``250ms``, ``30s``, ``5m``, ``1h``, ``1d`` or plain seconds -> seconds (float, >= 0)."""
     if isinstance(value, bool):

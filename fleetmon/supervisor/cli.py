@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from fleetmon import __version__
-from fleetmon.units import check_agent_id, parse_duration, parse_size
+from fleetmon.units import LOG_LEVELS, check_agent_id, parse_duration, parse_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -85,12 +85,21 @@ def _agent_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected DEBUG, INFO, WARNING or ERROR, not {text!r}")
+    return level
+
+
+STATE_DIR_HELP = "state directory (default: $FLEETMON_STATE_DIR, else $XDG_STATE_HOME/fleetmon, else ~/.local/state/fleetmon)"
+
+
 def build_parser() -> Parser:
+    # --state-dir goes after the command (the contract) or before it; after wins. The subcommands'
+    # copy has no default, so that it does not overwrite one given before the command.
     state_parent = Parser(add_help=False)
-    state_parent.add_argument(
-        "--state-dir", type=Path, metavar="DIR",
-        help="state directory (default: $FLEETMON_STATE_DIR, else $XDG_STATE_HOME/fleetmon, else ~/.local/state/fleetmon)",
-    )
+    state_parent.add_argument("--state-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS, help=STATE_DIR_HELP)
     p = Parser(
         prog="fleetmon",
         description="Watch the resource usage of a fleet of long-running agent processes on this host, keep a "
@@ -99,6 +108,7 @@ def build_parser() -> Parser:
         "Sizes: 512MiB, 1GiB, 100MB or bytes. Exit codes: 0 ok, 1 runtime failure, 2 bad input.",
     )
     p.add_argument("--version", action="version", version=f"fleetmon {__version__}")
+    p.add_argument("--state-dir", type=Path, metavar="DIR", help=STATE_DIR_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     run = sub.add_parser(
@@ -110,7 +120,7 @@ def build_parser() -> Parser:
     run.add_argument("--workers", type=_count, metavar="N", help="sampling processes (default: number of CPUs)")
     run.add_argument("--interval", type=_positive_duration, metavar="DUR", help="time between samples (default 60s)")
     run.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and the JSON API (a bare port binds 127.0.0.1)")
-    run.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO (default), WARNING or ERROR")
+    run.add_argument("--log-level", type=_log_level, metavar="LEVEL", help="DEBUG, INFO (default), WARNING or ERROR")
     run.add_argument("--log-format", choices=["text", "json"], help="text (default) or one JSON object per line")
 
     agents = sub.add_parser("agents", help="add, remove and list registered agents", description="Manage the registry: <state>/registry/<id>.json.")
@@ -134,10 +144,20 @@ def build_parser() -> Parser:
     ls = asub.add_parser("ls", parents=[state_parent], help="list registered agents")
     ls.add_argument("--json", action="store_true", help='print {"agents": [ENTRY, ...]}')
 
-    st = sub.add_parser("status", parents=[state_parent], help="every agent's status, last sample and alerts")
+    st = sub.add_parser(
+        "status", parents=[state_parent], help="every agent's status, last sample and alerts",
+        description="Every registered agent: status (running, exited, not_running, stalled), pid, restarts, last "
+        "sample and open alerts, and the daemon's own state. Read from the state dir (status.json, up to a second "
+        "behind the daemon), so it works whether or not the daemon runs.",
+    )
     st.add_argument("--json", action="store_true", help="machine-readable output (see README)")
 
-    hist = sub.add_parser("history", parents=[state_parent], help="an agent's resource usage history")
+    hist = sub.add_parser(
+        "history", parents=[state_parent], help="an agent's resource usage history",
+        description="An agent's samples from the last --since, oldest first; with --every, one point per bucket "
+        "(aligned to multiples of DUR since the epoch) holding each metric's mean. A registered agent without "
+        "samples yet prints none (exit 0); an id neither registered nor with a history exits 2.",
+    )
     hist.add_argument("id", type=_agent_id, metavar="ID")
     hist.add_argument("--since", type=_positive_duration, default=3600.0, metavar="DUR", help="how far back (default 1h)")
     hist.add_argument("--every", type=_positive_duration, metavar="DUR", help="mean per epoch-aligned bucket of this width")
@@ -146,7 +166,11 @@ def build_parser() -> Parser:
     fmt.add_argument("--csv", action="store_true", help="print CSV with a header; null is an empty cell")
     fmt.add_argument("--plot", type=Path, metavar="FILE.png", help="draw cpu, memory, fds and threads to a PNG")
 
-    al = sub.add_parser("alerts", parents=[state_parent], help="alert state changes")
+    al = sub.add_parser(
+        "alerts", parents=[state_parent], help="alert state changes",
+        description="Alert state changes (warning, error, ok) from the last --since, oldest first, from "
+        "alerts.jsonl: one per change, with the value, the threshold and the episode's start (since).",
+    )
     al.add_argument("--since", type=_positive_duration, default=3600.0, metavar="DUR", help="how far back (default 1h)")
     al.add_argument("--json", action="store_true", help='print {"events": [...]}')
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 
-from fleetmon.units import parse_duration, parse_size
+from fleetmon.units import LOG_LEVELS, parse_duration, parse_size
 from fleetmon.wire import Thresholds
 from fleetmon.workers import procfs
 from fleetmon.workers.sampler import READERS
@@ -92,7 +92,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("reader: procfs needs Linux with /proc mounted (use auto or psutil)")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format: must be text or json")
-        if self.log_level.upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
+        if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError("log_level: must be one of DEBUG, INFO, WARNING, ERROR")
 
     @property

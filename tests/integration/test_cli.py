@@ -226,3 +226,18 @@ def test_usage_errors_exit_2(state_dir):
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not state_dir.exists()
+
+
+def test_state_dir_before_the_command_works_and_after_wins(state_dir, tmp_path):
+    """The contract puts --state-dir after the command; an operator who writes it first (as with
+    most tools' global options) gets the same, and when both are given the one after wins."""
+    elsewhere = tmp_path / "elsewhere"
+    cli("--state-dir", state_dir, "agents", "add", "first", "--pid", os.getpid(), check=True)
+    assert (state_dir / "registry" / "first.json").is_file()
+    proc = cli("--state-dir", elsewhere, "agents", "ls", "--json", state_dir=state_dir, check=True)
+    assert '"first"' in proc.stdout and not elsewhere.exists()
+
+
+def test_a_bad_log_level_flag_is_named_as_the_flag(state_dir):
+    line = exits_2_and_writes_nothing(["run", "--log-level", "LOUD"], state_dir)
+    assert "--log-level" in line and "LOUD" in line and "config" not in line
