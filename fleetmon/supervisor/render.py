@@ -35,10 +35,15 @@ def _age(ts: str | None) -> str:
     return f"{ago / 3600:.1f}h ago"
 
 
+def daemon_running(d) -> bool:
+    """It says it runs, and said so within three intervals."""
+    return d is not None and d.running and time.time() - parse_rfc3339(d.updated) < 3 * (d.interval or 60) + 5
+
+
 def daemon_line(d) -> str:
     if d is None:
         return "daemon: none has run on this state dir"
-    state = "running" if d.running and time.time() - parse_rfc3339(d.updated) < 3 * (d.interval or 60) + 5 else "stopped"
+    state = "running" if daemon_running(d) else "stopped"
     workers = ", ".join(f"{w.index}:{w.pid}({w.agents})" for w in d.workers)
     return (
         f"daemon: {state} - supervisor {d.supervisor_pid}, writer {d.writer_pid}, workers [{workers}], "
@@ -64,6 +69,8 @@ def status_view(st, console: Console | None = None, limit: int | None = None) ->
     console.print(table)
     if not st.agents:
         console.print("no agents registered: fleetmon agents add ID --pid PID")
+    elif st.daemon is not None and not daemon_running(st.daemon):
+        console.print(f"[yellow]the daemon is stopped: statuses and alerts are as of its last tick ({_age(st.daemon.updated)})[/]")
 
 
 def history_table(agent_id: str, points) -> None:

@@ -174,3 +174,22 @@ def test_read_keys_drops_escape_sequences_and_times_out():
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_status_says_when_its_rows_are_as_of_a_stopped_daemon():
+    """After the daemon stops, status.json still says "running" for the agents it last saw: the
+    human view says the rows are as of its last tick. The JSON is unchanged (the contract)."""
+    from fleetmon.supervisor import render
+
+    def view(st) -> str:
+        console = Console(width=200, record=True, color_system=None, file=open(os.devnull, "w"))
+        render.status_view(st, console)
+        return console.export_text()
+
+    now = time.time()
+    agent = _agent(1, 1.0, 1 << 20, 3)
+    running = StatusJSON(DaemonJSON(1, 2, [], 5, rfc3339(now - 1), True, 10.0, 5), [agent])
+    stopped = StatusJSON(DaemonJSON(1, 2, [], 5, rfc3339(now - 600), False, 10.0, 5), [agent])
+    assert "daemon is stopped" not in view(running)
+    text = view(stopped)
+    assert "daemon: stopped" in text and "the daemon is stopped: statuses and alerts are as of its last tick (10m ago)" in text
