@@ -26,6 +26,7 @@ _SIZE_UNITS = {
 
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")  # loguru's, for log_level
+MAX_LIMIT = 2**63 - 1  # the largest size or count a limit may be (a signed 64-bit int on the wire and on disk)
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -47,14 +48,15 @@ def parse_size(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError(f"invalid size {value!r}")
     if isinstance(value, int | float):
-        if not 0 <= value < math.inf:  # (int(inf) raises OverflowError, int(nan) ValueError)
-            raise ValueError(f"invalid size {value!r}: must be a finite number, not negative")
-        return int(value)
-    m = _SIZE_RE.match(value)
-    if not m:
-        raise ValueError(f"invalid size {value!r} (use e.g. 512MiB, 1GiB, 100MB or bytes)")
-    unit = (m.group(2) or "b").lower()
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+        size = value
+    else:
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ValueError(f"invalid size {value!r} (use e.g. 512MiB, 1GiB, 100MB or bytes)")
+        size = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+    if not 0 <= size <= MAX_LIMIT:  # (nan and inf fail it too)
+        raise ValueError(f"invalid size {value!r}: must be from 0 to {MAX_LIMIT} bytes")
+    return int(size)
 
 
 def check_agent_id(agent_id: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from fleetmon import __version__
-from fleetmon.units import LOG_LEVELS, check_agent_id, parse_duration, parse_size
+from fleetmon.units import LOG_LEVELS, MAX_LIMIT, check_agent_id, parse_duration, parse_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -63,8 +63,8 @@ def _count(text: str) -> int:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if not 0 <= n <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_LIMIT}: {text!r}")
     return n
 
 
@@ -88,7 +88,7 @@ def _agent_id(text: str) -> str:
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"expected DEBUG, INFO, WARNING or ERROR, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, not {text!r}")
     return level
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 
-from fleetmon.units import LOG_LEVELS, parse_duration, parse_size
+from fleetmon.units import LOG_LEVELS, MAX_LIMIT, parse_duration, parse_size
 from fleetmon.wire import Thresholds
 from fleetmon.workers import procfs
 from fleetmon.workers.sampler import READERS
@@ -28,8 +28,8 @@ class ThresholdsConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.cpu_threshold is not None and not 0 <= self.cpu_threshold < math.inf:  # (nan fails it too)
             raise ValueError(f"cpu_threshold: must be a finite number, not negative: {self.cpu_threshold!r}")
-        if self.open_files_threshold is not None and self.open_files_threshold < 0:
-            raise ValueError("open_files_threshold: must not be negative")
+        if self.open_files_threshold is not None and not 0 <= self.open_files_threshold <= MAX_LIMIT:
+            raise ValueError(f"open_files_threshold: must be from 0 to {MAX_LIMIT}")
         if self.memory_threshold is not None:
             self.memory_threshold = _field("memory_threshold", parse_size, self.memory_threshold)
         if self.threshold_duration is not None:

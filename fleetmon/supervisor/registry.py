@@ -9,7 +9,6 @@ ERROR naming it, and named again only once it changes.
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import time
@@ -19,7 +18,7 @@ import msgspec
 from loguru import logger
 
 from fleetmon.store import fsutil
-from fleetmon.units import check_agent_id
+from fleetmon.units import MAX_LIMIT, check_agent_id
 from fleetmon.wire import Thresholds
 
 MAX_ENTRY_BYTES = 64 * 1024
@@ -50,8 +49,8 @@ class RegistryEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
         if t is not None:
             for key in ("cpu_threshold", "memory_threshold", "open_files_threshold", "threshold_duration"):
                 value = getattr(t, key)
-                if value is not None and not 0 <= value < math.inf:  # (nan fails it too)
-                    raise ValueError(f"thresholds.{key} must be a finite number, not negative")
+                if value is not None and not 0 <= value <= MAX_LIMIT:  # (nan and inf fail it too)
+                    raise ValueError(f"thresholds.{key} must be a finite number from 0 to {MAX_LIMIT}")
 
 
 _encoder = msgspec.json.Encoder()

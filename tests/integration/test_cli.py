@@ -29,6 +29,10 @@ def bad_add_commands(tmp_path):
     yield ["agents", "add", "good", "--pid", "5", "--cpu", "-5"]
     for limit in ("inf", "nan", "1e999"):  # a limit nothing crosses: off, without a word
         yield ["agents", "add", "good", "--pid", "5", "--cpu", limit]
+    # too large for the wire and the disk (they crashed the daemon's greeting to the writer)
+    yield ["agents", "add", "good", "--pid", "5", "--open-files", "9" * 26]
+    yield ["agents", "add", "good", "--pid", "5", "--memory", "9" * 26 + "TiB"]
+    yield ["agents", "add", "good", "--pid", "5", "--memory", "1" + "0" * 400]
     yield ["agents", "add", "good", "--pid", "5", "--memory", "lots"]
     yield ["agents", "add", "good", "--pid", "5", "--for", "forever"]
     yield ["agents", "add", "good", "--pid", "5", "--open-files", "-1"]

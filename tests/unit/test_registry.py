@@ -62,7 +62,7 @@ def test_bad_pids_are_refused(pid):
         ({"id": "a", "pid": None, "pidfile": None}, "exactly one of pid and pidfile"),
         ({"id": "a", "pid": 1, "colour": "red"}, "unknown field `colour`"),
         ({"id": "a", "pid": 1, "thresholds": {"cpu": 80}}, "unknown field `cpu`"),
-        ({"id": "a", "pid": 1, "thresholds": {"cpu_threshold": -1}}, "cpu_threshold must be a finite number, not negative"),
+        ({"id": "a", "pid": 1, "thresholds": {"cpu_threshold": -1}}, "cpu_threshold must be a finite number from 0 to"),
         ({"id": "a", "pid": 1, "thresholds": {"memory_threshold": "1GiB"}}, "memory_threshold"),
         ({"id": "a", "pidfile": ""}, "pidfile"),
         ({"id": "a", "pid": 1, "type": ""}, "type"),
@@ -83,6 +83,12 @@ def test_an_infinite_threshold_is_refused_not_taken_for_off():
     for value in (float("inf"), float("nan")):
         with pytest.raises(ValueError, match="cpu_threshold must be a finite number"):
             reg.RegistryEntry("a", "default", 1, None, Thresholds(cpu_threshold=value))
+    # past a signed 64-bit int: it could not be sent to the writer (the daemon's greeting failed)
+    data = b'{"id": "a", "pid": 1, "thresholds": {"open_files_threshold": 99999999999999999999}}'
+    with pytest.raises(reg.InvalidEntry, match="open_files_threshold"):
+        reg.parse_entry(data, "a.json")
+    with pytest.raises(ValueError, match="memory_threshold must be a finite number from 0 to"):
+        reg.RegistryEntry("a", "default", 1, None, Thresholds(memory_threshold=2**63))
 
 
 @pytest.mark.parametrize("data", [b"", b"nope", b"[]", b'{"id": "a", "pid": 1', b"\xff\xfe"])
