@@ -103,6 +103,17 @@ class Arbiter:
         except lock.StateDirBusy as exc:
             logger.error("{}", exc)
             return 1
+        try:
+            return self._serve()
+        except BaseException as exc:
+            # A bug here must not leave the children behind: multiprocessing would wait for them at
+            # exit, and they would wait for a parent that never comes back (a hung daemon).
+            if not isinstance(exc, KeyboardInterrupt | SystemExit):
+                logger.opt(exception=exc).critical("supervisor failed ({}): stopping every child", exc)
+            children.stop_all([self.writer, self.quarantine_worker, *self.workers], grace=2.0)
+            raise
+
+    def _serve(self) -> int:
         address = self.address = self.state.writer_socket()
         self.listener = channel.listen_unix(address)
         self.workers = [children.Child(f"worker-{i}", i) for i in range(self.config.worker_count)]

@@ -93,3 +93,54 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_keeps_wo
     assert "in use by another fleetmon" not in d2.log()
     assert d2.stop() == 0
     assert not (state_dir / "run" / "writer.sock").exists()  # a clean stop leaves no socket behind
+
+
+def test_a_bug_in_the_supervisor_stops_the_daemon_instead_of_hanging_it(procs, state_dir, tmp_path):
+    """An exception escaping the supervisor's loop used to leave a hung daemon: multiprocessing
+    waited at exit for the children, which waited for their parent. Now the children are stopped,
+    the error is logged at CRITICAL with its traceback, and the process exits non-zero."""
+    import subprocess
+    import sys
+
+    from tests.faults._util import REPO_ROOT
+    from tests.helpers import children_of, pid_alive
+
+    register(state_dir, "a0", procs.sleeper(900).pid)
+    script = (
+        "import sys\n"
+        "from fleetmon.supervisor import arbiter\n"
+        "def boom(self):\n"
+        "    if self.tick_no >= 3:\n"
+        "        raise RuntimeError('injected supervisor bug')\n"
+        "    return tick(self)\n"
+        "tick = arbiter.Arbiter.tick\n"
+        "arbiter.Arbiter.tick = boom\n"
+        "from fleetmon.supervisor.cli import main\n"
+        f"sys.exit(main(['run', '--state-dir', {str(state_dir)!r}, '--interval', '250ms', '--workers', '1']))\n"
+    )
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=REPO_ROOT)
+    try:
+        kids = wait_until(lambda: len(children_of(proc.pid)) >= 2 and children_of(proc.pid), 20, what="the children")
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code != 0, text
+    assert "supervisor failed (injected supervisor bug): stopping every child" in text
+    assert "RuntimeError" in text  # the traceback is in the log
+    wait_until(lambda: not any(pid_alive(k) for k in kids), 10, what="the children to be gone")
+    assert not (state_dir / "run" / "lock").exists() or _lock_is_free(state_dir)
+
+
+def _lock_is_free(state_dir) -> bool:
+    import os
+
+    from fleetmon.supervisor import lock
+
+    fd = lock.acquire(state_dir / "run", wait=0)
+    os.close(fd)
+    return True
