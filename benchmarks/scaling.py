@@ -15,8 +15,9 @@ Odd rounds run each pair in the opposite order (2 before 1), so that a steady dr
 one side. Reported: every round's samples/s and its ratio 2/1, the median ratio over the rounds,
 and fleetmon's median ratio as a share of the matching bare loop's (procfs reader: the /proc loop;
 psutil reader: the psutil loop), i.e. how much of what the host gives the floor fleetmon keeps.
-And for fleetmon, the CPU bound: the best ratio the 1-worker run's CPU per sample by role allows
-when the writer and the supervisor share the host's cores with 2 workers (``cpu_bound``).
+And for fleetmon, the CPU bound: the ratio the 1-worker run's CPU per sample by role allows when
+the writer and the supervisor share the host's cores with 2 workers (``cpu_bound``; a model of
+where the ratio lands on a steady host, which a round beats when the host speeds up between runs).
 
     python -m benchmarks.scaling                          # 4000 agents, 3 rounds, the default reader
     python -m benchmarks.scaling --reader procfs,psutil --rounds 5
@@ -117,13 +118,15 @@ def _pair(what: str, kind: str, one: dict, two: dict) -> dict:
 
 
 def cpu_bound(by_role: dict | None, cpus: int | None = None) -> float | None:
-    """The best ratio 2 workers can reach over 1 given the 1-worker run's CPU per sample by role:
-    one worker is the bottleneck (w us per sample) while the writer and the supervisor (r) run
-    beside it; two workers share the host's cores with them, so throughput is at most cores/(w + r),
-    and at most 2/w. Ratio: min(2, cores * w / (w + r)). None for the bare loops (no roles)."""
+    """The ratio 2 workers would reach over 1 if every sample cost what it cost in the 1-worker run
+    (by role): one worker is the bottleneck (w us per sample) while the writer and the supervisor
+    (r) run beside it; two workers share the cores with them, so throughput is at most
+    cores/(w + r), and at most 2/w. Ratio: min(2, cores * w / (w + r)). A model, not a hard bound:
+    when the host is faster during the 2-worker run than it was during the 1-worker run, a round
+    beats it. None for the bare loops (no roles)."""
     if not by_role or not by_role.get("workers"):
         return None
-    cores = cpus or os.cpu_count() or 1
+    cores = cpus or len(os.sched_getaffinity(0)) or 1
     w = by_role["workers"]
     r = by_role.get("writer", 0.0) + by_role.get("supervisor", 0.0)
     return round(min(2.0, cores * w / (w + r)), 3)
@@ -195,7 +198,7 @@ def table(result: dict) -> Table:
         "2 / 1: samples/s with 2 processes (bare loops) or 2 workers (fleetmon) over 1; (cap): a fleetmon run "
         "within 10% of agents/interval, bound by the interval and not the CPU: shorten --interval; CPU bound: "
         "the best 2 / 1 the 1-worker run's CPU per sample allows, min(2, cores x workers / (workers + writer "
-        "+ supervisor)), as the writer and the supervisor share the cores with 2 workers"
+        "+ supervisor)), as the writer and the supervisor share the cores with 2 workers (a model: a round beats it when the host sped up between its two runs)"
     )
     return t
 
