@@ -9,6 +9,9 @@ The lock is on the open file, so the writer forked from the supervisor holds it 
 close their copy: one stuck in a /proc read must not keep a new daemon out): after the supervisor is
 killed, its writer may still be draining for a few seconds. A new daemon started meanwhile
 (systemd's ``Restart=``) waits up to ``WAIT`` seconds for it to let go, and starts when it does.
+
+On NFS the lock works only where the server's lock manager does (and ``local_lock=flock`` makes it
+per host); where locking fails with ENOLCK or the like, the daemon warns and runs without it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from loguru import logger
 
 WAIT = 10.0  # seconds a new daemon waits for the previous one's processes to let go
 POLL = 0.1
+# A filesystem without working locks (NFS without lockd): the daemon runs, unchecked, as before.
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
 class StateDirBusy(Exception):
@@ -42,18 +47,25 @@ def acquire(run_dir: Path, wait: float = WAIT) -> int:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError as exc:
+                if exc.errno in UNSUPPORTED:
+                    logger.warning(
+                        "cannot lock {} ({}): running without the check that no other fleetmon uses this "
+                        "state dir", path, exc.strerror,
+                    )
+                    return fd
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
-            holder = _holder(fd)
+            # The pid is the supervisor's; after it was killed, its writer may hold the lock a while.
+            holder = f"pid {_holder(fd) or 'unknown'}, or its writer"
             if time.monotonic() >= deadline:
                 raise StateDirBusy(
-                    f"state dir {run_dir.parent} is in use by another fleetmon (pid {holder or 'unknown'}): "
+                    f"state dir {run_dir.parent} is in use by another fleetmon ({holder}): "
                     "stop it first, or give this one another --state-dir"
                 )
             if not told:
                 logger.warning(
-                    "state dir {} is in use by another fleetmon (pid {}): waiting up to {:g}s for it to stop",
-                    run_dir.parent, holder or "unknown", wait,
+                    "state dir {} is in use by another fleetmon ({}): waiting up to {:g}s for it to stop",
+                    run_dir.parent, holder, wait,
                 )
                 told = True
             time.sleep(POLL)

@@ -77,9 +77,13 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_keeps_wo
     )
     print(f"\n[fault] second daemon: exit {second.returncode}: {second.stderr.strip().splitlines()[-1]}")
     assert second.returncode == 1, second.stderr
-    assert f"is in use by another fleetmon (pid {d.pid})" in second.stderr
+    assert f"is in use by another fleetmon (pid {d.pid}, or its writer)" in second.stderr
     assert "waiting up to" in second.stderr  # it said so while it waited
-    worker = daemon_json(state_dir)["workers"][0]["pid"]
+    info = daemon_json(state_dir)
+    worker = info["workers"][0]["pid"]
+    lock_file = str(state_dir / "run" / "lock")
+    holders = {pid for pid in (d.pid, info["writer_pid"], worker) if lock_file in _open_files(pid)}
+    assert holders == {d.pid, info["writer_pid"]}  # a worker (stuck in a read, maybe) must not keep it
     before = set(children_of(d.pid))
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: set(children_of(d.pid)) - before, 10, what="the worker to be restarted")
@@ -144,3 +148,16 @@ def _lock_is_free(state_dir) -> bool:
     fd = lock.acquire(state_dir / "run", wait=0)
     os.close(fd)
     return True
+
+
+def _open_files(pid: int) -> set[str]:
+    import os
+
+    fds = f"/proc/{pid}/fd"
+    out = set()
+    for name in os.listdir(fds):
+        try:
+            out.add(os.readlink(f"{fds}/{name}"))
+        except OSError:
+            pass
+    return out

@@ -17,7 +17,7 @@ def test_a_held_state_dir_is_refused_with_the_holders_pid(tmp_path):
     try:
         assert (tmp_path / "lock").read_text() == f"{os.getpid()}\n"
         started = time.monotonic()
-        with pytest.raises(lock.StateDirBusy, match=rf"in use by another fleetmon \(pid {os.getpid()}\)"):
+        with pytest.raises(lock.StateDirBusy, match=rf"in use by another fleetmon \(pid {os.getpid()}, or its writer\)"):
             lock.acquire(tmp_path, wait=0.3)
         assert time.monotonic() - started >= 0.3  # it waited before giving up
     finally:
@@ -51,3 +51,26 @@ def test_a_forked_child_that_closes_its_copy_does_not_free_the_lock(tmp_path):
             lock.acquire(tmp_path, wait=0)
     finally:
         os.close(fd)
+
+
+def test_a_filesystem_without_locks_warns_and_runs_unchecked(tmp_path, monkeypatch):
+    """NFS without a lock manager answers ENOLCK: the daemon runs as it did before the lock existed,
+    and says so, rather than refusing a state dir that used to work."""
+    import errno
+    import fcntl
+
+    from loguru import logger
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lines: list = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="WARNING")
+    try:
+        fd = lock.acquire(tmp_path, wait=0)
+    finally:
+        logger.remove(sink)
+    os.close(fd)
+    assert lines == [("WARNING", f"cannot lock {tmp_path / 'lock'} (No locks available): running without the check "
+                                 "that no other fleetmon uses this state dir")]
