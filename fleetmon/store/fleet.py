@@ -153,37 +153,39 @@ class Fleet:
         opened, reorder_above = self.rings.opened, self.rings.reorder_above
         tolerance = IDENTITY_TOLERANCE
         taken = 0
-        for s in samples:
-            a = agents.get(s.agent_id)
-            if (
-                a is None or a.pid != s.pid or not a.registered or a.alerts or a.create_time is None
-                or not -tolerance <= a.create_time - s.create_time <= tolerance
-                or (a.status != "running" and a.status != "stalled")
-            ):
-                slow(s)
-                continue
-            cpu, rss, fds = s.cpu, s.memory_rss, s.open_files
-            if (
-                cpu is None or rss is None or fds is None or cpu > a.cpu_max or rss > a.rss_max or fds > a.fds_max
-                or s.memory_vms is None or s.disk_read_bytes is None or s.disk_write_bytes is None
-                or s.num_threads is None
-            ):
-                slow(s)
-                continue
-            ring = opened.get(a.id)
-            if ring is None or len(opened) > reorder_above:  # (LRU order kept: ``ring`` moves it)
-                slow(s)
-                continue
-            a.last = s
-            taken += 1
-            try:
-                ring.append_read(s)
-            except OSError:  # e.g. cut short behind the writer's back: the store's own handling
+        try:
+            for s in samples:
+                a = agents.get(s.agent_id)
+                if (
+                    a is None or a.pid != s.pid or not a.registered or a.alerts or a.create_time is None
+                    or not -tolerance <= a.create_time - s.create_time <= tolerance
+                    or (a.status != "running" and a.status != "stalled")
+                ):
+                    slow(s)
+                    continue
+                cpu, rss, fds = s.cpu, s.memory_rss, s.open_files
+                if (
+                    cpu is None or rss is None or fds is None or cpu > a.cpu_max or rss > a.rss_max or fds > a.fds_max
+                    or s.memory_vms is None or s.disk_read_bytes is None or s.disk_write_bytes is None
+                    or s.num_threads is None
+                ):
+                    slow(s)
+                    continue
+                ring = opened.get(a.id)
+                if ring is None or len(opened) > reorder_above:  # (LRU order kept: ``ring`` moves it)
+                    slow(s)
+                    continue
+                a.last = s
+                taken += 1
                 try:
-                    self.rings.append(a.id, _as_point(s))
-                except OSError as exc:
-                    self._write_error(f"history of {a.id}", exc, s.timestamp)
-        self.samples_total += taken
+                    ring.append_read(s)
+                except OSError as exc:  # e.g. cut short behind the writer's back: as RingStore.append
+                    try:
+                        self.rings.append_failed(a.id, _as_point(s), exc)
+                    except OSError as err:
+                        self._write_error(f"history of {a.id}", err, s.timestamp)
+        finally:
+            self.samples_total += taken
 
     def on_sample(self, s: Sample) -> None:
         a = self.agents.get(s.agent_id)

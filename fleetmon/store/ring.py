@@ -369,12 +369,18 @@ class RingStore:
         try:
             ring.append(point)
         except OSError as exc:
-            if exc.errno not in (errno.EBADF, errno.ESTALE, errno.ENOENT):
-                raise
-            self.close(agent_id)
-            if exc.errno != errno.ESTALE:
-                raise
-            self.ring(agent_id).append(point)  # cut short (or a stale NFS handle): opened again, extended
+            self.append_failed(agent_id, point, exc)
+
+    def append_failed(self, agent_id: str, point: Point | tuple, exc: OSError) -> None:
+        """After the agent's ring failed to take ``point`` with ``exc``: a ring cut short (or a stale
+        NFS handle) is opened again, which extends it, and takes the point; any other error is
+        raised again (a descriptor gone bad closes the ring first, to be opened anew next time)."""
+        if exc.errno not in (errno.EBADF, errno.ESTALE, errno.ENOENT):
+            raise exc
+        self.close(agent_id)
+        if exc.errno != errno.ESTALE:
+            raise exc
+        self.ring(agent_id).append(point)
 
     def _map_next(self) -> bool:
         return self.mapped and self.mapped_open < self.max_mapped

@@ -407,3 +407,32 @@ def test_on_samples_takes_the_common_case_without_on_sample(tmp_path, monkeypatc
     assert calls == [over]  # over its limit: the state machine's business
     fleet.rings.close_all()
     assert [p.timestamp for p in read_points(tmp_path / "a.ring")] == [1.7e9 + 1, 1.7e9 + 2]
+
+
+def test_on_samples_write_error_is_reported_once_like_on_sample(tmp_path, monkeypatch):
+    """A write that fails (EIO) is one write error, tried once, on either path; only a ring cut
+    short (ESTALE) is opened again and written (RingStore.append_failed, shared)."""
+    import errno
+    import os
+
+    from fleetmon.store import ring as R
+
+    tries: list = []
+    pwrite = os.pwrite
+
+    def eio(*args):
+        tries.append(args)
+        raise OSError(errno.EIO, "Input/output error")
+
+    for batched in (True, False):
+        fleet = Fleet(R.RingStore(tmp_path / str(batched), 10, mapped=False), lambda e: None)
+        (tmp_path / str(batched)).mkdir()
+        fleet.set_registry([wire.RegisteredAgent("a", "default", 7, None, wire.Thresholds())], 0)
+        fleet.on_samples([wire.Sample("a", 7, 1.7e9, 1.7e9 + 1, 1.0, 1, 1, 1, 1, 1, 1)])
+        tries.clear()
+        monkeypatch.setattr(R.os, "pwrite", eio)
+        second = wire.Sample("a", 7, 1.7e9, 1.7e9 + 2, 1.0, 1, 1, 1, 1, 1, 1)
+        fleet.on_samples([second]) if batched else fleet.on_sample(second)
+        monkeypatch.setattr(R.os, "pwrite", pwrite)
+        assert len(tries) == 1 and fleet.write_errors == 1 and fleet.samples_total == 2, batched
+        fleet.rings.close_all()
