@@ -237,7 +237,9 @@ class Fleet:
                 a.meta_dirty = True
         elif a.pid != s.pid:
             self._close_alerts(a, s.timestamp, "exited")
-            a.pid = s.pid
+            # Another process, its create time unknown yet: the old one's would make its first
+            # readable sample look like pid reuse.
+            a.pid, a.create_time = s.pid, None
             a.meta_dirty = True
         return True
 

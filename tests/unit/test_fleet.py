@@ -157,7 +157,10 @@ def test_a_restart_closes_the_old_process_episodes_and_the_new_one_starts_over(r
     # a sample without a readable create time (access denied) from yet another pid: the same
     fleet.on_sample(sample(T0 + 90, pid=300, create_time=0.0, rss=50))
     assert [(e.state, e.reason) for e in events[4:]] == [("ok", "exited")]
-    assert a.pid == 300 and a.alerts == {}
+    assert a.pid == 300 and a.alerts == {} and a.create_time is None
+    # its create time readable later: learned, not taken for pid reuse (the old one's is forgotten)
+    fleet.on_sample(sample(T0 + 100, pid=300, create_time=CT + 85, rss=50))
+    assert a.status == "running" and a.create_time == CT + 85 and fleet.retired == []
 
 
 def test_pid_reuse_marks_exited_and_is_not_recorded(rings, events):
