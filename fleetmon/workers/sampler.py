@@ -98,6 +98,12 @@ def check_pidfile(path: str) -> tuple[int | None, str | None]:
     return pid, None
 
 
+def _kind(problem: str | None) -> str | None:
+    """What is wrong with a pidfile, without what it holds (a file caught mid-write, holding other
+    garbage each tick, is logged once)."""
+    return problem.split(":", 1)[0] if problem else None
+
+
 class Sampler:
     """Samples a shard of agents. One per worker; keeps a ``Tracked`` per agent id."""
 
@@ -121,7 +127,7 @@ class Sampler:
 
     def _pidfile_changed(self, ref: AgentRef, pid: int | None, problem: str | None) -> None:
         """A pidfile that does not give a pid is logged once (WARNING, naming the file and what is
-        wrong), and again only when what is wrong changes; one that gives a pid again, once."""
+        wrong), and again only when the kind of problem changes; one that gives a pid again, once."""
         log = logger.bind(agent_id=ref.id, pidfile=ref.pidfile)
         if problem is not None:
             log.warning("agent {}: pidfile {} {}: not sampled until it holds a pid", ref.id, ref.pidfile, problem)
@@ -136,7 +142,7 @@ class Sampler:
             pid = ref.pid
         else:
             pid, problem = check_pidfile(ref.pidfile or "")
-            if problem != self.pidfile_problems.get(ref.id):
+            if _kind(problem) != _kind(self.pidfile_problems.get(ref.id)):
                 self._pidfile_changed(ref, pid, problem)
             if pid is None:
                 return Gone(ref.id, None, now, "no_pidfile")

@@ -315,3 +315,25 @@ def test_a_pidfile_without_a_pid_is_named_once_with_what_is_wrong(tmp_path, cont
         assert lines[1:] == [("INFO", f"agent a: pidfile {pidfile} holds a pid again ({os.getpid()})")]
     finally:
         logger.remove(sink)
+
+
+def test_a_pidfile_holding_other_garbage_each_tick_is_named_once(tmp_path):
+    from loguru import logger
+
+    pidfile = tmp_path / "agent.pid"
+    lines: list = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        s = Sampler()
+        ref = AgentRef("a", None, str(pidfile))
+        for i in range(3):  # caught mid-write, differently each time
+            pidfile.write_text(f"garbage-{i}\n")
+            s.sample(ref)
+        pidfile.unlink()
+        s.sample(ref)
+    finally:
+        logger.remove(sink)
+    assert lines == [
+        f"agent a: pidfile {pidfile} does not hold a pid: b'garbage-0': not sampled until it holds a pid",
+        f"agent a: pidfile {pidfile} is missing: not sampled until it holds a pid",  # another kind of problem
+    ]
