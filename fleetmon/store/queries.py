@@ -84,8 +84,9 @@ def _agent_file(state: StateDir, agent_id: str) -> AgentRecord | None:
 
 
 def is_known(state: StateDir, agent_id: str) -> bool:
-    """Registered, or has a history (its ring is created with its first point). The metadata file
-    of an agent removed before it was ever sampled does not count: such an id is unknown."""
+    """Registered, or has a history file (created with its first point, or when a writer checks a
+    batch sent again against it). The metadata file of an agent removed before it was ever
+    sampled does not count: such an id is unknown."""
     check_agent_id(agent_id)
     return state.registry_file(agent_id).is_file() or state.ring_file(agent_id).is_file()
 

@@ -407,7 +407,8 @@ class Arbiter:
         if self.registry.scan():
             self._reshard()
             self._tell_writer(self._registry_msg())
-            logger.info("registry: {}", registry_changes(before, self.registry.entries))
+            if self.registry.entries != before:  # (an invalid file added or edited changes nothing)
+                logger.info("registry: {}", registry_changes(before, self.registry.entries))
         for w in self.workers:
             self._send_tick(w)
         self._tick_quarantine()

@@ -70,7 +70,10 @@ def status_view(st, console: Console | None = None, limit: int | None = None) ->
     if not st.agents:
         console.print("no agents registered: fleetmon agents add ID --pid PID")
     elif st.daemon is not None and not daemon_running(st.daemon):
-        console.print(f"[yellow]the daemon is stopped: statuses and alerts are as of its last tick ({_age(st.daemon.updated)})[/]")
+        console.print(
+            f"[yellow]no tick recorded for {_age(st.daemon.updated).removesuffix(' ago')} (daemon stopped?): "
+            "statuses and alerts are as of then[/]"
+        )
 
 
 def history_table(agent_id: str, points) -> None:
