@@ -203,6 +203,19 @@ def test_agent_record_without_alerts_shares_an_empty_list_that_stays_empty(tmp_p
     assert again.alerts is not F._NO_ALERTS and F._NO_ALERTS == [] and records[0].alerts == []
 
 
+def _record_log():
+    """The messages logged from now on (DEBUG and up), and the function that stops recording them."""
+    from loguru import logger
+
+    lines: list = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="DEBUG")
+    return lines, lambda: logger.remove(sink)
+
+
+def _thresholds(cpu, memory, fds, duration) -> wire.Thresholds:
+    return wire.Thresholds(cpu_threshold=cpu, memory_threshold=memory, open_files_threshold=fds, threshold_duration=duration)
+
+
 _limit = st.integers(min_value=0, max_value=4)  # small: values land on the limits often
 _value = st.one_of(st.none(), st.integers(min_value=0, max_value=6))
 
@@ -218,16 +231,13 @@ def test_skipping_the_state_machine_under_the_limits_changes_nothing(tmp_path_fa
     """``Fleet.on_sample`` runs the threshold state machine only when an episode is open or a value
     is over its limit. Against a fleet that runs it for every sample: the same events, alerts and log
     lines, whatever the limits (0 = off), values (None = unreadable) and repeat interval."""
-    from loguru import logger
-
     from fleetmon.store.ring import RingStore
 
-    thresholds = wire.Thresholds(cpu_threshold=cpu, memory_threshold=memory, open_files_threshold=fds, threshold_duration=duration)
+    thresholds = _thresholds(cpu, memory, fds, duration)
     runs = []
     for gate in (True, False):
         events: list = []
-        lines: list = []
-        sink = logger.add(lambda m, lines=lines: lines.append(m.record["message"]), level="DEBUG")
+        lines, stop_recording = _record_log()
         rings = RingStore(tmp_path_factory.mktemp("h"), 50)
         try:
             fleet = Fleet(rings, events.append, alert_repeat=repeat)
@@ -239,7 +249,7 @@ def test_skipping_the_state_machine_under_the_limits_changes_nothing(tmp_path_fa
                 fleet.on_sample(wire.Sample("a", 7, 1.7e9, 1.7e9 + 100 + i, None if c is None else float(c), m, 1, 0, 0, f, 1))
             runs.append((events, {r: (x.state, x.since, x.logged) for r, x in a.alerts.items()}, lines))
         finally:
-            logger.remove(sink)
+            stop_recording()
             rings.close_all()
     assert runs[0] == runs[1]
 
@@ -325,17 +335,14 @@ def test_on_samples_fast_path_is_on_sample_for_each(tmp_path_factory, limits, ma
     ``on_sample`` for every sample, over random scripts of batches (restarts, strangers, unreadable
     metrics, values over the limits), disappearances, stalls, registry changes and rings closed or
     evicted: the same events, log lines, agents, retired pids and history files."""
-    from loguru import logger
-
     from fleetmon.store.ring import RingStore, read_points
 
     cpu, memory, fds, duration = limits
-    thresholds = wire.Thresholds(cpu_threshold=cpu, memory_threshold=memory, open_files_threshold=fds, threshold_duration=duration)
+    thresholds = _thresholds(cpu, memory, fds, duration)
     runs = []
     for batched in (True, False):
         events: list = []
-        lines: list = []
-        sink = logger.add(lambda m, lines=lines: lines.append(m.record["message"]), level="DEBUG")
+        lines, stop_recording = _record_log()
         directory = tmp_path_factory.mktemp("h")
         rings = RingStore(directory, 5, max_open=max_open, mapped=True)
         try:
@@ -383,7 +390,7 @@ def test_on_samples_fast_path_is_on_sample_for_each(tmp_path_factory, limits, ma
             history = {p.name: read_points(p) for p in sorted(directory.iterdir())}
             runs.append((events, lines, agents, fleet.samples_total, fleet.retired, lru, history))
         finally:
-            logger.remove(sink)
+            stop_recording()
             rings.close_all()
     assert runs[0] == runs[1]
 
