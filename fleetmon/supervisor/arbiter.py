@@ -51,12 +51,12 @@ def registry_changes(before: dict, after: dict, names: int = 5) -> str:
         more = f" and {len(ids) - names} more" if len(ids) > names else ""
         return ", ".join(ids[:names]) + more
 
-    parts = [f"{len(after)} agent{'' if len(after) == 1 else 's'}"]
+    count = f"{len(after)} agent{'' if len(after) == 1 else 's'}"
     added = [i for i in after if i not in before]
     removed = [i for i in before if i not in after]
     changed = [i for i in after if i in before and after[i] != before[i]]
     kinds = [(w, ids) for w, ids in (("added", added), ("removed", removed), ("changed", changed)) if ids]
-    return parts[0] + (": " + "; ".join(f"{w} {listed(ids)}" for w, ids in kinds) if kinds else "")
+    return count + (": " + "; ".join(f"{w} {listed(ids)}" for w, ids in kinds) if kinds else "")
 
 
 class Arbiter:

@@ -142,15 +142,13 @@ def _show(key: str, value) -> str:
 
 
 def rescan_registry(arbiter) -> None:
-    before = set(arbiter.registry.entries)
+    from fleetmon.supervisor.arbiter import registry_changes
+
+    before = arbiter.registry.entries
     if arbiter.registry.scan(force=True):
-        after = set(arbiter.registry.entries)
         arbiter._reshard()
         arbiter._tell_writer(arbiter._registry_msg())
-        logger.info(
-            "SIGHUP: registry rescanned: {} agents ({} added, {} removed)",
-            len(after), len(after - before), len(before - after),
-        )
+        logger.info("SIGHUP: registry rescanned: {}", registry_changes(before, arbiter.registry.entries))
     else:
         logger.info("SIGHUP: registry rescanned: unchanged, {} agents", len(arbiter.registry.entries))
 
