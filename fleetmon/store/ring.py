@@ -82,7 +82,7 @@ def _parse_header(data: bytes) -> int:
 
 
 def encode_record(seq: int, p: Point | tuple) -> bytes:
-    """One record, any metric null (``Ring.append`` packs the common case, none null, itself)."""
+    """One record, any metric null (``Ring.append_read`` packs the common case, none null, itself)."""
     ts, cpu, rss, vms, rd, wr, fds, thr = p
     mask = (
         (cpu is None) | (rss is None) << 1 | (vms is None) << 2 | (rd is None) << 3
@@ -218,19 +218,16 @@ class Ring:
                 pass  # only a hint
         return cls(path, fd, capacity, len(points) % capacity, len(points), points[-1][0] if points else 0.0, mapped)
 
-    def append(self, point: Point | tuple) -> None:
-        seq = self.seq + 1
-        ts, cpu, rss, vms, rd, wr, fds, thr = point
-        if cpu is None or rss is None or vms is None or rd is None or wr is None or fds is None or thr is None:
-            record = encode_record(seq, point)
-        else:  # the common case, every metric read, packed here: one call less per sample
-            body = _pack(ts, cpu, rss, vms, rd, wr, fds, thr, seq, 0, 0)
-            record = body + _pack_crc(_crc32(body))
-        self._put(record, seq, ts)
+    def append(self, point: Point) -> None:
+        if None in point:  # (the timestamp never is): a metric unreadable, flagged in the record
+            seq = self.seq + 1
+            self._put(encode_record(seq, point), seq, point.timestamp)
+        else:
+            self.append_read(point)
 
     def append_read(self, s) -> None:
-        """``append`` for a sample (a ``wire.Sample``, or anything with the same metric attributes)
-        whose every metric was read, straight from its attributes (``Fleet.on_samples``)."""
+        """``append`` for a point or a sample (a ``wire.Sample``: the same metric attributes) whose
+        every metric was read, packed straight from its attributes (``Fleet.on_samples``)."""
         seq = self.seq + 1
         body = _pack(
             s.timestamp, s.cpu, s.memory_rss, s.memory_vms, s.disk_read_bytes, s.disk_write_bytes, s.open_files,
