@@ -67,14 +67,10 @@ def _identity(proc: psutil.Process) -> tuple[object, bool]:
     return stat["create_time"], stat["status"] == b"Z"
 
 
-def read_pidfile(path: str) -> int | None:
-    """The pid in a pidfile, or None when it is missing, empty, not a regular file or not a positive
-    integer. Opened non-blocking: a FIFO named as a pidfile must not hang the worker."""
-    return check_pidfile(path)[0]
-
-
 def check_pidfile(path: str) -> tuple[int | None, str | None]:
-    """``(pid, None)``, or ``(None, what is wrong with the file)`` for the log."""
+    """``(pid, None)``, or ``(None, what is wrong with the file)`` for the log: missing, empty, not a
+    regular file, not a positive integer. Opened non-blocking: a FIFO named as a pidfile must not
+    hang the worker."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -17,7 +17,7 @@ from loguru import logger
 from fleetmon.wire import AgentRef, Gone, Sample
 from fleetmon.workers import procfs
 from fleetmon.workers import sampler as sampler_mod
-from fleetmon.workers.sampler import Sampler, read_pidfile
+from fleetmon.workers.sampler import Sampler, check_pidfile
 
 READERS = ["procfs", "psutil"]
 
@@ -269,7 +269,7 @@ def test_bad_pidfile_is_gone_and_fits_the_wire(tmp_path, content):
     pidfile = tmp_path / "agent.pid"
     if content is not None:
         pidfile.write_text(content + "\n")
-    assert read_pidfile(str(pidfile)) is None
+    assert check_pidfile(str(pidfile))[0] is None
     g = encodable(Sampler().sample(AgentRef("a", None, str(pidfile))))
     assert isinstance(g, Gone) and g.reason == "no_pidfile"
 
@@ -277,7 +277,7 @@ def test_bad_pidfile_is_gone_and_fits_the_wire(tmp_path, content):
 def test_pidfile_takes_the_first_line(tmp_path):
     pidfile = tmp_path / "agent.pid"
     pidfile.write_text(" 123 \nsomething else\n")
-    assert read_pidfile(str(pidfile)) == 123
+    assert check_pidfile(str(pidfile)) == (123, None)
 
 
 def test_has_num_fds_detected_on_linux():
