@@ -20,7 +20,7 @@ from fleetmon import channel, wire
 from fleetmon.store.layout import StateDir
 from fleetmon.supervisor import children, lock, notify, sharding
 from fleetmon.supervisor.config import Config
-from fleetmon.supervisor.registry import RegistryScanner
+from fleetmon.supervisor.registry import RegistryScanner, registry_changes
 from fleetmon.workers import worker as W
 from fleetmon.workers.sampler import resolve_reader
 
@@ -41,22 +41,6 @@ class Quarantined:
 
     def __init__(self, agent_id: str, pid: int):
         self.agent_id, self.pid, self.strikes, self.retry_at = agent_id, pid, 1, 0.0
-
-
-def registry_changes(before: dict, after: dict, names: int = 5) -> str:
-    """``3 agents: added a, b; removed c; changed d`` (at most ``names`` ids named per kind)."""
-
-    def listed(ids: list[str]) -> str:
-        ids = sorted(ids)
-        more = f" and {len(ids) - names} more" if len(ids) > names else ""
-        return ", ".join(ids[:names]) + more
-
-    count = f"{len(after)} agent{'' if len(after) == 1 else 's'}"
-    added = [i for i in after if i not in before]
-    removed = [i for i in before if i not in after]
-    changed = [i for i in after if i in before and after[i] != before[i]]
-    kinds = [(w, ids) for w, ids in (("added", added), ("removed", removed), ("changed", changed)) if ids]
-    return count + (": " + "; ".join(f"{w} {listed(ids)}" for w, ids in kinds) if kinds else "")
 
 
 class Arbiter:

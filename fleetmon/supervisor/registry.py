@@ -113,6 +113,22 @@ def read_all(directory: Path) -> tuple[dict[str, RegistryEntry], dict[str, str]]
     return entries, errors
 
 
+def registry_changes(before: dict, after: dict, names: int = 5) -> str:
+    """``3 agents: added a, b; removed c; changed d`` (at most ``names`` ids named per kind)."""
+
+    def listed(ids: list[str]) -> str:
+        ids = sorted(ids)
+        more = f" and {len(ids) - names} more" if len(ids) > names else ""
+        return ", ".join(ids[:names]) + more
+
+    count = f"{len(after)} agent{'' if len(after) == 1 else 's'}"
+    added = [i for i in after if i not in before]
+    removed = [i for i in before if i not in after]
+    changed = [i for i in after if i in before and after[i] != before[i]]
+    kinds = [(w, ids) for w, ids in (("added", added), ("removed", removed), ("changed", changed)) if ids]
+    return count + (": " + "; ".join(f"{w} {listed(ids)}" for w, ids in kinds) if kinds else "")
+
+
 class RegistryScanner:
     """Incremental rescans for the supervisor."""
 

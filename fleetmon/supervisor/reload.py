@@ -26,6 +26,7 @@ from loguru import logger
 from fleetmon import logs, wire
 from fleetmon.supervisor import children
 from fleetmon.supervisor.config import Config, ConfigError, load
+from fleetmon.supervisor.registry import registry_changes
 from fleetmon.units import format_duration
 
 RELOADABLE = ("workers", "interval", "stall_timeout", "alert_repeat", "thresholds", "log_level")
@@ -142,8 +143,6 @@ def _show(key: str, value) -> str:
 
 
 def rescan_registry(arbiter) -> None:
-    from fleetmon.supervisor.arbiter import registry_changes
-
     before = arbiter.registry.entries
     if arbiter.registry.scan(force=True):
         arbiter._reshard()

@@ -168,7 +168,7 @@ def test_scanner_does_not_follow_symlinks(tmp_path):
 
 
 def test_registry_changes_are_summed_up_in_one_line():
-    from fleetmon.supervisor.arbiter import registry_changes
+    registry_changes = reg.registry_changes
 
     def entries(*ids, pid=1):
         return {i: reg.RegistryEntry(i, "default", pid) for i in ids}
