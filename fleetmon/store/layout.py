@@ -41,6 +41,11 @@ class StateDir:
         return self.root / "alerts.jsonl"
 
     @property
+    def alerts_previous(self) -> Path:
+        """alerts.jsonl as it was when it last reached ``alerts_max_size`` (``persist.AlertLog``)."""
+        return self.root / "alerts.jsonl.1"
+
+    @property
     def status(self) -> Path:
         """Snapshot of every agent's metadata and last sample, replaced after each tick."""
         return self.root / "status.json"

@@ -15,7 +15,7 @@ from fleetmon.store import thresholds as th
 from fleetmon.store.fleet import Agent, Fleet
 from fleetmon.store.layout import StateDir
 from fleetmon.store.records import AgentRecord, AlertState, DaemonJSON, StatusSnapshot, point_from_json
-from fleetmon.units import parse_rfc3339, rfc3339
+from fleetmon.units import format_size, parse_rfc3339, rfc3339
 
 # Seconds between rewrites of an unchanged agent's metadata file, to refresh its last_sample (one file
 # create per agent: at the default 60 s interval, refreshing every minute was ~80% of the writer's CPU).
@@ -31,15 +31,23 @@ _alert_state_decoder = msgspec.json.Decoder(dict[str, dict[str, AlertState]])
 
 
 class AlertLog:
-    """alerts.jsonl, appended with O_APPEND; lines that fail to be written are kept and retried."""
+    """alerts.jsonl, appended with O_APPEND; lines that fail to be written are kept and retried.
+
+    ``max_size`` bytes (0: no bound): once the file reaches it, it is renamed to ``alerts.jsonl.1``
+    (replacing the one before) and a new one is started, so the two hold at most about twice that.
+    Unbounded, a fleet whose agents flap around a limit grows it by hundreds of MB a day, and every
+    ``fleetmon alerts`` reads it whole."""
 
     MAX_PENDING = 100_000
 
-    def __init__(self, path):
+    def __init__(self, path, rotated=None, max_size: int = 0):
         self.path = path
+        self.rotated = rotated  # (a Path; needed with max_size)
+        self.max_size = max_size
         self.pending: list[bytes] = []
         self.unsynced = False
         self.fd = -1
+        self.size = 0  # of the open file
 
     def add(self, event: th.Event) -> None:
         self.pending.append(_json.encode(event) + b"\n")
@@ -51,8 +59,10 @@ class AlertLog:
             return
         if self.fd < 0:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self.size = os.fstat(self.fd).st_size
         data = b"".join(self.pending)
         n = os.write(self.fd, data)
+        self.size += n
         if n < len(data):
             # Keep whole lines only: a short append at a full disk is cut back to the last newline,
             # and the lines that made it are not written again.
@@ -60,11 +70,30 @@ class AlertLog:
             cut = written.rfind(b"\n") + 1
             if cut < n:
                 os.ftruncate(self.fd, os.fstat(self.fd).st_size - (n - cut))
+                self.size -= n - cut
             del self.pending[: written.count(b"\n")]
             self.unsynced = True
             raise OSError(28, "No space left on device (short write)")
         self.pending.clear()
         self.unsynced = True
+        if self.max_size and self.size >= self.max_size:
+            self.rotate()
+
+    def rotate(self) -> None:
+        """alerts.jsonl -> alerts.jsonl.1, its lines on disk first; the next write starts a new file.
+        On an error the file is kept open and grows on (the next write tries again)."""
+        os.fsync(self.fd)
+        self.unsynced = False
+        os.replace(self.path, self.rotated)
+        size, self.size = self.size, 0
+        os.close(self.fd)
+        self.fd = -1
+        try:
+            fsutil.fsync_dir(self.path.parent)
+        except OSError:
+            pass  # the rename is done; only its durability across a crash is left to the kernel
+        logger.info("{} reached {}: moved to {} (the one before is dropped), a new one started", self.path.name,
+                    format_size(size), self.rotated.name)
 
     def sync(self) -> None:
         if self.unsynced and self.fd >= 0:

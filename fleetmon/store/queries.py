@@ -107,15 +107,37 @@ def history(state: StateDir, agent_id: str, since: float, every: float | None = 
     return HistoryJSON(agent_id, [point_json(p) for p in history_points(state, agent_id, since, every, now)])
 
 
+def _alert_lines(state: StateDir) -> list[bytes]:
+    """The lines of alerts.jsonl.1 then of alerts.jsonl. Read again if the writer moved alerts.jsonl
+    to alerts.jsonl.1 meanwhile (its inode changed): else its lines would be read twice or not at all."""
+    for _ in range(3):
+        before = _inode(state.alerts)
+        data = _read_or_empty(state.alerts_previous) + _read_or_empty(state.alerts)
+        if _inode(state.alerts) == before:
+            break
+    return data.splitlines()
+
+
+def _read_or_empty(path) -> bytes:
+    try:
+        data = fsutil.read_private(path, 1 << 31)
+    except FileNotFoundError:
+        return b""
+    return data if not data or data.endswith(b"\n") else data + b"\n"  # (a torn last line stays apart)
+
+
+def _inode(path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
 def alerts(state: StateDir, since: float, now: float | None = None) -> AlertsJSON:
     """Alert state changes with ``timestamp >= now - since``, oldest first."""
     start = (time.time() if now is None else now) - since
-    try:
-        data = fsutil.read_private(state.alerts, 1 << 31)
-    except FileNotFoundError:
-        return AlertsJSON([])
     events = []
-    for line in data.splitlines():
+    for line in _alert_lines(state):
         if not line.strip():
             continue
         try:

@@ -55,7 +55,7 @@ class Writer:
         self.conns: dict[int, channel.FramedConn] = {}
         self.roles: dict[int, int | None] = {}  # fd -> worker index (-1: supervisor), None until Hello
         self.supervisor: channel.FramedConn | None = None
-        self.alert_log = persist.AlertLog(state.alerts)
+        self.alert_log = persist.AlertLog(state.alerts, state.alerts_previous, config.alerts_max_size)
         self.rings = RingStore(state.history, config.history_size, max_open=_fd_budget())
         self.fleet = Fleet(
             self.rings,

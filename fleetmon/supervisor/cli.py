@@ -169,7 +169,8 @@ def build_parser() -> Parser:
     al = sub.add_parser(
         "alerts", parents=[state_parent], help="alert state changes",
         description="Alert state changes (warning, error, ok) from the last --since, oldest first, from "
-        "alerts.jsonl: one per change, with the value, the threshold and the episode's start (since).",
+        "alerts.jsonl (and alerts.jsonl.1, where it goes at alerts_max_size): one per change, with the value, the "
+        "threshold and the episode's start (since).",
     )
     al.add_argument("--since", type=_positive_duration, default=3600.0, metavar="DUR", help="how far back (default 1h)")
     al.add_argument("--json", action="store_true", help='print {"events": [...]}')

@@ -56,6 +56,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     history_size: int = 1440
     stall_timeout: float | str = 10.0
     alert_repeat: float | str = 600.0
+    # Past this size alerts.jsonl is moved to alerts.jsonl.1 (the one before dropped) and started
+    # again, so the two hold at most about twice this; 0: no bound.
+    alerts_max_size: int | str = "64MiB"
     http: str | int | None = None  # [HOST:]PORT; a bare port (also unquoted) binds 127.0.0.1
     log_level: str = "INFO"
     log_format: str = "text"
@@ -73,6 +76,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         self.interval = _field("interval", parse_duration, self.interval)
         self.stall_timeout = _field("stall_timeout", parse_duration, self.stall_timeout)
         self.alert_repeat = _field("alert_repeat", parse_duration, self.alert_repeat)
+        self.alerts_max_size = _field("alerts_max_size", parse_size, self.alerts_max_size)
         if isinstance(self.http, int) and not isinstance(self.http, bool):
             self.http = str(self.http)
         self.validate()

@@ -4,6 +4,7 @@ log and in ``alerts --json``; sources from the config file."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 from tests.helpers import cli, register, wait_until
 from tests.integration.common import PY, agent, alerts, fd_count, parse_ts
@@ -100,3 +101,33 @@ def test_invalid_config_refuses_to_start_naming_the_key(state_dir, tmp_path):
     assert proc.returncode == 2
     assert "thresholds.types.web.memory_threshold" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_alerts_jsonl_is_rotated_at_its_bound_and_alerts_reads_across(procs, state_dir, tmp_path, daemons):
+    """An agent flapping over its limit: alerts.jsonl moves to alerts.jsonl.1 each time it reaches
+    ``alerts_max_size``, so the two stay bounded, and ``alerts`` still lists the newest events in order."""
+    hold = tmp_path / "hold"
+    p = procs.start([PY, "-c", FD_TOGGLE, str(hold)])
+    register(state_dir, "flappy", p.pid, open_files=LIMIT, **{"for": "0s"})
+    config = tmp_path / "fleetmon.toml"
+    config.write_text('alerts_max_size = "1KiB"\n')
+    d = daemons(state_dir, "--config", str(config), "--interval", "100ms", "--workers", "1")
+    d.wait_tick(1)
+    for flap in range(8):  # error, then ok: 16 events of ~200 bytes, rotated every ~5
+        hold.touch()
+        wait_until(lambda: (e := alerts(state_dir)) and e[-1]["state"] == "error", 30, what=f"error {flap}")
+        hold.unlink()
+        wait_until(lambda: (e := alerts(state_dir)) and e[-1]["state"] == "ok", 30, what=f"ok {flap}")
+    assert d.stop() == 0
+    previous = state_dir / "alerts.jsonl.1"
+    assert previous.exists()
+    for f in (previous, state_dir / "alerts.jsonl"):
+        assert f.stat().st_size < 1024 + 512, f  # the bound, plus at most the batch that crossed it
+    events = alerts(state_dir)
+    assert 5 <= len(events) < 16  # the oldest were dropped with the first generations
+    assert [e["state"] for e in events[-2:]] == ["error", "ok"]
+    stamps = [parse_ts(e["timestamp"]) for e in events]
+    assert stamps == sorted(stamps)
+    states = [e["state"] for e in events]
+    assert all(a != b for a, b in pairwise(states))  # alternating: none lost or repeated at a seam
+    assert "moved to alerts.jsonl.1" in d.log()

@@ -1,0 +1,125 @@
+"""alerts.jsonl is bounded: past ``alerts_max_size`` it moves to alerts.jsonl.1 and starts again, and
+``fleetmon alerts`` reads both, oldest first, without losing or repeating a line."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+import pytest
+
+from fleetmon.store import persist, queries
+from fleetmon.store import thresholds as th
+from fleetmon.store.layout import StateDir
+
+
+def _event(i: int) -> th.Event:
+    return th.Event(f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z", f"a{i}", "cpu", "warning", float(i), 1.0,
+                    "2026-01-01T00:00:00Z", None)
+
+
+def _line_size() -> int:
+    return len(persist._json.encode(_event(0))) + 1
+
+
+@pytest.fixture
+def state(tmp_path) -> StateDir:
+    return StateDir(tmp_path / "state").create()
+
+
+def _log(state: StateDir, max_size: int) -> persist.AlertLog:
+    return persist.AlertLog(state.alerts, state.alerts_previous, max_size)
+
+
+def _agents(path) -> list[str]:
+    return [msgspec.json.decode(x)["agent_id"] for x in path.read_bytes().splitlines()]
+
+
+def test_rotates_once_the_file_reaches_its_bound_and_drops_only_the_generation_before(state):
+    line = _line_size()
+    log = _log(state, 3 * line)
+    for i in range(8):  # one write per event: rotations after the 3rd and the 6th
+        log.add(_event(i))
+        log.write()
+    log.close()
+    assert _agents(state.alerts_previous) == ["a3", "a4", "a5"]  # a0-a2 dropped with the first generation
+    assert _agents(state.alerts) == ["a6", "a7"]
+    assert os.stat(state.alerts_previous).st_mode & 0o777 == 0o600
+    events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
+    assert [e.agent_id for e in events] == ["a3", "a4", "a5", "a6", "a7"]
+
+
+def test_a_batch_past_the_bound_is_kept_whole_before_the_rotation(state):
+    log = _log(state, _line_size())
+    for i in range(5):
+        log.add(_event(i))
+    log.write()  # all five in one write, then moved
+    log.add(_event(5))
+    log.write()
+    log.close()
+    assert _agents(state.alerts_previous) == ["a5"]  # the five were dropped by the next rotation
+    assert not state.alerts.exists()  # (created again by the next write)
+
+
+def test_the_size_of_a_file_left_by_an_earlier_writer_counts(state):
+    state.alerts.write_bytes(persist._json.encode(_event(0)) + b"\n")
+    log = _log(state, 2 * _line_size())
+    log.add(_event(1))
+    log.write()
+    log.close()
+    assert _agents(state.alerts_previous) == ["a0", "a1"] and not state.alerts.exists()
+
+
+def test_no_bound_never_rotates(state):
+    log = _log(state, 0)
+    for i in range(50):
+        log.add(_event(i))
+        log.write()
+    log.close()
+    assert len(_agents(state.alerts)) == 50 and not state.alerts_previous.exists()
+
+
+def test_a_rotation_that_fails_loses_nothing_and_is_tried_again(state, monkeypatch):
+    log = _log(state, _line_size())
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(13, "Permission denied")))
+    log.add(_event(0))
+    with pytest.raises(OSError):
+        log.write()
+    log.add(_event(1))
+    with pytest.raises(OSError):
+        log.write()
+    assert _agents(state.alerts) == ["a0", "a1"]  # written, and not written twice
+    monkeypatch.setattr(os, "replace", real)
+    log.add(_event(2))
+    log.write()
+    log.close()
+    assert _agents(state.alerts_previous) == ["a0", "a1", "a2"]
+
+
+def test_a_query_during_a_rotation_reads_again(state, monkeypatch):
+    """The writer moves alerts.jsonl between the query's two reads: without reading again, the lines
+    moved would be missed (read as neither the old .1 nor the new file)."""
+    state.alerts_previous.write_bytes(persist._json.encode(_event(0)) + b"\n")
+    state.alerts.write_bytes(persist._json.encode(_event(1)) + b"\n")
+    real = queries._read_or_empty
+    moved = []
+
+    def read(path):
+        data = real(path)
+        if path == state.alerts_previous and not moved:  # after the old .1 was read: rotate
+            moved.append(True)
+            os.replace(state.alerts, state.alerts_previous)
+            state.alerts.write_bytes(persist._json.encode(_event(2)) + b"\n")
+        return data
+
+    monkeypatch.setattr(queries, "_read_or_empty", read)
+    events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
+    assert [e.agent_id for e in events] == ["a1", "a2"]
+
+
+def test_a_torn_last_line_of_the_old_file_does_not_swallow_the_first_of_the_new(state):
+    state.alerts_previous.write_bytes(persist._json.encode(_event(0)) + b"\n" + b'{"timestamp": "2026-01-0')
+    state.alerts.write_bytes(persist._json.encode(_event(1)) + b"\n")
+    events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
+    assert [e.agent_id for e in events] == ["a0", "a1"]
