@@ -24,6 +24,7 @@ class Agent:
     __slots__ = (
         "id", "type", "registered_pid", "pid", "create_time", "status", "restart_count",
         "last", "alerts", "limits", "cpu_max", "rss_max", "fds_max", "meta_dirty", "meta_written", "registered",
+        "removed_at",
     )
 
     def __init__(self, agent_id: str, agent_type: str = "default"):
@@ -43,6 +44,9 @@ class Agent:
         self.meta_dirty = True
         self.meta_written = 0.0
         self.registered = False
+        # When it left the registry (its metadata file says: written then), for ``keep_removed``;
+        # None while registered.
+        self.removed_at: float | None = None
 
     def record(self, now: float, updated: str | None = None) -> AgentRecord:
         """The agent's metadata; ``updated``: ``rfc3339(now)`` when the caller formatted it already.
@@ -113,14 +117,30 @@ class Fleet:
             if not a.registered or a.type != e.type or a.registered_pid != e.pid:
                 a.meta_dirty = True
             a.registered = True
+            a.removed_at = None
             a.type = e.type
             a.registered_pid = e.pid
             self._apply_limits(a, e.thresholds, now)
         for a in self.agents.values():
             if a.id not in self._registry and a.registered:
                 a.registered = False
+                a.removed_at = now
+                a.meta_dirty = True  # its metadata file, written now, records when it was removed
                 self._close_alerts(a, now, "removed")
                 self.rings.close(a.id)
+
+    def removed_before(self, cutoff: float) -> list[str]:
+        """Agents out of the registry since ``cutoff`` or earlier. One loaded from disk that the
+        registry does not name counts as removed when its metadata was last written."""
+        return [a.id for a in self.agents.values() if not a.registered and a.removed_at is not None and a.removed_at <= cutoff]
+
+    def forget(self, agent_ids: list[str]) -> None:
+        """Drop removed agents from the model (the caller deletes their files)."""
+        for agent_id in agent_ids:
+            a = self.agents.get(agent_id)
+            if a is not None and not a.registered:
+                self.rings.close(agent_id)
+                del self.agents[agent_id]
 
     def set_thresholds(self, default: Thresholds | None, types: dict[str, Thresholds], now: float) -> None:
         self.default_thresholds, self.type_thresholds = default, types

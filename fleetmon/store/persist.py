@@ -119,6 +119,8 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
         a.last = point_from_json(rec.last_sample) if rec.last_sample else None
         a.meta_dirty = False
         a.meta_written = time.time()
+        # Removed, unless the registry names it (``Fleet.set_registry``): since its last metadata write.
+        a.removed_at = _time_or_none(rec.updated) or a.meta_written
         fleet.agents[rec.id] = a
     try:
         raw = fsutil.read_private(state.alert_state)
@@ -137,6 +139,13 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
             if resource in th.RESOURCES and st.state in ("warning", "error"):
                 a.alerts[resource] = th.Alert(st.state, st.since, st.logged)
     return len(records)
+
+
+def _time_or_none(text: str | None) -> float | None:
+    try:
+        return parse_rfc3339(text) if text else None
+    except ValueError:
+        return None
 
 
 def _alerts_from_records(records: list[AgentRecord]) -> dict[str, dict[str, AlertState]]:
@@ -220,6 +229,42 @@ def save_metadata(state: StateDir, fleet: Fleet, now: float, refresh: bool = Tru
         a.meta_dirty = False
         a.meta_written = now
     return len(files)
+
+
+def forget_removed(state: StateDir, fleet: Fleet, now: float, keep: float, limit: int = 1000) -> list[str]:
+    """Delete the history and metadata files of agents removed from the registry at least ``keep``
+    seconds ago (at most ``limit`` a call), and history files that no agent the writer knows has
+    (say its metadata was lost) untouched as long. Returns the ids forgotten.
+
+    An agent whose registry file is there is kept whatever the registry said: an entry that does not
+    parse is left out of the registry (logged at every rescan), and a typo must not cost the history.
+    The metadata file goes last: it records when the agent was removed, so a crash in between is
+    finished next time."""
+    listed = state.registry_file
+    forgotten = [i for i in fleet.removed_before(now - keep) if not listed(i).exists()][:limit]
+    fleet.forget(forgotten)
+    for agent_id in forgotten:
+        for path in (state.ring_file(agent_id), state.agent_file(agent_id)):
+            path.unlink(missing_ok=True)
+    try:
+        names = os.listdir(state.history)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if len(forgotten) >= limit:
+            break
+        agent_id = name[:-5]
+        if not name.endswith(".ring") or name.startswith(".") or agent_id in fleet.agents or listed(agent_id).exists():
+            continue
+        path = state.history / name
+        try:
+            if now - path.lstat().st_mtime < keep:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        forgotten.append(agent_id)
+    return forgotten
 
 
 def save_daemon(state: StateDir, info: DaemonJSON) -> None:

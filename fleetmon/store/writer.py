@@ -26,7 +26,7 @@ from fleetmon.store.layout import StateDir
 from fleetmon.store.records import DaemonJSON, WorkerJSON
 from fleetmon.store.ring import RingStore
 from fleetmon.store.timing import TickTiming
-from fleetmon.units import rfc3339
+from fleetmon.units import format_duration, rfc3339
 
 RING_SYNC_EVERY = 30.0  # seconds between filesystem syncs of history rings (in a thread: RingSync)
 FLUSH_AFTER = 1.0  # seconds; see Writer._flush_delay
@@ -74,6 +74,7 @@ class Writer:
         self.fresh: set[int] = set()  # workers whose batch came since the last flush
         self.flushed_at = 0.0  # monotonic time flushed_tick last advanced (read by /healthz)
         self.last_ring_sync = time.monotonic()
+        self.last_forget = -1e9  # monotonic time of the last look for agents to forget (keep_removed)
         self.ring_sync = RingSync(state.history)
         self.status_written = -STATUS_EVERY  # monotonic time status.json was last replaced
         self.status_pending = False  # a flush skipped status.json (sub-second interval): write it soon
@@ -396,6 +397,27 @@ class Writer:
         except OSError as exc:
             fleet._write_error("agent metadata", exc, now)
             self._mark_dirty()
+        self._forget_removed(now)
+
+    def _forget_removed(self, now: float) -> None:
+        """Every ``keep_removed``/4 (at most hourly, at least a second apart), once the registry is
+        known: the files of agents removed from it ``keep_removed`` ago are deleted."""
+        keep = self.config.keep_removed
+        mono = time.monotonic()
+        if not keep or self.early is not None or mono - self.last_forget < min(3600.0, max(1.0, keep / 4)):
+            return
+        self.last_forget = mono
+        try:
+            gone = persist.forget_removed(self.state, self.fleet, now, keep)
+        except OSError as exc:
+            self.fleet._write_error("history (forgetting removed agents)", exc, now)
+            return
+        if gone:
+            shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+            logger.info(
+                "forgot {} agent{} removed from the registry over {} ago (keep_removed): history and metadata "
+                "deleted: {}", len(gone), "s" if len(gone) > 1 else "", format_duration(keep), shown,
+            )
 
     def _save_status(self, now: float, force: bool) -> None:
         """Replace status.json, or (ticks under STATUS_EVERY apart, only samples changed: not

@@ -139,7 +139,7 @@ def build_parser() -> Parser:
     add.add_argument("--memory", type=_size, metavar="SIZE", help="RSS threshold, e.g. 512MiB (0 = off)")
     add.add_argument("--open-files", type=_count, metavar="N", help="open file descriptor threshold (0 = off)")
     add.add_argument("--for", dest="duration", type=_duration, metavar="DUR", help="how long over before error (0 = at once)")
-    rm = asub.add_parser("rm", parents=[state_parent], help="unregister an agent (its history is kept)")
+    rm = asub.add_parser("rm", parents=[state_parent], help="unregister an agent (its history is kept for keep_removed, default 7d)")
     rm.add_argument("id", type=_agent_id, metavar="ID")
     ls = asub.add_parser("ls", parents=[state_parent], help="list registered agents")
     ls.add_argument("--json", action="store_true", help='print {"agents": [ENTRY, ...]}')

@@ -59,6 +59,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     # Past this size alerts.jsonl is moved to alerts.jsonl.1 (the one before dropped) and started
     # again, so the two hold at most about twice this; 0: no bound.
     alerts_max_size: int | str = "64MiB"
+    # The history and metadata of an agent removed from the registry are deleted this long after; 0: kept.
+    keep_removed: float | str = "7d"
     http: str | int | None = None  # [HOST:]PORT; a bare port (also unquoted) binds 127.0.0.1
     log_level: str = "INFO"
     log_format: str = "text"
@@ -77,6 +79,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         self.stall_timeout = _field("stall_timeout", parse_duration, self.stall_timeout)
         self.alert_repeat = _field("alert_repeat", parse_duration, self.alert_repeat)
         self.alerts_max_size = _field("alerts_max_size", parse_size, self.alerts_max_size)
+        self.keep_removed = _field("keep_removed", parse_duration, self.keep_removed)
         if isinstance(self.http, int) and not isinstance(self.http, bool):
             self.http = str(self.http)
         self.validate()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tests.helpers import pid_alive, register
+from tests.helpers import cli, pid_alive, register, wait_until
 from tests.integration.common import agent, alerts, history, wait_points, wait_status
 
 FAST = ("--interval", "250ms", "--workers", "2")
@@ -191,4 +191,26 @@ def test_invalid_registry_entries_are_skipped_and_the_rest_keep_running(procs, s
     for name in bad:
         assert sum(name in line and "ERROR" in line for line in log.splitlines()) == 1, (name, log)
     assert "Traceback" not in log
+    assert d.stop() == 0
+
+
+def test_a_removed_agent_is_forgotten_after_keep_removed(procs, state_dir, tmp_path, daemons):
+    """`agents rm`, then ``keep_removed`` later (here 3 s) its history and metadata are deleted and
+    it is unknown; the agent still registered keeps everything."""
+    gone, stays = procs.sleeper(), procs.sleeper()
+    register(state_dir, "gone", gone.pid)
+    register(state_dir, "stays", stays.pid)
+    config = tmp_path / "fleetmon.toml"
+    config.write_text('keep_removed = "3s"\n')
+    d = daemons(state_dir, "--config", str(config), *FAST)
+    wait_points(state_dir, "gone", 2)
+    cli("agents", "rm", "gone", state_dir=state_dir, check=True)
+    ring, meta = state_dir / "history" / "gone.ring", state_dir / "agents" / "gone.json"
+    wait_until(lambda: not ring.exists() and not meta.exists(), 30, what="gone's files deleted")
+    proc = cli("history", "gone", state_dir=state_dir)
+    assert proc.returncode == 2 and "unknown agent" in proc.stderr
+    assert "forgot 1 agent removed from the registry over 3s ago" in d.log()
+    n = len(history(state_dir, "stays"))
+    d.wait_tick(d.daemon_json()["tick"] + 2)
+    assert len(history(state_dir, "stays")) > n and (state_dir / "agents" / "stays.json").exists()
     assert d.stop() == 0

@@ -21,7 +21,7 @@ def test_defaults():
     c = load(None)
     assert (c.workers, c.interval, c.history_size, c.stall_timeout, c.alert_repeat, c.http) == (0, 60.0, 1440, 10.0, 600.0, None)
     assert c.worker_count >= 1
-    assert c.alerts_max_size == 64 * 2**20
+    assert (c.alerts_max_size, c.keep_removed) == (64 * 2**20, 7 * 86400.0)
 
 
 def test_full_file_parses(write):
@@ -33,6 +33,7 @@ history_size = 100
 stall_timeout = "5s"
 alert_repeat = 0
 alerts_max_size = "1MiB"
+keep_removed = 0
 http = "127.0.0.1:9464"
 
 [thresholds.default]
@@ -45,7 +46,7 @@ threshold_duration = "5m"
 memory_threshold = "2GiB"
 """))
     assert (c.workers, c.interval, c.history_size, c.stall_timeout, c.alert_repeat) == (2, 0.25, 100, 5.0, 0.0)
-    assert c.alerts_max_size == 2**20
+    assert (c.alerts_max_size, c.keep_removed) == (2**20, 0.0)
     d = c.default_thresholds()
     assert (d.cpu_threshold, d.memory_threshold, d.open_files_threshold, d.threshold_duration) == (90, 2**30, 1000, 300.0)
     web = c.thresholds_for_type("web")
@@ -71,6 +72,8 @@ def test_flags_override_the_file(write):
         ("history_size = 0", "history_size"),
         ('alerts_max_size = "big"', "alerts_max_size"),
         ("alerts_max_size = -1", "alerts_max_size"),
+        ('keep_removed = "a week"', "keep_removed"),
+        ("keep_removed = -1", "keep_removed"),
         ('log_format = "xml"', "log_format"),
         ('reader = "ebpf"', "reader"),
         ("colour = 1", "colour"),
