@@ -147,10 +147,18 @@ def build_parser() -> Parser:
     st = sub.add_parser(
         "status", parents=[state_parent], help="every agent's status, last sample and alerts",
         description="Every registered agent: status (running, exited, not_running, stalled), pid, restarts, last "
-        "sample and open alerts, and the daemon's own state. Read from the state dir (status.json, up to a second "
-        "behind the daemon), so it works whether or not the daemon runs.",
+        "sample and open alerts, and the daemon's own state, then the fleet's counts by status and alert. Read from "
+        "the state dir (status.json, up to a second behind the daemon), so it works whether or not the daemon runs. "
+        "With thousands of agents: `status --problems`, or `status --sort cpu --limit 20`.",
     )
-    st.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+    st.add_argument("--json", action="store_true", help="machine-readable output (see README); the options below filter it too")
+    st.add_argument("--problems", action="store_true", help="only agents not running or with an alert open")
+    st.add_argument("--type", action="append", metavar="TYPE", help="only agents of this type (repeat for several)")
+    st.add_argument(
+        "--sort", choices=("id", "cpu", "memory", "fds"), default="id",
+        help="order of the rows: id (default), or busiest first by cpu, memory (RSS) or fds",
+    )
+    st.add_argument("--limit", type=_count, default=0, metavar="N", help="at most N rows, after --sort (default 0: all)")
 
     hist = sub.add_parser(
         "history", parents=[state_parent], help="an agent's resource usage history",

@@ -97,13 +97,26 @@ def cmd_agents(args) -> int:
 
 
 def cmd_status(args) -> int:
-    st = queries.status(_state(args))
-    if args.json:
-        print_json(st)
-    else:
-        from fleetmon.supervisor import render
+    from fleetmon.supervisor import render
 
-        render.status_view(st)
+    st = queries.status(_state(args))
+    agents, how = st.agents, []
+    if args.problems:
+        agents = [a for a in agents if render.is_problem(a)]
+        how.append("--problems")
+    if args.type:
+        agents = [a for a in agents if a.type in args.type]
+        how.append("--type " + ",".join(args.type))
+    if args.sort != "id":
+        agents = render.sort_agents(agents, args.sort)
+        how.append(f"--sort {args.sort}")
+    if args.limit:
+        agents = agents[: args.limit]
+        how.append(f"--limit {args.limit}")
+    if args.json:
+        print_json(queries.StatusJSON(st.daemon, agents))
+    else:
+        render.status_view(st, shown=agents, how=" ".join(how))
     return EXIT_OK
 
 

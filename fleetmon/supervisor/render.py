@@ -13,6 +13,45 @@ STATE_STYLE = {"warning": "yellow", "error": "bold red", "ok": "green"}
 STATUS_STYLE = {"running": "green", "exited": "dim", "not_running": "yellow", "stalled": "bold red"}
 
 
+def _metric(agent, sort_key: str):
+    s = agent.last_sample
+    if s is None:
+        return None
+    if sort_key == "memory":
+        return s.memory_rss
+    if sort_key == "fds":
+        return s.open_files
+    return s.cpu
+
+
+def sort_agents(agents, sort_key: str) -> list:
+    """Busiest first by ``sort_key`` (cpu, memory, fds); agents without a value (no sample,
+    unreadable) last; ties by id."""
+    with_value = [a for a in agents if _metric(a, sort_key) is not None]
+    without = [a for a in agents if _metric(a, sort_key) is None]
+    with_value.sort(key=lambda a: a.id)
+    with_value.sort(key=lambda a: _metric(a, sort_key), reverse=True)
+    without.sort(key=lambda a: a.id)
+    return with_value + without
+
+
+def fleet_counts(agents) -> tuple[dict[str, int], int, int]:
+    """(agents by status, agents whose worst open alert is a warning, agents with an error)."""
+    counts: dict[str, int] = {}
+    warn = err = 0
+    for a in agents:
+        counts[a.status] = counts.get(a.status, 0) + 1
+        states = {b.state for b in a.alerts}
+        err += "error" in states
+        warn += "warning" in states and "error" not in states
+    return counts, warn, err
+
+
+def is_problem(agent) -> bool:
+    """What ``status --problems`` shows: an agent that is not running, or has an alert open."""
+    return agent.status != "running" or bool(agent.alerts)
+
+
 def _console() -> Console:
     import sys
 
@@ -51,13 +90,17 @@ def daemon_line(d) -> str:
     )
 
 
-def status_view(st, console: Console | None = None, limit: int | None = None) -> None:
+def status_view(st, console: Console | None = None, limit: int | None = None, shown=None, how: str = "") -> None:
+    """The daemon's line, a row per agent of ``shown`` (default: all of ``st.agents``; at most
+    ``limit``), then the whole fleet's counts, with how many rows were shown and ``how`` chosen."""
     console = console or _console()
     console.print(daemon_line(st.daemon))
+    rows = st.agents if shown is None else shown
+    rows = rows[:limit] if limit else rows
     table = Table(box=None, header_style="bold")
     for col in ("ID", "TYPE", "PID", "STATUS", "CPU%", "RSS", "FDS", "THR", "RESTARTS", "ALERTS", "LAST SAMPLE"):
         table.add_column(col, justify="right" if col in ("PID", "CPU%", "RSS", "FDS", "THR", "RESTARTS") else "left")
-    for a in st.agents[:limit] if limit else st.agents:
+    for a in rows:
         s = a.last_sample
         alerts = " ".join(f"[{STATE_STYLE[b.state]}]{b.resource}:{b.state}[/]" for b in a.alerts) or "-"
         table.add_row(
@@ -66,14 +109,30 @@ def status_view(st, console: Console | None = None, limit: int | None = None) ->
             _num(s.open_files if s else None), _num(s.num_threads if s else None), str(a.restart_count), alerts,
             _age(s.timestamp if s else None),
         )
-    console.print(table)
+    if rows:
+        console.print(table)
     if not st.agents:
         console.print("no agents registered: fleetmon agents add ID --pid PID")
-    elif st.daemon is not None and not daemon_running(st.daemon):
+        return
+    if st.daemon is not None and not daemon_running(st.daemon):
         console.print(
             f"[yellow]no tick recorded for {_age(st.daemon.updated).removesuffix(' ago')} (daemon stopped?): "
             "statuses and alerts are as of then[/]"
         )
+    console.print(summary_line(st.agents, len(rows), how))
+
+
+def summary_line(agents, shown: int, how: str = "") -> str:
+    """``5000 agents: 4990 running, 8 exited, 2 stalled; alerts: 1 error, 3 warning`` and, when not
+    every agent has a row, ``(12 shown: --problems)``."""
+    counts, warn, err = fleet_counts(agents)
+    by_status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda c: (-c[1], c[0])))
+    alerts = f"[bold red]{err} error[/]" if err else "0 error"
+    alerts += f", [yellow]{warn} warning[/]" if warn else ", 0 warning"
+    line = f"{len(agents)} agent{'s' if len(agents) != 1 else ''}: {by_status}; alerts: {alerts}"
+    if shown != len(agents) or how:
+        line += f" ({shown} shown{': ' + how if how else ''})"
+    return line
 
 
 def history_table(agent_id: str, points) -> None:

@@ -25,12 +25,11 @@ from rich.text import Text
 
 from fleetmon.store import queries
 from fleetmon.store.layout import StateDir
+from fleetmon.supervisor.render import STATE_STYLE, STATUS_STYLE, fleet_counts, sort_agents
 from fleetmon.units import format_size, parse_rfc3339
 
 SORT_KEYS = {"c": "cpu", "m": "memory", "f": "fds"}
 SORT_LABEL = {"cpu": "cpu", "memory": "memory (RSS)", "fds": "open fds"}
-STATE_STYLE = {"warning": "yellow", "error": "bold red"}
-STATUS_STYLE = {"running": "green", "exited": "dim", "not_running": "yellow", "stalled": "bold red"}
 FOOTER_LINES = 1
 ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[@-~]|O.|.)?")  # arrow keys and the like: not commands
 
@@ -41,27 +40,6 @@ def handle_key(key: str, sort_key: str) -> tuple[str, bool]:
     if k == "q":
         return sort_key, True
     return SORT_KEYS.get(k, sort_key), False
-
-
-def _metric(agent, sort_key: str):
-    s = agent.last_sample
-    if s is None:
-        return None
-    if sort_key == "memory":
-        return s.memory_rss
-    if sort_key == "fds":
-        return s.open_files
-    return s.cpu
-
-
-def sort_agents(agents, sort_key: str) -> list:
-    """Busiest first; agents without a value (no sample, unreadable) last; ties by id."""
-    with_value = [a for a in agents if _metric(a, sort_key) is not None]
-    without = [a for a in agents if _metric(a, sort_key) is None]
-    with_value.sort(key=lambda a: a.id)
-    with_value.sort(key=lambda a: _metric(a, sort_key), reverse=True)
-    without.sort(key=lambda a: a.id)
-    return with_value + without
 
 
 def _ago(seconds: float) -> str:
@@ -105,13 +83,7 @@ def health_lines(status, now: float) -> list[Text]:
         if d.stalled_pids:
             tick.append(f"  stalled pids {', '.join(map(str, d.stalled_pids))}", style="bold red")
         lines.append(tick)
-    counts: dict[str, int] = {}
-    warn = err = 0
-    for a in agents:
-        counts[a.status] = counts.get(a.status, 0) + 1
-        states = {b.state for b in a.alerts}
-        err += "error" in states
-        warn += "warning" in states and "error" not in states
+    counts, warn, err = fleet_counts(agents)
     fleet = Text(f"agents {len(agents)}: ")
     fleet.append(
         "  ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none registered",

@@ -208,6 +208,40 @@ def test_status_json_daemon_object(procs, state_dir, daemons):
     assert stopped["running"] is False and stopped["supervisor_pid"] == d.pid
 
 
+def test_status_filters_for_a_large_fleet(procs, state_dir, daemons):
+    """--problems (not running or alerting), --type, --sort and --limit pick the rows, in the table
+    and in the JSON alike; the table ends with the whole fleet's counts."""
+    idle = [procs.sleeper() for _ in range(3)]
+    big = procs.python("import time; b = bytearray(64 << 20); time.sleep(600)")
+    dead = procs.sleeper()
+    for i, p in enumerate(idle):
+        register(state_dir, f"idle{i}", p.pid)
+    register(state_dir, "big", big.pid, type="db", memory="16MiB", **{"for": "1h"})  # a warning
+    register(state_dir, "dead", dead.pid, type="db")
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "1")
+    wait_until(lambda: all(a["last_sample"] for a in cli_json("status", state_dir=state_dir)["agents"]), 30, what="samples")
+    dead.kill()
+    dead.wait(timeout=10)
+
+    def ids(*flags) -> list[str]:
+        return [a["id"] for a in cli_json("status", *flags, state_dir=state_dir)["agents"]]
+
+    wait_until(lambda: ids("--problems") == ["big", "dead"], 30, what="big warning, dead exited")
+    assert ids("--type", "db") == ["big", "dead"]
+    assert ids("--type", "default", "--type", "db") == ["big", "dead", "idle0", "idle1", "idle2"]
+    assert ids("--sort", "memory", "--limit", "1") == ["big"]
+    rss = [a["last_sample"]["memory_rss"] for a in cli_json("status", "--sort", "memory", state_dir=state_dir)["agents"]]
+    assert rss == sorted(rss, reverse=True) and len(rss) == 5
+    assert ids("--problems", "--type", "default") == []
+    text = cli("status", "--problems", state_dir=state_dir, check=True).stdout
+    rows = [line.split()[0] for line in text.splitlines()[2:-1]]
+    assert rows == ["big", "dead"]
+    summary = text.splitlines()[-1]
+    assert summary.startswith("5 agents: 4 running, 1 exited; alerts: 0 error, 1 warning"), summary
+    assert summary.endswith("(2 shown: --problems)"), summary
+    assert d.stop() == 0
+
+
 def test_alerts_json_empty_and_agents_ls(state_dir):
     assert cli_json("alerts", state_dir=state_dir) == {"events": []}
     register(state_dir, "b", os.getpid(), cpu=80, memory="1GiB", **{"for": "5m"})
