@@ -181,7 +181,11 @@ def build_parser() -> Parser:
         "threshold and the episode's start (since).",
     )
     al.add_argument("--since", type=_positive_duration, default=3600.0, metavar="DUR", help="how far back (default 1h)")
-    al.add_argument("--json", action="store_true", help='print {"events": [...]}')
+    al.add_argument("--json", action="store_true", help='print {"events": [...]} (filtered by the options below too)')
+    al.add_argument("--agent", action="append", type=_agent_id, metavar="ID", help="only this agent's (repeat for several)")
+    al.add_argument(
+        "--state", action="append", choices=("warning", "error", "ok"), help="only changes to this state (repeat for several)"
+    )
 
     top = sub.add_parser("top", parents=[state_parent], help="live full-screen view of the fleet")
     top.add_argument("--refresh", type=_positive_duration, default=1.0, metavar="DUR", help="redraw every DUR (default 1s)")

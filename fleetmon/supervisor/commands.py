@@ -79,12 +79,15 @@ def cmd_agents(args) -> int:
         state = _state(args, create=True)  # only once the input is valid: bad input writes nothing
         path = reg.write_entry(state.registry, entry)
         print(f"registered {entry.id} ({'pid ' + str(entry.pid) if entry.pid else 'pidfile ' + str(entry.pidfile)}) in {path}")
+        if entry.pid is not None and not _pid_exists(entry.pid):
+            print(f"fleetmon: warning: no process has pid {entry.pid} now: {entry.id} will show as not running "
+                  "(a typo? for an agent that restarts, register its --pidfile)", file=sys.stderr)
         return EXIT_OK
     if args.agents_command == "rm":
         state = _state(args)
         if not reg.remove_entry(state.registry, args.id):
             raise BadInput(f"unknown agent {args.id!r}: not registered")
-        print(f"unregistered {args.id} (its history is kept)")
+        print(f"unregistered {args.id} (its history is kept for keep_removed, default 7d)")
         return EXIT_OK
     entries, errors = reg.read_all(_state(args).registry)
     if args.json:
@@ -152,8 +155,18 @@ def cmd_history(args) -> int:
     return EXIT_OK
 
 
+def _pid_exists(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid)
+
+
 def cmd_alerts(args) -> int:
     result = queries.alerts(_state(args), args.since)
+    if args.agent:
+        result = queries.AlertsJSON([e for e in result.events if e.agent_id in args.agent])
+    if args.state:
+        result = queries.AlertsJSON([e for e in result.events if e.state in args.state])
     if args.json:
         print_json(result)
     else:

@@ -257,6 +257,43 @@ def test_alerts_json_empty_and_agents_ls(state_dir):
     assert [a["id"] for a in cli_json("agents", "ls", state_dir=state_dir)["agents"]] == ["a"]
 
 
+def test_agents_add_warns_when_no_process_has_the_pid(procs, state_dir):
+    gone = procs.sleeper()
+    gone.kill()
+    gone.wait(timeout=10)
+    proc = cli("agents", "add", "typo", "--pid", str(gone.pid), state_dir=state_dir)
+    assert proc.returncode == 0 and (state_dir / "registry" / "typo.json").exists()  # registered all the same
+    assert f"no process has pid {gone.pid} now" in proc.stderr
+    proc = cli("agents", "add", "here", "--pid", str(os.getpid()), state_dir=state_dir)
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_alerts_filters_by_agent_and_state(state_dir):
+    from fleetmon.units import rfc3339
+
+    now = time.time()
+    lines = []
+    for i, (agent, state) in enumerate([("a", "warning"), ("b", "error"), ("a", "error"), ("a", "ok"), ("c", "error")]):
+        ts = rfc3339(now - 60 + i)
+        value = None if state == "ok" else 99.0
+        lines.append(f'{{"timestamp":"{ts}","agent_id":"{agent}","resource":"cpu","state":"{state}",'
+                     f'"value":{"null" if value is None else value},"threshold":50.0,"since":"{rfc3339(now - 60)}"}}')
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (state_dir / "alerts.jsonl").write_text("\n".join(lines) + "\n")
+
+    def picked(*flags) -> list[tuple[str, str]]:
+        return [(e["agent_id"], e["state"]) for e in cli_json("alerts", *flags, state_dir=state_dir)["events"]]
+
+    assert len(picked()) == 5
+    assert picked("--agent", "a") == [("a", "warning"), ("a", "error"), ("a", "ok")]
+    assert picked("--state", "error") == [("b", "error"), ("a", "error"), ("c", "error")]
+    assert picked("--agent", "a", "--agent", "c", "--state", "error") == [("a", "error"), ("c", "error")]
+    assert picked("--agent", "nobody") == []
+    text = cli("alerts", "--agent", "b", state_dir=state_dir, check=True).stdout
+    assert " b " in f" {text} " and " a " not in text.replace("\n", " ")
+    assert cli("alerts", "--state", "bogus", state_dir=state_dir).returncode == 2
+
+
 def test_usage_errors_exit_2(state_dir):
     for args in (["history"], ["frobnicate"], ["run", "--interval", "0"], ["run", "--interval", "soon"],
                  ["run", "--workers", "-1"], ["history", "x", "--every", "0"], ["alerts", "--since", "x"]):
