@@ -318,7 +318,6 @@ class RingStore:
         # that looks rings up in ``opened`` goes through ``ring`` then.
         self.reorder_above = self.max_open // 2
         self._open: OrderedDict[str, Ring] = OrderedDict()
-        self._seq: dict[str, tuple[int, int]] = {}  # head and seq of rings closed by the LRU
 
     def path(self, agent_id: str) -> Path:
         return self.directory / f"{agent_id}.ring"
