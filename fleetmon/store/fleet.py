@@ -45,7 +45,7 @@ class Agent:
         self.meta_written = 0.0
         self.registered = False
         # When it left the registry (its metadata file says: written then), for ``keep_removed``;
-        # None while registered.
+        # None while registered (or, loaded from disk, not known yet).
         self.removed_at: float | None = None
 
     def record(self, now: float, updated: str | None = None) -> AgentRecord:
@@ -122,10 +122,13 @@ class Fleet:
             a.registered_pid = e.pid
             self._apply_limits(a, e.thresholds, now)
         for a in self.agents.values():
-            if a.id not in self._registry and a.registered:
-                a.registered = False
+            if a.id in self._registry:
+                continue
+            if a.registered or a.removed_at is None:  # (None: loaded from disk, removal time unknown)
                 a.removed_at = now
                 a.meta_dirty = True  # its metadata file, written now, records when it was removed
+            if a.registered:
+                a.registered = False
                 self._close_alerts(a, now, "removed")
                 self.rings.close(a.id)
 
@@ -134,13 +137,12 @@ class Fleet:
         registry does not name counts as removed when its metadata was last written."""
         return [a.id for a in self.agents.values() if not a.registered and a.removed_at is not None and a.removed_at <= cutoff]
 
-    def forget(self, agent_ids: list[str]) -> None:
-        """Drop removed agents from the model (the caller deletes their files)."""
-        for agent_id in agent_ids:
-            a = self.agents.get(agent_id)
-            if a is not None and not a.registered:
-                self.rings.close(agent_id)
-                del self.agents[agent_id]
+    def forget(self, agent_id: str) -> None:
+        """Drop a removed agent from the model (the caller deleted its files)."""
+        a = self.agents.get(agent_id)
+        if a is not None and not a.registered:
+            self.rings.close(agent_id)
+            del self.agents[agent_id]
 
     def set_thresholds(self, default: Thresholds | None, types: dict[str, Thresholds], now: float) -> None:
         self.default_thresholds, self.type_thresholds = default, types

@@ -5,6 +5,7 @@ each tick."""
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 import msgspec
@@ -48,6 +49,7 @@ class AlertLog:
         self.unsynced = False
         self.fd = -1
         self.size = 0  # of the open file
+        self.rotate_failed = -1e9  # monotonic time a rotation last failed (logged at most every 10 min)
 
     def add(self, event: th.Event) -> None:
         self.pending.append(_json.encode(event) + b"\n")
@@ -77,17 +79,35 @@ class AlertLog:
         self.pending.clear()
         self.unsynced = True
         if self.max_size and self.size >= self.max_size:
-            self.rotate()
+            try:
+                self.rotate()
+            except OSError as exc:  # the lines are written: not a failed write; tried again at the next
+                now = time.monotonic()
+                if now - self.rotate_failed >= 600.0:
+                    self.rotate_failed = now
+                    logger.error("cannot move {} to {} ({}): it grows on past alerts_max_size until that works",
+                                 self.path.name, self.rotated.name, exc.strerror or exc)
 
     def rotate(self) -> None:
         """alerts.jsonl -> alerts.jsonl.1, its lines on disk first; the next write starts a new file.
-        On an error the file is kept open and grows on (the next write tries again)."""
+        If the name no longer holds the open file (moved by something else, logrotate say), the file
+        is only closed: renaming whatever has the name now could drop the file written to."""
         os.fsync(self.fd)
         self.unsynced = False
-        os.replace(self.path, self.rotated)
-        size, self.size = self.size, 0
+        size = self.size
+        try:
+            st, ours = os.stat(self.path, follow_symlinks=False), os.fstat(self.fd)
+            moved = (st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino)
+        except FileNotFoundError:
+            moved = True
+        if not moved:
+            os.replace(self.path, self.rotated)
+        self.size = 0
         os.close(self.fd)
         self.fd = -1
+        if moved:
+            logger.warning("{} was moved or replaced by something else: a new one started", self.path.name)
+            return
         try:
             fsutil.fsync_dir(self.path.parent)
         except OSError:
@@ -109,7 +129,7 @@ class AlertLog:
 def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
     """Rebuild agents (identity, status, restart count, last sample) and open alerts from disk.
     Returns how many agents were loaded."""
-    records = _load_records(state)
+    records, in_status = _load_records(state)
     for rec in records:
         a = fleet.agents.get(rec.id) or Agent(rec.id, rec.type)
         a.pid = rec.pid
@@ -119,8 +139,12 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
         a.last = point_from_json(rec.last_sample) if rec.last_sample else None
         a.meta_dirty = False
         a.meta_written = time.time()
-        # Removed, unless the registry names it (``Fleet.set_registry``): since its last metadata write.
-        a.removed_at = _time_or_none(rec.updated) or a.meta_written
+        # When it left the registry, if it had when this state was saved: status.json holds only
+        # registered agents, and the metadata file was written at the removal. Else (registered then,
+        # or status.json lost) unknown: if the registry no longer names it, the removal dates from
+        # when a writer first sees that (``Fleet.set_registry``), never from a downtime before.
+        if in_status is not None and rec.id not in in_status:
+            a.removed_at = _time_or_none(rec.updated) or a.meta_written
         fleet.agents[rec.id] = a
     try:
         raw = fsutil.read_private(state.alert_state)
@@ -154,12 +178,15 @@ def _alerts_from_records(records: list[AgentRecord]) -> dict[str, dict[str, Aler
     }
 
 
-def _load_records(state: StateDir) -> list[AgentRecord]:
-    """From status.json; per-agent files fill in (and stand in when status.json is lost)."""
+def _load_records(state: StateDir) -> tuple[list[AgentRecord], set[str] | None]:
+    """From status.json; per-agent files fill in (and stand in when status.json is lost). Also the
+    ids status.json holds (the agents registered when it was written), or None without one."""
     by_id: dict[str, AgentRecord] = {}
+    in_status: set[str] | None = None
     try:
         snap = _status_decoder.decode(fsutil.read_private(state.status, 1 << 30))
         by_id = {r.id: r for r in snap.agents}
+        in_status = set(by_id)
     except FileNotFoundError:
         pass
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -185,7 +212,7 @@ def _load_records(state: StateDir) -> list[AgentRecord]:
         cur = by_id.get(agent_id)
         if cur is None or (rec.updated or "") > (cur.updated or ""):
             by_id[agent_id] = rec
-    return list(by_id.values())
+    return list(by_id.values()), in_status
 
 
 def _corrupt(path, exc) -> None:
@@ -231,40 +258,59 @@ def save_metadata(state: StateDir, fleet: Fleet, now: float, refresh: bool = Tru
     return len(files)
 
 
-def forget_removed(state: StateDir, fleet: Fleet, now: float, keep: float, limit: int = 1000) -> list[str]:
+def forget_removed(state: StateDir, fleet: Fleet, now: float, keep: float, limit: int = 1000) -> tuple[list[str], list]:
     """Delete the history and metadata files of agents removed from the registry at least ``keep``
-    seconds ago (at most ``limit`` a call), and history files that no agent the writer knows has
-    (say its metadata was lost) untouched as long. Returns the ids forgotten.
+    seconds ago, and regular history files that no agent the writer knows has (say its metadata was
+    lost) untouched as long: at most ``limit`` a call. Returns (the ids forgotten, the (path, error)
+    of each file that could not be deleted: its agent is kept, to be tried again next time).
 
-    An agent whose registry file is there is kept whatever the registry said: an entry that does not
-    parse is left out of the registry (logged at every rescan), and a typo must not cost the history.
-    The metadata file goes last: it records when the agent was removed, so a crash in between is
-    finished next time."""
-    listed = state.registry_file
-    forgotten = [i for i in fleet.removed_before(now - keep) if not listed(i).exists()][:limit]
-    fleet.forget(forgotten)
-    for agent_id in forgotten:
-        for path in (state.ring_file(agent_id), state.agent_file(agent_id)):
-            path.unlink(missing_ok=True)
+    An agent whose registry file is there (a dangling symlink too) is kept whatever the registry
+    said: an entry that does not parse is left out of the registry (logged at every rescan), and a
+    typo must not cost the history. The metadata file goes last: it records when the agent was
+    removed, so a crash in between is finished next time."""
+
+    def listed(agent_id: str) -> bool:
+        return os.path.lexists(state.registry_file(agent_id))
+
+    forgotten: list[str] = []
+    failed: list = []
+    for agent_id in fleet.removed_before(now - keep):
+        if len(forgotten) + len(failed) >= limit:
+            return forgotten, failed
+        if listed(agent_id):
+            continue
+        fleet.rings.close(agent_id)
+        try:
+            for path in (state.ring_file(agent_id), state.agent_file(agent_id)):
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            failed.append((path, exc))
+            continue
+        fleet.forget(agent_id)
+        forgotten.append(agent_id)
     try:
         names = os.listdir(state.history)
     except FileNotFoundError:
         names = []
     for name in names:
-        if len(forgotten) >= limit:
+        if len(forgotten) + len(failed) >= limit:
             break
         agent_id = name[:-5]
-        if not name.endswith(".ring") or name.startswith(".") or agent_id in fleet.agents or listed(agent_id).exists():
+        if not name.endswith(".ring") or name.startswith(".") or agent_id in fleet.agents or listed(agent_id):
             continue
         path = state.history / name
         try:
-            if now - path.lstat().st_mtime < keep:
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < keep:
                 continue
             path.unlink()
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            failed.append((path, exc))
+            continue
         forgotten.append(agent_id)
-    return forgotten
+    return forgotten, failed
 
 
 def save_daemon(state: StateDir, info: DaemonJSON) -> None:

@@ -109,11 +109,12 @@ def history(state: StateDir, agent_id: str, since: float, every: float | None = 
 
 def _alert_lines(state: StateDir) -> list[bytes]:
     """The lines of alerts.jsonl.1 then of alerts.jsonl. Read again if the writer moved alerts.jsonl
-    to alerts.jsonl.1 meanwhile (its inode changed): else its lines would be read twice or not at all."""
-    for _ in range(3):
-        before = _inode(state.alerts)
-        data = _read_or_empty(state.alerts_previous) + _read_or_empty(state.alerts)
-        if _inode(state.alerts) == before:
+    to alerts.jsonl.1 meanwhile (either inode changed): else lines would be read twice or not at all."""
+    files = (state.alerts_previous, state.alerts)
+    for _ in range(5):
+        before = [_inode(f) for f in files]
+        data = b"".join(_read_or_empty(f) for f in files)
+        if [_inode(f) for f in files] == before:
             break
     return data.splitlines()
 

@@ -408,10 +408,12 @@ class Writer:
             return
         self.last_forget = mono
         try:
-            gone = persist.forget_removed(self.state, self.fleet, now, keep)
-        except OSError as exc:
+            gone, failed = persist.forget_removed(self.state, self.fleet, now, keep)
+        except OSError as exc:  # (the history dir unreadable)
             self.fleet._write_error("history (forgetting removed agents)", exc, now)
             return
+        for path, exc in failed:
+            self.fleet._write_error(f"{path} (deleting a removed agent's file: kept, tried again later)", exc, now)
         if gone:
             shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
             logger.info(

@@ -91,6 +91,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("interval: must be positive")
         if self.stall_timeout <= 0:  # type: ignore[operator]
             raise ValueError("stall_timeout: must be positive")
+        if 0 < self.alerts_max_size < 1024:  # type: ignore[operator]
+            raise ValueError("alerts_max_size: must be 0 (no bound) or at least 1KiB")
         if not 1 <= self.history_size <= 10_000_000:
             raise ValueError("history_size: must be between 1 and 10000000")
         if self.reader not in READERS:

@@ -27,7 +27,7 @@ from fleetmon import logs, wire
 from fleetmon.supervisor import children
 from fleetmon.supervisor.config import Config, ConfigError, load
 from fleetmon.supervisor.registry import registry_changes
-from fleetmon.units import format_duration
+from fleetmon.units import format_duration, format_size
 
 RELOADABLE = ("workers", "interval", "stall_timeout", "alert_repeat", "thresholds", "log_level")
 DURATIONS = ("interval", "stall_timeout", "alert_repeat")
@@ -135,8 +135,10 @@ def _show(key: str, value) -> str:
     if value is None:
         return "unset"
     last = key.rsplit(".", 1)[-1]
-    if last in DURATIONS or last == "threshold_duration":
+    if last in DURATIONS or last in ("threshold_duration", "keep_removed"):
         return format_duration(float(value))
+    if last == "alerts_max_size":
+        return format_size(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

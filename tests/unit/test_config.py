@@ -72,6 +72,7 @@ def test_flags_override_the_file(write):
         ("history_size = 0", "history_size"),
         ('alerts_max_size = "big"', "alerts_max_size"),
         ("alerts_max_size = -1", "alerts_max_size"),
+        ("alerts_max_size = 100", "alerts_max_size"),
         ('keep_removed = "a week"', "keep_removed"),
         ("keep_removed = -1", "keep_removed"),
         ('log_format = "xml"', "log_format"),

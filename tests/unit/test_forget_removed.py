@@ -40,8 +40,20 @@ def sampled(state: StateDir, ids: list[str], now: float) -> Fleet:
     fleet.set_registry([entry(i, 100 + k) for k, i in enumerate(ids)], now)
     for k, i in enumerate(ids):
         fleet.on_sample(sample(i, 100 + k, now))
-    persist.save_metadata(state, fleet, now, refresh=False)
+    saved(state, fleet, now)
     return fleet
+
+
+def forget(state: StateDir, fleet: Fleet, now: float, keep: float = KEEP, limit: int = 1000) -> list[str]:
+    forgotten, failed = persist.forget_removed(state, fleet, now, keep, limit)
+    assert failed == []
+    return forgotten
+
+
+def saved(state: StateDir, fleet: Fleet, now: float) -> None:
+    """What a writer's flush leaves: the metadata files that changed, and status.json."""
+    persist.save_metadata(state, fleet, now, refresh=False)
+    persist.save_status(state, fleet, now)
 
 
 def files(state: StateDir, agent_id: str) -> tuple[bool, bool]:
@@ -51,14 +63,14 @@ def files(state: StateDir, agent_id: str) -> tuple[bool, bool]:
 def test_removed_agent_is_forgotten_only_once_keep_has_passed(state):
     fleet = sampled(state, ["gone", "stays"], T0)
     fleet.set_registry([entry("stays", 101)], T0 + 10)
-    persist.save_metadata(state, fleet, T0 + 10, refresh=False)  # the removal, on disk
+    saved(state, fleet, T0 + 10)  # the removal, on disk
     assert fleet.agents["gone"].removed_at == T0 + 10 and fleet.agents["stays"].removed_at is None
 
-    assert persist.forget_removed(state, fleet, T0 + 10 + KEEP - 1, KEEP) == []
+    assert forget(state, fleet, T0 + 10 + KEEP - 1) == []
     assert files(state, "gone") == (True, True)
     assert queries.is_known(state, "gone")  # still queryable within keep_removed
 
-    assert persist.forget_removed(state, fleet, T0 + 10 + KEEP, KEEP) == ["gone"]
+    assert forget(state, fleet, T0 + 10 + KEEP) == ["gone"]
     assert files(state, "gone") == (False, False) and "gone" not in fleet.agents
     assert files(state, "stays") == (True, True) and "stays" in fleet.agents
     assert not queries.is_known(state, "gone")  # `history gone` exits 2: unknown
@@ -68,22 +80,22 @@ def test_an_agent_registered_again_in_time_is_kept(state):
     fleet = sampled(state, ["back"], T0)
     fleet.set_registry([], T0 + 10)
     fleet.set_registry([entry("back", 100)], T0 + 20)
-    assert persist.forget_removed(state, fleet, T0 + 30 * DAY, KEEP) == []
+    assert forget(state, fleet, T0 + 30 * DAY) == []
     assert files(state, "back") == (True, True)
 
 
 def test_the_removal_time_survives_a_restart(state):
     fleet = sampled(state, ["gone", "stays"], T0)
     fleet.set_registry([entry("stays", 101)], T0 + 10)
-    persist.save_metadata(state, fleet, T0 + 10, refresh=False)
+    saved(state, fleet, T0 + 10)
     fleet.rings.close_all()
 
     again = fleet_of(state)  # a new writer: loads both, then hears the registry
     persist.load_fleet_state(state, again)
     again.set_registry([entry("stays", 101)], T0 + 3 * DAY)
     assert again.agents["gone"].removed_at == pytest.approx(T0 + 10)
-    assert persist.forget_removed(state, again, T0 + 10 + KEEP - 60, KEEP) == []
-    assert persist.forget_removed(state, again, T0 + 10 + KEEP, KEEP) == ["gone"]
+    assert forget(state, again, T0 + 10 + KEEP - 60) == []
+    assert forget(state, again, T0 + 10 + KEEP) == ["gone"]
     assert files(state, "stays") == (True, True)
 
 
@@ -93,7 +105,7 @@ def test_an_old_registered_agent_is_never_forgotten(state):
     again = fleet_of(state)
     persist.load_fleet_state(state, again)
     again.set_registry([entry("old", 100)], T0 + 365 * DAY)
-    assert persist.forget_removed(state, again, T0 + 365 * DAY, KEEP) == []
+    assert forget(state, again, T0 + 365 * DAY) == []
     assert files(state, "old") == (True, True)
 
 
@@ -107,7 +119,7 @@ def test_a_history_file_without_an_agent_goes_by_its_age(state):
     aside = state.history / "known.ring.corrupt-20260101T000000-abcd"
     aside.write_bytes(b"x")
     os.utime(aside, (T0 - 2 * KEEP, T0 - 2 * KEEP))
-    assert persist.forget_removed(state, fleet, T0, KEEP) == ["orphan-old"]
+    assert forget(state, fleet, T0) == ["orphan-old"]
     assert sorted(p.name for p in state.history.iterdir()) == sorted(
         ["known.ring", "orphan-new.ring", aside.name]
     )
@@ -117,8 +129,8 @@ def test_at_most_limit_a_call(state):
     ids = [f"a{i}" for i in range(5)]
     fleet = sampled(state, ids, T0)
     fleet.set_registry([], T0 + 1)
-    first = persist.forget_removed(state, fleet, T0 + KEEP + 1, KEEP, limit=3)
-    second = persist.forget_removed(state, fleet, T0 + KEEP + 1, KEEP, limit=3)
+    first = forget(state, fleet, T0 + KEEP + 1, KEEP, limit=3)
+    second = forget(state, fleet, T0 + KEEP + 1, KEEP, limit=3)
     assert len(first) == 3 and sorted(first + second) == ids
     assert not any(state.history.iterdir()) and not any(state.agents.iterdir())
 
@@ -132,7 +144,64 @@ def test_an_agent_whose_registry_file_is_there_is_kept(state):
     orphan.write_bytes(b"x")
     os.utime(orphan, (T0 - 2 * KEEP, T0 - 2 * KEEP))
     state.registry_file("orphan").write_text("{}")
-    assert persist.forget_removed(state, fleet, T0 + 2 * KEEP, KEEP) == []
+    assert forget(state, fleet, T0 + 2 * KEEP) == []
     assert files(state, "typo") == (True, True) and orphan.exists()
     state.registry_file("typo").unlink()
-    assert persist.forget_removed(state, fleet, T0 + 2 * KEEP, KEEP) == ["typo"]
+    assert forget(state, fleet, T0 + 2 * KEEP) == ["typo"]
+
+
+def test_an_agent_removed_while_no_daemon_ran_is_kept_keep_removed_from_when_it_is_seen(state):
+    """Registered when the last writer stopped (status.json lists it), removed during a month's
+    downtime: the removal dates from the first registry the next writer gets, not from the
+    metadata's last write a month before."""
+    fleet = sampled(state, ["gone", "stays"], T0)
+    fleet.rings.close_all()
+    later = T0 + 30 * DAY
+    again = fleet_of(state)
+    persist.load_fleet_state(state, again)
+    again.set_registry([entry("stays", 101)], later)
+    assert again.agents["gone"].removed_at == later and again.agents["gone"].meta_dirty
+    assert forget(state, again, later + 1) == []
+    assert forget(state, again, later + KEEP) == ["gone"]
+
+
+def test_without_status_json_the_removal_dates_from_the_first_registry(state):
+    fleet = sampled(state, ["gone"], T0)
+    fleet.set_registry([], T0 + 10)
+    saved(state, fleet, T0 + 10)
+    fleet.rings.close_all()
+    state.status.unlink()  # lost: whether it was registered then is unknown, so the later time
+    again = fleet_of(state)
+    persist.load_fleet_state(state, again)
+    again.set_registry([], T0 + 5 * DAY)
+    assert forget(state, again, T0 + 10 + KEEP) == []
+    assert forget(state, again, T0 + 5 * DAY + KEEP) == ["gone"]
+
+
+def test_a_file_that_cannot_be_deleted_keeps_its_agent_and_the_rest_go_on(state):
+    fleet = sampled(state, ["stuck", "free"], T0)
+    fleet.set_registry([], T0 + 1)
+    saved(state, fleet, T0 + 1)
+    state.ring_file("stuck").unlink()
+    state.ring_file("stuck").mkdir()  # unlink: EISDIR
+    (state.ring_file("stuck") / "x").write_bytes(b"")
+    forgotten, failed = persist.forget_removed(state, fleet, T0 + 1 + KEEP, KEEP)
+    assert forgotten == ["free"] and [p for p, _ in failed] == [state.ring_file("stuck")]
+    assert "stuck" in fleet.agents and state.agent_file("stuck").exists()  # tried again next time
+    assert "free" not in fleet.agents and files(state, "free") == (False, False)
+
+
+def test_a_dangling_symlink_in_the_registry_still_counts_as_its_file(state):
+    fleet = sampled(state, ["linked"], T0)
+    fleet.set_registry([], T0 + 1)
+    state.registry_file("linked").symlink_to(state.root / "nowhere.json")
+    assert forget(state, fleet, T0 + 2 * KEEP) == []
+    assert files(state, "linked") == (True, True)
+
+
+def test_an_orphan_that_is_not_a_regular_file_is_left_alone(state):
+    fleet = sampled(state, ["known"], T0)
+    odd = state.ring_file("odd")
+    odd.mkdir()
+    os.utime(odd, (T0 - 2 * KEEP, T0 - 2 * KEEP))
+    assert forget(state, fleet, T0) == [] and odd.is_dir()
