@@ -1,11 +1,16 @@
-"""Human-readable tables (rich) for the query commands."""
+"""Human-readable output of the query commands: lines through rich, tables as plain aligned columns.
+
+A rich ``Table`` costs about a millisecond a row (10 s for ``status`` at 10,000 agents, minutes for a
+day of ``history`` at 1 s); ``write_table`` writes the same columns in one go, coloured with ANSI
+codes only on a terminal that has colour, never cut to the terminal's width (pipes and grep get whole
+rows)."""
 
 from __future__ import annotations
 
 import time
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from fleetmon.units import format_size, parse_rfc3339
 
@@ -50,6 +55,36 @@ def fleet_counts(agents) -> tuple[dict[str, int], int, int]:
 def is_problem(agent) -> bool:
     """What ``status --problems`` shows: an agent that is not running, or has an alert open."""
     return agent.status != "running" or bool(agent.alerts)
+
+
+_ANSI = {"green": "32", "yellow": "33", "bold red": "1;31", "dim": "2", "bold": "1", "red": "31"}
+
+
+def write_table(console: Console, headers, rows, right=(), title: str | None = None) -> None:
+    """``rows``: tuples of cells, each a str or ``(text, style)`` (a style of ``_ANSI``). Columns two
+    spaces apart; those named in ``right`` right-aligned; the header in bold."""
+    cells = [[c if isinstance(c, tuple) else (c, None) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, (text, _) in enumerate(row):
+            if len(text) > widths[i]:
+                widths[i] = len(text)
+    color = console.is_terminal and console.color_system is not None and not console.no_color
+    aligned = [str.rjust if h in right else str.ljust for h in headers]
+    last = len(headers) - 1
+
+    def line(row) -> str:
+        out = []
+        for i, (text, style) in enumerate(row):
+            text = text if i == last and aligned[i] is str.ljust else aligned[i](text, widths[i])
+            out.append(f"\x1b[{_ANSI[style]}m{text}\x1b[0m" if color and style in _ANSI else text)
+        return "  ".join(out).rstrip() + "\n"
+
+    parts = [title + "\n"] if title else []
+    parts.append(line([(h, "bold") for h in headers]))
+    parts.extend(line(row) for row in cells)
+    console.file.write("".join(parts))
+    console.file.flush()
 
 
 def _console() -> Console:
@@ -97,20 +132,22 @@ def status_view(st, console: Console | None = None, limit: int | None = None, sh
     console.print(daemon_line(st.daemon))
     rows = st.agents if shown is None else shown
     rows = rows[:limit] if limit else rows
-    table = Table(box=None, header_style="bold")
-    for col in ("ID", "TYPE", "PID", "STATUS", "CPU%", "RSS", "FDS", "THR", "RESTARTS", "ALERTS", "LAST SAMPLE"):
-        table.add_column(col, justify="right" if col in ("PID", "CPU%", "RSS", "FDS", "THR", "RESTARTS") else "left")
+    table = []
     for a in rows:
         s = a.last_sample
-        alerts = " ".join(f"[{STATE_STYLE[b.state]}]{b.resource}:{b.state}[/]" for b in a.alerts) or "-"
-        table.add_row(
-            a.id, a.type, _num(a.pid), f"[{STATUS_STYLE.get(a.status, '')}]{a.status}[/]",
+        alerts = " ".join(f"{b.resource}:{b.state}" for b in a.alerts) or "-"
+        worst = "bold red" if any(b.state == "error" for b in a.alerts) else "yellow" if a.alerts else None
+        table.append((
+            a.id, a.type, _num(a.pid), (a.status, STATUS_STYLE.get(a.status)),
             _num(s.cpu if s else None, "{:.1f}"), format_size(s.memory_rss if s else None),
-            _num(s.open_files if s else None), _num(s.num_threads if s else None), str(a.restart_count), alerts,
-            _age(s.timestamp if s else None),
-        )
+            _num(s.open_files if s else None), _num(s.num_threads if s else None), str(a.restart_count),
+            (alerts, worst), _age(s.timestamp if s else None),
+        ))
     if rows:
-        console.print(table)
+        write_table(
+            console, ("ID", "TYPE", "PID", "STATUS", "CPU%", "RSS", "FDS", "THR", "RESTARTS", "ALERTS", "LAST SAMPLE"),
+            table, right=("PID", "CPU%", "RSS", "FDS", "THR", "RESTARTS"),
+        )
     if not st.agents:
         console.print("no agents registered: fleetmon agents add ID --pid PID")
         return
@@ -136,39 +173,36 @@ def summary_line(agents, shown: int, how: str = "") -> str:
 
 
 def history_table(agent_id: str, points) -> None:
-    console = _console()
-    table = Table(title=f"{agent_id}: {len(points)} points", box=None, header_style="bold")
-    for col in ("TIMESTAMP", "CPU%", "RSS", "VMS", "READ", "WRITTEN", "FDS", "THREADS"):
-        table.add_column(col, justify="left" if col == "TIMESTAMP" else "right")
     from fleetmon.units import rfc3339
 
-    for p in points:
-        table.add_row(
+    rows = [
+        (
             rfc3339(p.timestamp), _num(p.cpu, "{:.1f}"), format_size(p.memory_rss), format_size(p.memory_vms),
             format_size(p.disk_read_bytes), format_size(p.disk_write_bytes), _num(p.open_files, "{:.0f}"),
             _num(p.num_threads, "{:.0f}"),
         )
-    console.print(table)
+        for p in points
+    ]
+    headers = ("TIMESTAMP", "CPU%", "RSS", "VMS", "READ", "WRITTEN", "FDS", "THREADS")
+    write_table(_console(), headers, rows, right=headers[1:], title=f"{agent_id}: {len(points)} points")
 
 
-def alerts_table(events) -> None:
-    console = _console()
-    table = Table(title=f"{len(events)} alert events", box=None, header_style="bold")
-    for col in ("TIMESTAMP", "AGENT", "RESOURCE", "STATE", "VALUE", "THRESHOLD", "SINCE"):
-        table.add_column(col)
+def alerts_table(events, title: str | None = None) -> None:
+    rows = []
     for e in events:
         value = "-" if e.value is None else (format_size(e.value) if e.resource == "memory" else f"{e.value:.1f}" if e.resource == "cpu" else f"{e.value:g}")
         threshold = format_size(e.threshold) if e.resource == "memory" else f"{e.threshold:g}"
-        state = f"[{STATE_STYLE[e.state]}]{e.state}[/]" + (f" ({e.reason})" if e.reason else "")
-        table.add_row(e.timestamp, e.agent_id, e.resource, state, value, threshold, e.since)
-    console.print(table)
+        state = e.state + (f" ({e.reason})" if e.reason else "")
+        rows.append((e.timestamp, e.agent_id, e.resource, (state, STATE_STYLE.get(e.state)), value, threshold, e.since))
+    write_table(
+        _console(), ("TIMESTAMP", "AGENT", "RESOURCE", "STATE", "VALUE", "THRESHOLD", "SINCE"), rows,
+        title=title or f"{len(events)} alert events",
+    )
 
 
 def agents_table(entries, errors) -> None:
     console = _console()
-    table = Table(box=None, header_style="bold")
-    for col in ("ID", "TYPE", "PID / PIDFILE", "THRESHOLDS"):
-        table.add_column(col)
+    table = []
     for agent_id in sorted(entries):
         e = entries[agent_id]
         t = e.thresholds
@@ -184,7 +218,7 @@ def agents_table(entries, errors) -> None:
             if t.threshold_duration is not None:
                 parts.append(f"for {t.threshold_duration:g}s")
             limits = " ".join(parts) or "-"
-        table.add_row(e.id, e.type, str(e.pid) if e.pid else e.pidfile, limits)
-    console.print(table)
+        table.append((e.id, e.type, str(e.pid) if e.pid else e.pidfile, limits))
+    write_table(console, ("ID", "TYPE", "PID / PIDFILE", "THRESHOLDS"), table)
     for name, why in sorted(errors.items()):
-        console.print(f"[red]invalid registry file {name}: {why}[/]")
+        console.print(f"[red]invalid registry file {name}: {escape(why)}[/]")
