@@ -37,6 +37,7 @@ from fleetmon.supervisor.httpaddr import parse_http
 from fleetmon.units import check_agent_id, parse_duration
 
 DEFAULT_SINCE = 3600.0  # as the CLI's --since
+ALERTS_LIMIT = 100_000  # /api/alerts: the newest this many changes at most (a reply of ~25 MB)
 LATE_AFTER_INTERVALS = 3  # /healthz: 503 when no tick was persisted for this many intervals
 LATE_SLACK = 1.0  # seconds added to that, for scheduling noise at short intervals
 BIND_RETRY = 5.0  # seconds between attempts to listen when the address is taken
@@ -213,9 +214,7 @@ class Handler(BaseHTTPRequestHandler):
                 _only(params)
                 self._send_json(HTTPStatus.OK, queries.status(endpoint.writer.state), head)
             elif path == "/api/alerts":
-                _only(params, "since")
-                since = _duration(params, "since", DEFAULT_SINCE)
-                self._send_json(HTTPStatus.OK, queries.alerts(endpoint.writer.state, since), head)
+                self._send_json(HTTPStatus.OK, _alerts(endpoint, params), head)
             elif path.startswith("/api/agents/"):
                 self._send_json(HTTPStatus.OK, _history(endpoint, path, params), head)
             elif path in ("/", "/api", "/api/"):
@@ -292,6 +291,26 @@ def _history(endpoint: Endpoint, path: str, params: dict[str, str]):
         return queries.history(endpoint.writer.state, agent_id, since, every)
     except queries.UnknownAgent:
         raise ApiError(HTTPStatus.NOT_FOUND, f"unknown agent {agent_id!r}: not registered and no history") from None
+
+
+def _alerts(endpoint: Endpoint, params: dict[str, str]):
+    """As ``fleetmon alerts --json``, with ``agent`` and ``state`` (comma-separated) and ``limit``:
+    the newest changes, at most ALERTS_LIMIT (the default too). The writer answers: what it holds
+    for a reply is bounded, whatever the window."""
+    _only(params, "since", "agent", "state", "limit")
+    since = _duration(params, "since", DEFAULT_SINCE)
+    agents = set(params["agent"].split(",")) if params.get("agent") else None
+    states = set(params["state"].split(",")) if params.get("state") else None
+    if states and not states <= {"warning", "error", "ok"}:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "state: use warning, error or ok (comma-separated)")
+    text = params.get("limit", str(ALERTS_LIMIT))
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= ALERTS_LIMIT:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"limit: a whole number from 1 to {ALERTS_LIMIT}, not {text!r}")
+    return queries.alerts_window(endpoint.writer.state, since, agents=agents, states=states, limit=limit)[0]
 
 
 def _params(query: str) -> dict[str, str]:

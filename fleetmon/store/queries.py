@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import time
 
 import msgspec
@@ -12,7 +15,7 @@ from fleetmon.store.layout import StateDir
 from fleetmon.store.records import AgentRecord, DaemonJSON, PointJSON, StatusSnapshot, point_json
 from fleetmon.store.ring import CorruptRing, Point, read_points
 from fleetmon.supervisor import registry as reg
-from fleetmon.units import check_agent_id, parse_rfc3339
+from fleetmon.units import check_agent_id, parse_rfc3339, rfc3339
 
 _status = msgspec.json.Decoder(StatusSnapshot)
 _daemon = msgspec.json.Decoder(DaemonJSON)
@@ -107,24 +110,97 @@ def history(state: StateDir, agent_id: str, since: float, every: float | None = 
     return HistoryJSON(agent_id, [point_json(p) for p in history_points(state, agent_id, since, every, now)])
 
 
-def _alert_lines(state: StateDir) -> list[bytes]:
-    """The lines of alerts.jsonl.1 then of alerts.jsonl. Read again if the writer moved alerts.jsonl
-    to alerts.jsonl.1 meanwhile (either inode changed): else lines would be read twice or not at all."""
-    files = (state.alerts_previous, state.alerts)
+ALERTS_SLACK = 600.0  # seconds: a change may be appended this long after a later one (a batch sent again)
+_TS_PREFIX = b'{"timestamp":"'  # every line starts so; the timestamp is fixed-width RFC 3339
+_TS = slice(len(_TS_PREFIX), len(_TS_PREFIX) + len("2026-01-01T00:00:00.000000Z"))
+_CHUNK = 1 << 20
+
+
+def alerts(state: StateDir, since: float, now: float | None = None) -> AlertsJSON:
+    """Alert state changes with ``timestamp >= now - since``, oldest first."""
+    return alerts_window(state, since, now)[0]
+
+
+def alerts_window(
+    state: StateDir, since: float, now: float | None = None, agents=None, states=None, limit: int = 0,
+) -> tuple[AlertsJSON, str | None]:
+    """Alert state changes with ``timestamp >= now - since``, of ``agents`` and to ``states`` if
+    given, at most the newest ``limit`` (0: all), oldest first. Also, when the window reaches back
+    past the oldest change kept (alerts.jsonl has been moved to alerts.jsonl.1 at alerts_max_size,
+    so older ones may have been dropped), that change's timestamp; else None.
+
+    alerts.jsonl, then alerts.jsonl.1, are read from their end back to the first change older than
+    the window (less ``ALERTS_SLACK``): the cost is the window's, not the files' (64 MiB each by
+    default). Read again if the writer moved alerts.jsonl meanwhile (either inode changed): else
+    lines would be read twice or not at all."""
+    start = (time.time() if now is None else now) - since
+    stop_before = (rfc3339(start - ALERTS_SLACK) or "").encode()
+    files = (state.alerts, state.alerts_previous)
     for _ in range(5):
         before = [_inode(f) for f in files]
-        data = b"".join(_read_or_empty(f) for f in files)
+        lines: list[bytes] = []  # newest first
+        reached = False
+        for f in files:
+            got, reached = _lines_back(f, stop_before)
+            lines.extend(got)
+            if reached:
+                break
         if [_inode(f) for f in files] == before:
             break
-    return data.splitlines()
+    events = []
+    for line in lines:
+        try:
+            ev = _event.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # a torn last line after a crash
+        if (agents and ev.agent_id not in agents) or (states and ev.state not in states):
+            continue
+        if parse_rfc3339(ev.timestamp) >= start:
+            events.append(ev)
+            if limit and len(events) >= limit:
+                break
+    events.reverse()
+    oldest = None
+    if not reached and before[1] is not None and lines:
+        first = lines[-1][_TS].decode(errors="replace")
+        if first > (rfc3339(start) or ""):
+            oldest = first
+    return AlertsJSON(events), oldest
 
 
-def _read_or_empty(path) -> bytes:
+def _lines_back(path, stop_before: bytes) -> tuple[list[bytes], bool]:
+    """The lines of ``path`` from its end back to (not including) the first whose timestamp is
+    before ``stop_before``, newest first; and whether such a line was reached. Opened as
+    ``fsutil.read_private`` opens: no symlink followed, nothing but a regular file read."""
     try:
-        data = fsutil.read_private(path, 1 << 31)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        return b""
-    return data if not data or data.endswith(b"\n") else data + b"\n"  # (a torn last line stays apart)
+        return [], False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        out: list[bytes] = []
+        pos, tail = st.st_size, b""
+        while pos > 0:
+            n = min(_CHUNK, pos)
+            pos -= n
+            data = os.pread(fd, n, pos) + tail
+            if pos > 0:  # the bytes up to the first newline end a line that starts before pos
+                cut = data.find(b"\n") + 1
+                if not cut:
+                    tail = data
+                    continue
+                tail, data = data[:cut], data[cut:]
+            for line in reversed(data.split(b"\n")):
+                if not line.strip():
+                    continue
+                if line.startswith(_TS_PREFIX) and line[_TS] < stop_before:
+                    return out, True
+                out.append(line)
+        return out, False
+    finally:
+        os.close(fd)
 
 
 def _inode(path) -> int | None:
@@ -132,19 +208,3 @@ def _inode(path) -> int | None:
         return path.stat().st_ino
     except FileNotFoundError:
         return None
-
-
-def alerts(state: StateDir, since: float, now: float | None = None) -> AlertsJSON:
-    """Alert state changes with ``timestamp >= now - since``, oldest first."""
-    start = (time.time() if now is None else now) - since
-    events = []
-    for line in _alert_lines(state):
-        if not line.strip():
-            continue
-        try:
-            ev = _event.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue  # a torn last line after a crash
-        if parse_rfc3339(ev.timestamp) >= start:
-            events.append(ev)
-    return AlertsJSON(events)

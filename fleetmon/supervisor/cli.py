@@ -186,6 +186,7 @@ def build_parser() -> Parser:
     al.add_argument(
         "--state", action="append", choices=("warning", "error", "ok"), help="only changes to this state (repeat for several)"
     )
+    al.add_argument("--limit", type=_count, default=0, metavar="N", help="only the newest N changes (default 0: all)")
 
     top = sub.add_parser("top", parents=[state_parent], help="live full-screen view of the fleet")
     top.add_argument("--refresh", type=_positive_duration, default=1.0, metavar="DUR", help="redraw every DUR (default 1s)")

@@ -162,11 +162,12 @@ def _pid_exists(pid: int) -> bool:
 
 
 def cmd_alerts(args) -> int:
-    result = queries.alerts(_state(args), args.since)
-    if args.agent:
-        result = queries.AlertsJSON([e for e in result.events if e.agent_id in args.agent])
-    if args.state:
-        result = queries.AlertsJSON([e for e in result.events if e.state in args.state])
+    result, oldest = queries.alerts_window(
+        _state(args), args.since, agents=set(args.agent or ()), states=set(args.state or ()), limit=args.limit
+    )
+    if oldest is not None:  # (stderr: the JSON on stdout keeps its shape)
+        print(f"fleetmon: note: the oldest alert change kept is from {oldest}: older ones in --since were dropped "
+              "when alerts.jsonl reached alerts_max_size", file=sys.stderr)
     if args.json:
         print_json(result)
     else:

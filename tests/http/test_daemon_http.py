@@ -267,6 +267,8 @@ def test_json_api_returns_what_the_cli_returns(fleet, state_dir):
             ("/api/agents/batch.2/history?since=1h", ["history", "batch.2", "--json", "--since", "1h"]),
             ("/api/alerts", ["alerts", "--json"]),
             ("/api/alerts?since=1d", ["alerts", "--json", "--since", "1d"]),
+            ("/api/alerts?agent=web-1,x&state=error&limit=5",
+             ["alerts", "--json", "--agent", "web-1", "--agent", "x", "--state", "error", "--limit", "5"]),
         ]
         for path, args in pairs:
             status, body = fetch(fleet.url(path))

@@ -83,6 +83,11 @@ def test_api_status_is_the_query_the_cli_prints(endpoint):
         ("/api/agents/web-1/history?since=1h&since=2h", 400, "given 2 times"),
         ("/api/agents/web-1/history?sinse=1h", 400, "unknown parameter 'sinse'"),
         ("/api/alerts?since=1y", 400, "since: invalid duration"),
+        ("/api/alerts?limit=0", 400, "limit: a whole number from 1 to 100000"),
+        ("/api/alerts?limit=lots", 400, "limit: a whole number"),
+        ("/api/alerts?limit=100001", 400, "limit: a whole number"),
+        ("/api/alerts?state=bad", 400, "state: use warning, error or ok"),
+        ("/api/alerts?agents=a", 400, "unknown parameter 'agents'"),
         ("/api/status?verbose=1", 400, "unknown parameter 'verbose'"),
         ("/healthz?x=1", 400, "unknown parameter 'x'"),
     ],
@@ -102,6 +107,30 @@ def test_registered_agent_without_samples_has_empty_history(endpoint):
     assert json.loads(body) == {"agent_id": "web-1", "points": []}
     code, _, body = get(url(endpoint, "/api/alerts"))
     assert code == 200 and json.loads(body) == {"events": []}
+
+
+def test_alerts_filters_and_limit(endpoint):
+    import time
+
+    from fleetmon.units import rfc3339
+
+    now = time.time()
+    lines = [
+        json.dumps({"timestamp": rfc3339(now - 30 + i), "agent_id": agent, "resource": "cpu", "state": state,
+                    "value": 1.0, "threshold": 1.0, "since": rfc3339(now - 30)}, separators=(",", ":"))
+        for i, (agent, state) in enumerate([("a", "warning"), ("b", "error"), ("a", "error"), ("c", "ok")])
+    ]
+    endpoint.writer.state.alerts.write_text("\n".join(lines) + "\n")
+
+    def picked(query: str) -> list[tuple[str, str]]:
+        code, _, body = get(url(endpoint, "/api/alerts" + query))
+        assert code == 200, body
+        return [(e["agent_id"], e["state"]) for e in json.loads(body)["events"]]
+
+    assert len(picked("")) == 4
+    assert picked("?agent=a,c") == [("a", "warning"), ("a", "error"), ("c", "ok")]
+    assert picked("?state=error") == [("b", "error"), ("a", "error")]
+    assert picked("?agent=a&state=error,warning&limit=1") == [("a", "error")]
 
 
 def test_methods_and_malformed_requests_get_json(endpoint):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import stat
@@ -292,6 +293,11 @@ def test_alerts_filters_by_agent_and_state(state_dir):
     text = cli("alerts", "--agent", "b", state_dir=state_dir, check=True).stdout
     assert " b " in f" {text} " and " a " not in text.replace("\n", " ")
     assert cli("alerts", "--state", "bogus", state_dir=state_dir).returncode == 2
+    assert picked("--limit", "2") == [("a", "ok"), ("c", "error")]
+    assert "oldest alert change kept" not in cli("alerts", state_dir=state_dir, check=True).stderr
+    (state_dir / "alerts.jsonl.1").write_text(lines[0] + "\n")  # rotated once: older ones may be gone
+    proc = cli("alerts", "--json", state_dir=state_dir, check=True)
+    assert "note: the oldest alert change kept is from" in proc.stderr and json.loads(proc.stdout)["events"]
 
 
 def test_usage_errors_exit_2(state_dir):

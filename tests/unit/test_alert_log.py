@@ -122,44 +122,73 @@ def test_a_file_moved_away_by_something_else_is_left_where_it_went(state):
 
 
 def test_a_query_during_a_rotation_reads_again(state, monkeypatch):
-    """The writer moves alerts.jsonl between the query's two reads: without reading again, the lines
-    moved would be missed (read as neither the old .1 nor the new file)."""
+    """The writer moves alerts.jsonl to alerts.jsonl.1 between the query's two reads: without
+    reading again, its lines would be read twice (as alerts.jsonl, then as alerts.jsonl.1)."""
     state.alerts_previous.write_bytes(persist._json.encode(_event(0)) + b"\n")
     state.alerts.write_bytes(persist._json.encode(_event(1)) + b"\n")
-    real = queries._read_or_empty
+    real = queries._lines_back
     moved = []
 
-    def read(path):
-        data = real(path)
-        if path == state.alerts_previous and not moved:  # after the old .1 was read: rotate
+    def read(path, stop_before):
+        got = real(path, stop_before)
+        if path == state.alerts and not moved:  # after alerts.jsonl was read: rotate
             moved.append(True)
             os.replace(state.alerts, state.alerts_previous)
             state.alerts.write_bytes(persist._json.encode(_event(2)) + b"\n")
-        return data
+        return got
 
-    monkeypatch.setattr(queries, "_read_or_empty", read)
+    monkeypatch.setattr(queries, "_lines_back", read)
     events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
     assert [e.agent_id for e in events] == ["a1", "a2"]
 
 
-def test_a_query_that_starts_between_a_rotation_and_the_next_write_reads_again(state, monkeypatch):
-    """alerts.jsonl is missing (just moved) when the query starts; the writer then starts a new one
-    and moves it too before the query reads: the inodes of both files tell."""
-    state.alerts_previous.write_bytes(persist._json.encode(_event(0)) + b"\n")
-    real = queries._read_or_empty
-    moved = []
+def _at(ts: float, agent: str, st: str = "warning") -> bytes:
+    from fleetmon.units import rfc3339
 
-    def read(path):
-        data = real(path)
-        if path == state.alerts_previous and not moved:
-            moved.append(True)
-            state.alerts.write_bytes(persist._json.encode(_event(1)) + b"\n")
-            os.replace(state.alerts, state.alerts_previous)
-        return data
+    return persist._json.encode(th.Event(rfc3339(ts), agent, "cpu", st, 1.0, 1.0, rfc3339(ts), None)) + b"\n"
 
-    monkeypatch.setattr(queries, "_read_or_empty", read)
-    events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
-    assert [e.agent_id for e in events] == ["a1"]
+
+NOW = 1.8e9
+
+
+def test_a_query_reads_back_from_the_end_only_as_far_as_its_window(state, monkeypatch):
+    old = b"".join(_at(NOW - 7200 + i * 0.001, f"old{i}") for i in range(40_000))  # ~7 MB, 2 h ago
+    state.alerts.write_bytes(old + b"".join(_at(NOW - 60 + i, f"new{i}") for i in range(10)))
+    reads = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
+    events = queries.alerts(state, since=3600.0, now=NOW).events
+    assert [e.agent_id for e in events] == [f"new{i}" for i in range(10)]
+    assert sum(reads) <= 2 * queries._CHUNK < len(old)  # not the whole file
+
+
+def test_lines_across_the_chunks_read_back_stay_whole(state, monkeypatch):
+    monkeypatch.setattr(queries, "_CHUNK", 97)  # shorter than a line
+    state.alerts_previous.write_bytes(b"".join(_at(NOW - 100 + i, f"p{i}") for i in range(5)))
+    state.alerts.write_bytes(b"".join(_at(NOW - 50 + i, f"c{i}") for i in range(5)))
+    events = queries.alerts(state, since=3600.0, now=NOW).events
+    assert [e.agent_id for e in events] == [f"p{i}" for i in range(5)] + [f"c{i}" for i in range(5)]
+
+
+def test_filters_and_the_newest_limit(state):
+    state.alerts.write_bytes(b"".join(_at(NOW - 50 + i, f"a{i % 3}", ("warning", "error", "ok")[i % 3]) for i in range(9)))
+    pick = lambda **kw: [(e.agent_id, e.timestamp[-9:-1]) for e in queries.alerts_window(state, 3600.0, NOW, **kw)[0].events]  # noqa: E731
+    assert [a for a, _ in pick(agents={"a1"})] == ["a1"] * 3
+    assert [a for a, _ in pick(states={"error", "ok"})] == ["a1", "a2"] * 3
+    assert pick(limit=2) == pick()[-2:]  # the newest two, oldest first
+    assert pick(agents={"a0"}, limit=1) == pick(agents={"a0"})[-1:]
+
+
+def test_says_when_the_window_reaches_past_what_is_kept(state):
+    state.alerts_previous.write_bytes(_at(NOW - 600, "p"))
+    state.alerts.write_bytes(_at(NOW - 60, "c"))
+    events, oldest = queries.alerts_window(state, 3600.0, NOW)
+    assert [e.agent_id for e in events.events] == ["p", "c"] and oldest is not None and oldest.startswith("2027")
+    assert queries.alerts_window(state, 300.0, NOW)[1] is None  # the window starts after it: nothing missing
+    state.alerts_previous.write_bytes(_at(NOW - 7200, "older") + _at(NOW - 600, "p"))
+    assert queries.alerts_window(state, 3600.0, NOW)[1] is None  # reached a change before the window
+    state.alerts_previous.unlink()
+    assert queries.alerts_window(state, 3600.0, NOW)[1] is None  # never rotated: nothing dropped
 
 
 def test_a_torn_last_line_of_the_old_file_does_not_swallow_the_first_of_the_new(state):
