@@ -59,6 +59,8 @@ class AlertLog:
     def write(self) -> None:
         if not self.pending:
             return
+        if self.fd >= 0 and self._moved():
+            self._let_go()
         if self.fd < 0:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             self.size = os.fstat(self.fd).st_size
@@ -92,28 +94,42 @@ class AlertLog:
         """alerts.jsonl -> alerts.jsonl.1, its lines on disk first; the next write starts a new file.
         If the name no longer holds the open file (moved by something else, logrotate say), the file
         is only closed: renaming whatever has the name now could drop the file written to."""
+        if self._moved():
+            self._let_go()
+            return
         os.fsync(self.fd)
         self.unsynced = False
         size = self.size
-        try:
-            st, ours = os.stat(self.path, follow_symlinks=False), os.fstat(self.fd)
-            moved = (st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino)
-        except FileNotFoundError:
-            moved = True
-        if not moved:
-            os.replace(self.path, self.rotated)
+        os.replace(self.path, self.rotated)
         self.size = 0
         os.close(self.fd)
         self.fd = -1
-        if moved:
-            logger.warning("{} was moved or replaced by something else: a new one started", self.path.name)
-            return
         try:
             fsutil.fsync_dir(self.path.parent)
         except OSError:
             pass  # the rename is done; only its durability across a crash is left to the kernel
         logger.info("{} reached {}: moved to {} (the one before is dropped), a new one started", self.path.name,
                     format_size(size), self.rotated.name)
+
+    def _moved(self) -> bool:
+        """The name no longer holds the open file: something else moved or deleted it (logrotate,
+        an operator freeing disk). Appending on would hide the changes from every reader."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        ours = os.fstat(self.fd)
+        return (st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino)
+
+    def _let_go(self) -> None:
+        """Close the file that was moved away (its lines on disk first); the next write opens the name."""
+        try:
+            os.fsync(self.fd)
+        except OSError:
+            pass  # (its lines were written; a failing sync of a file let go of is not this file's)
+        os.close(self.fd)
+        self.fd, self.size, self.unsynced = -1, 0, False
+        logger.warning("{} was moved or deleted by something else: a new one is started", self.path.name)
 
     def sync(self) -> None:
         if self.unsynced and self.fd >= 0:

@@ -102,23 +102,37 @@ def test_a_rotation_that_fails_loses_nothing_is_logged_once_and_tried_again(stat
     assert _agents(state.alerts_previous) == ["a0", "a1", "a2"]
 
 
-def test_a_file_moved_away_by_something_else_is_left_where_it_went(state):
-    """logrotate (say) renamed alerts.jsonl to alerts.jsonl.1 itself: the writer must not rename
-    whatever has the name now over the file it was writing."""
-    log = _log(state, 3 * _line_size())
+def test_a_file_moved_or_deleted_by_something_else_is_let_go_at_the_next_write(state):
+    """logrotate, or an operator freeing disk, moved or deleted alerts.jsonl: appending on to the
+    open file would hide every later change from the queries (and keep a deleted file's space)."""
+    from loguru import logger
+
+    warnings = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    log = _log(state, 100 * _line_size())
     log.add(_event(0))
     log.write()
-    os.replace(state.alerts, state.alerts_previous)  # someone else's rotation
-    state.alerts.write_bytes(persist._json.encode(_event(9)) + b"\n")  # and their new file
-    for i in (1, 2):  # into the moved file (the fd), which reaches the bound: closed, not renamed
-        log.add(_event(i))
-        log.write()
-    assert _agents(state.alerts_previous) == ["a0", "a1", "a2"]
-    log.add(_event(3))
-    log.write()  # into the file that has the name now
+    moved = state.root / "alerts.jsonl-20260101"
+    os.replace(state.alerts, moved)
+    log.add(_event(1))
+    log.write()
+    assert _agents(moved) == ["a0"] and _agents(state.alerts) == ["a1"]
+    state.alerts.unlink()
+    log.add(_event(2))
+    log.write()
+    assert _agents(state.alerts) == ["a2"]
     log.close()
-    assert _agents(state.alerts_previous) == ["a0", "a1", "a2"]
-    assert _agents(state.alerts) == ["a9", "a3"]
+    logger.remove(sink)
+    assert warnings == ["alerts.jsonl was moved or deleted by something else: a new one is started"] * 2
+
+
+def test_a_rotation_never_renames_a_file_it_did_not_write(state, monkeypatch):
+    """The name changed hands between the write and the rotation after it: only let go."""
+    log = _log(state, _line_size())
+    log.add(_event(0))
+    monkeypatch.setattr(log, "_moved", lambda: True)  # (asked only by the rotation: the file was just opened)
+    log.write()
+    assert log.fd == -1 and _agents(state.alerts) == ["a0"] and not state.alerts_previous.exists()
 
 
 def test_a_query_during_a_rotation_reads_again(state, monkeypatch):
