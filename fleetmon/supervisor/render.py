@@ -20,7 +20,7 @@ STATUS_STYLE = {"running": "green", "exited": "dim", "not_running": "yellow", "s
 
 def _metric(agent, sort_key: str):
     s = agent.last_sample
-    if s is None:
+    if s is None or agent.status != "running":  # an exited agent's last sample is no current usage
         return None
     if sort_key == "memory":
         return s.memory_rss
@@ -30,8 +30,8 @@ def _metric(agent, sort_key: str):
 
 
 def sort_agents(agents, sort_key: str) -> list:
-    """Busiest first by ``sort_key`` (cpu, memory, fds); agents without a value (no sample,
-    unreadable) last; ties by id."""
+    """Busiest first by ``sort_key`` (cpu, memory, fds); agents without a current value (not
+    running, no sample, unreadable) last; ties by id."""
     with_value = [a for a in agents if _metric(a, sort_key) is not None]
     without = [a for a in agents if _metric(a, sort_key) is None]
     with_value.sort(key=lambda a: a.id)
