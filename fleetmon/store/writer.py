@@ -414,11 +414,10 @@ class Writer:
             return
         for path, exc in failed:
             self.fleet._write_error(f"{path} (deleting a removed agent's file: kept, tried again later)", exc, now)
-        if gone:
-            shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
-            logger.info(
-                "forgot {} agent{} removed from the registry over {} ago (keep_removed): history and metadata "
-                "deleted: {}", len(gone), "s" if len(gone) > 1 else "", format_duration(keep), shown,
+        for agent_id in gone:  # one line each, with its agent_id: the record of what was deleted
+            logger.bind(agent_id=agent_id).info(
+                "agent {} forgotten: removed from the registry over {} ago (keep_removed), its history and metadata "
+                "deleted", agent_id, format_duration(keep),
             )
 
     def _save_status(self, now: float, force: bool) -> None:

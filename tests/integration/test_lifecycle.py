@@ -209,7 +209,9 @@ def test_a_removed_agent_is_forgotten_after_keep_removed(procs, state_dir, tmp_p
     wait_until(lambda: not ring.exists() and not meta.exists(), 30, what="gone's files deleted")
     proc = cli("history", "gone", state_dir=state_dir)
     assert proc.returncode == 2 and "unknown agent" in proc.stderr
-    assert "forgot 1 agent removed from the registry over 3s ago" in d.log()
+    assert "agent gone forgotten: removed from the registry over 3s ago (keep_removed)" in d.log()
+    assert "agent stays forgotten" not in d.log()
+    assert "keep_removed is 3s: an agent's history and metadata are deleted 3s after it leaves the registry" in d.log()
     n = len(history(state_dir, "stays"))
     d.wait_tick(d.daemon_json()["tick"] + 2)
     assert len(history(state_dir, "stays")) > n and (state_dir / "agents" / "stays.json").exists()
