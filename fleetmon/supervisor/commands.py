@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 
 from fleetmon.store import queries
@@ -14,6 +15,16 @@ from fleetmon.units import check_agent_id
 def _state(args, create: bool = False) -> StateDir:
     state = StateDir(state_dir(args))
     return state.create() if create else state
+
+
+def _read_state(args) -> StateDir:
+    """The state dir to query; a note on stderr when there is none: an empty answer from a mistyped
+    --state-dir, or from another user's default (sudo), must not pass for an empty fleet unnoticed."""
+    state = _state(args)
+    if not state.root.exists():
+        print(f"fleetmon: note: there is no state dir at {state.root} (a daemon run as another user, or with "
+              "another --state-dir or $FLEETMON_STATE_DIR?)", file=sys.stderr)
+    return state
 
 
 def cmd_run(args) -> int:
@@ -82,6 +93,9 @@ def cmd_agents(args) -> int:
         if entry.pid is not None and not _pid_exists(entry.pid):
             print(f"fleetmon: warning: no process has pid {entry.pid} now: {entry.id} will show as not running "
                   "(a typo? for an agent that restarts, register its --pidfile)", file=sys.stderr)
+        elif entry.pidfile is not None and not os.path.exists(entry.pidfile):
+            print(f"fleetmon: warning: there is no {entry.pidfile} now: {entry.id} shows as not running until "
+                  "it holds the agent's pid (a typo?)", file=sys.stderr)
         return EXIT_OK
     if args.agents_command == "rm":
         state = _state(args)
@@ -89,7 +103,7 @@ def cmd_agents(args) -> int:
             raise BadInput(f"unknown agent {args.id!r}: not registered")
         print(f"unregistered {args.id} (its history is kept for keep_removed, default 7d)")
         return EXIT_OK
-    entries, errors = reg.read_all(_state(args).registry)
+    entries, errors = reg.read_all(_read_state(args).registry)
     if args.json:
         print_json({"agents": [entries[k] for k in sorted(entries)]})
     else:
@@ -102,7 +116,7 @@ def cmd_agents(args) -> int:
 def cmd_status(args) -> int:
     from fleetmon.supervisor import render
 
-    st = queries.status(_state(args))
+    st = queries.status(_read_state(args))
     agents, how = st.agents, []
     if args.problems:
         agents = [a for a in agents if render.is_problem(a)]
@@ -163,7 +177,7 @@ def _pid_exists(pid: int) -> bool:
 
 def cmd_alerts(args) -> int:
     result, oldest = queries.alerts_window(
-        _state(args), args.since, agents=set(args.agent or ()), states=set(args.state or ()), limit=args.limit
+        _read_state(args), args.since, agents=set(args.agent or ()), states=set(args.state or ()), limit=args.limit
     )
     if oldest is not None:  # (stderr: the JSON on stdout keeps its shape)
         print(f"fleetmon: note: the oldest alert change kept is from {oldest}: older ones in --since were dropped "

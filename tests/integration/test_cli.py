@@ -269,6 +269,16 @@ def test_agents_add_warns_when_no_process_has_the_pid(procs, state_dir):
     assert f"no process has pid {gone.pid} now" in proc.stderr
     proc = cli("agents", "add", "here", "--pid", str(os.getpid()), state_dir=state_dir)
     assert proc.returncode == 0 and proc.stderr == ""
+    proc = cli("agents", "add", "later", "--pidfile", str(state_dir / "nope.pid"), state_dir=state_dir)
+    assert proc.returncode == 0 and f"there is no {state_dir / 'nope.pid'} now" in proc.stderr
+
+
+def test_queries_of_a_state_dir_that_does_not_exist_say_so(tmp_path):
+    missing = tmp_path / "typo"
+    for args in (["status"], ["status", "--json"], ["alerts"], ["agents", "ls"]):
+        proc = cli(*args, state_dir=missing)
+        assert proc.returncode == 0 and f"there is no state dir at {missing}" in proc.stderr, args
+    assert not missing.exists()  # and nothing created
 
 
 def test_alerts_filters_by_agent_and_state(state_dir):
