@@ -155,12 +155,15 @@ class Stalled(msgspec.Struct, frozen=True, tag=True):
 
 
 class ConfigUpdate(msgspec.Struct, frozen=True, tag=True):
-    """Supervisor -> writer after SIGHUP reloaded the config: the config's threshold sources and
-    ``alert_repeat`` (the registry's own thresholds come with ``Registry``)."""
+    """Supervisor -> writer after SIGHUP reloaded the config: the config's threshold sources,
+    ``alert_repeat``, ``alerts_max_size`` and ``keep_removed`` (the registry's own thresholds come
+    with ``Registry``). None: unchanged."""
 
     default: Thresholds
     types: dict[str, Thresholds]
     alert_repeat: float
+    alerts_max_size: int | None = None
+    keep_removed: float | None = None
 
 
 class Resend(msgspec.Struct, frozen=True, tag=True):

@@ -241,6 +241,11 @@ class Writer:
         elif t is wire.ConfigUpdate:
             self.fleet.set_thresholds(msg.default, dict(msg.types), time.time())
             self.fleet.alert_repeat = msg.alert_repeat
+            if msg.alerts_max_size is not None:
+                self.alert_log.max_size = msg.alerts_max_size
+            if msg.keep_removed is not None and msg.keep_removed != self.config.keep_removed:
+                self.config.keep_removed = msg.keep_removed
+                self.last_forget = -1e9  # look again at the next flush, by the new setting
             self._mark_dirty()
         elif t is wire.Resend:
             self.resends[fd] = msg.count

@@ -6,6 +6,8 @@ can change, it applies, and it logs every change by key:
 
 - ``thresholds.*`` and ``alert_repeat``: sent to the writer (``wire.ConfigUpdate``), which resolves
   every agent's limits again; the next sample is judged by the new ones;
+- ``alerts_max_size`` and ``keep_removed``: sent to the writer the same way, for its next append to
+  alerts.jsonl and its next look for removed agents to forget;
 - ``interval``: the next tick comes no later than one new interval from now;
 - ``workers``: the pool grows or shrinks (new workers are started, surplus ones drained and stopped)
   and the agents are resharded;
@@ -29,8 +31,10 @@ from fleetmon.supervisor.config import Config, ConfigError, load
 from fleetmon.supervisor.registry import registry_changes
 from fleetmon.units import format_duration, format_size
 
-RELOADABLE = ("workers", "interval", "stall_timeout", "alert_repeat", "thresholds", "log_level")
-DURATIONS = ("interval", "stall_timeout", "alert_repeat")
+RELOADABLE = (
+    "workers", "interval", "stall_timeout", "alert_repeat", "thresholds", "log_level", "alerts_max_size", "keep_removed",
+)
+DURATIONS = ("interval", "stall_timeout", "alert_repeat", "keep_removed")
 THRESHOLD_KEYS = ("cpu_threshold", "memory_threshold", "open_files_threshold", "threshold_duration")
 STOP_GRACE = 5.0  # seconds a surplus worker gets to finish its tick before it is terminated
 
@@ -80,12 +84,14 @@ def reload_config(arbiter) -> bool:
     else:
         logger.info(summary)
     arbiter.config = new
-    if "alert_repeat" in keys or any(k.startswith("thresholds.") for k in keys):
+    if keys & {"alert_repeat", "alerts_max_size", "keep_removed"} or any(k.startswith("thresholds.") for k in keys):
         arbiter._tell_writer(
             wire.ConfigUpdate(
                 new.default_thresholds(),
                 {name: t.to_wire() for name, t in new.thresholds.types.items()},
                 float(new.alert_repeat),
+                int(new.alerts_max_size),
+                float(new.keep_removed),
             )
         )
     if "interval" in keys:
@@ -116,6 +122,8 @@ def config_changes(old: Config, new: Config) -> list[tuple[str, object, object]]
         a, b = float(getattr(old, key)), float(getattr(new, key))
         if a != b:
             out.append((key, a, b))
+    if old.alerts_max_size != new.alerts_max_size:
+        out.append(("alerts_max_size", old.alerts_max_size, new.alerts_max_size))
     a_t, b_t = old.thresholds, new.thresholds
     for key in THRESHOLD_KEYS:
         a, b = getattr(a_t.default, key), getattr(b_t.default, key)

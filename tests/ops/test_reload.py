@@ -34,8 +34,11 @@ def test_config_changes_names_every_reloadable_key(tmp_path):
     quiet = load(write_config(tmp_path / "c.toml", "[thresholds.default]\ncpu_threshold = 90\n", workers=2, interval="60s", log_level="warning"))
     assert reload.config_changes(old, quiet) == [("log_level", "INFO", "WARNING")]
     assert "log_level" not in reload.restart_only() and "log_format" in reload.restart_only()
-    # the keys that need a restart are shown as they are written, not as bytes or seconds
-    assert {"alerts_max_size", "keep_removed"} <= set(reload.restart_only())
+    # retention applies without a restart, and is shown as written, not as bytes or seconds
+    assert not {"alerts_max_size", "keep_removed"} & set(reload.restart_only())
+    kept = load(write_config(tmp_path / "d.toml", "[thresholds.default]\ncpu_threshold = 90\n", workers=2, interval="60s",
+                             alerts_max_size="1MiB", keep_removed="1d"))
+    assert reload.config_changes(old, kept) == [("keep_removed", 604800.0, 86400.0), ("alerts_max_size", 64 << 20, 1 << 20)]
     assert (reload._show("keep_removed", 604800.0), reload._show("alerts_max_size", 64 << 20)) == ("7d", "64.0MiB")
 
 

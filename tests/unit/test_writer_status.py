@@ -197,3 +197,21 @@ def test_a_left_out_status_json_waits_for_a_tick_in_progress(setup, clock):
     w._maybe_flush()
     assert _status_sample(state) == pytest.approx(ts) and not w.status_pending
 
+
+
+def test_a_config_update_applies_retention_without_a_restart(setup, clock):
+    """SIGHUP's ConfigUpdate: alerts_max_size for the next append, keep_removed for the next look
+    for removed agents (which comes at once, not up to an hour later by the old setting)."""
+    w, conns, state = setup
+    _tick(w, conns, clock, 1, 1.0)
+    w._dispatch(conns[-1], wire.Registry([]))  # x removed
+    _tick(w, conns, clock, 2, 1.0)
+    assert state.agent_file("x").exists() and w.config.keep_removed == 7 * 86400.0
+    update = wire.ConfigUpdate(wire.Thresholds(), {}, 600.0, 4096, 5.0)
+    w._dispatch(conns[-1], update)
+    assert w.alert_log.max_size == 4096 and w.config.keep_removed == 5.0
+    clock.now += 10  # (the writer's wall clock follows the fake one)
+    w._flush()
+    assert "x" not in w.fleet.agents and not state.agent_file("x").exists()
+    w._dispatch(conns[-1], wire.ConfigUpdate(wire.Thresholds(), {}, 600.0))  # None: unchanged
+    assert w.alert_log.max_size == 4096 and w.config.keep_removed == 5.0
