@@ -122,6 +122,11 @@ def build_parser() -> Parser:
     run.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and the JSON API (a bare port binds 127.0.0.1)")
     run.add_argument("--log-level", type=_log_level, metavar="LEVEL", help="DEBUG, INFO (default), WARNING or ERROR")
     run.add_argument("--log-format", choices=["text", "json"], help="text (default) or one JSON object per line")
+    run.add_argument(
+        "--check", action="store_true",
+        help="check the config and flags, say what they amount to and what the registry holds, and exit "
+        "(0: valid, 2: not) without starting: before a reload or a restart",
+    )
 
     agents = sub.add_parser("agents", help="add, remove and list registered agents", description="Manage the registry: <state>/registry/<id>.json.")
     asub = agents.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser, required=True)

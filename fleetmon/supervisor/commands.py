@@ -51,15 +51,37 @@ def cmd_run(args) -> int:
             parse_http(config.http)
         except ValueError as exc:
             return _refuse_run(args, f"http: {exc}")
-    logs.configure(config.log_level, config.log_format)
     from pathlib import Path
 
     from fleetmon.store.layout import default_state_dir
 
     root = Path(config.state_dir) if config.state_dir else default_state_dir()
+    if args.check:
+        return _check(args, config, StateDir(root))
+    logs.configure(config.log_level, config.log_format)
     arbiter = Arbiter(config, StateDir(root), args.config)
     arbiter.overrides = overrides  # SIGHUP reloads the file and applies the same flags over it
     return arbiter.run()
+
+
+def _check(args, config, state: StateDir) -> int:
+    """``run --check``: the config (and flags) are valid, if we got here; say what they amount to and
+    what the registry holds, and start nothing."""
+    from fleetmon.supervisor import registry as reg
+    from fleetmon.units import format_duration, format_size
+
+    where = f"config {args.config}" if args.config else "config (no file)"
+    print(
+        f"{where}: ok: {config.worker_count} worker{'s' if config.worker_count != 1 else ''}, interval "
+        f"{format_duration(float(config.interval))}, history {config.history_size} points, keep_removed "
+        f"{format_duration(float(config.keep_removed)) if config.keep_removed else 'off'}, alerts_max_size "
+        f"{format_size(config.alerts_max_size) if config.alerts_max_size else 'off'}, state dir {state.root}"
+    )
+    entries, errors = reg.read_all(state.registry)
+    print(f"registry: {len(entries)} agent{'s' if len(entries) != 1 else ''}" + (f", {len(errors)} invalid (skipped by the daemon):" if errors else ""))
+    for name, why in sorted(errors.items()):
+        print(f"  {name}: {why}")
+    return EXIT_OK
 
 
 def _refuse_run(args, message: str) -> int:

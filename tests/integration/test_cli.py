@@ -312,6 +312,22 @@ def test_alerts_filters_by_agent_and_state(state_dir):
     assert "note: the oldest alert change kept is from" in proc.stderr and json.loads(proc.stdout)["events"]
 
 
+def test_run_check_validates_and_starts_nothing(state_dir, tmp_path):
+    register(state_dir, "ok", os.getpid())
+    (state_dir / "registry" / "broken.json").write_text('{"id": "broken", "pid": ')
+    config = tmp_path / "fleetmon.toml"
+    config.write_text('workers = 3\ninterval = "10s"\nkeep_removed = 0\n')
+    proc = cli("run", "--check", "--config", str(config), state_dir=state_dir, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"config {config}: ok: 3 workers, interval 10s, history 1440 points, keep_removed off")
+    assert lines[1] == "registry: 1 agent, 1 invalid (skipped by the daemon):" and lines[2].startswith("  broken.json: ")
+    assert not (state_dir / "run" / "lock").exists() and not (state_dir / "daemon.json").exists()  # nothing started
+    config.write_text("workers = -2\n")
+    proc = cli("run", "--check", "--config", str(config), state_dir=state_dir, timeout=30)
+    assert proc.returncode == 2 and "workers" in proc.stderr and proc.stdout == ""
+
+
 def test_usage_errors_exit_2(state_dir):
     for args in (["history"], ["frobnicate"], ["run", "--interval", "0"], ["run", "--interval", "soon"],
                  ["run", "--workers", "-1"], ["history", "x", "--every", "0"], ["alerts", "--since", "x"]):
