@@ -164,6 +164,10 @@ def build_parser() -> Parser:
         help="order of the rows: id (default), or busiest first by cpu, memory (RSS) or fds",
     )
     st.add_argument("--limit", type=_count, default=0, metavar="N", help="at most N rows, after --sort (default 0: all)")
+    st.add_argument(
+        "--exit-code", action="store_true",
+        help="exit 1 when any agent is shown (with --problems: a check for monit, Nagios or cron), else 0",
+    )
 
     hist = sub.add_parser(
         "history", parents=[state_parent], help="an agent's resource usage history",

@@ -8,7 +8,7 @@ import sys
 
 from fleetmon.store import queries
 from fleetmon.store.layout import StateDir
-from fleetmon.supervisor.cli import EXIT_BAD_INPUT, EXIT_OK, BadInput, print_json, state_dir
+from fleetmon.supervisor.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, BadInput, print_json, state_dir
 from fleetmon.units import check_agent_id
 
 
@@ -156,7 +156,7 @@ def cmd_status(args) -> int:
         print_json(queries.StatusJSON(st.daemon, agents))
     else:
         render.status_view(st, shown=agents, how=" ".join(how))
-    return EXIT_OK
+    return EXIT_FAILURE if args.exit_code and agents else EXIT_OK
 
 
 def cmd_history(args) -> int:

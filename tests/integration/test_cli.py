@@ -236,6 +236,10 @@ def test_status_filters_for_a_large_fleet(procs, state_dir, daemons):
     rss = [a["last_sample"]["memory_rss"] for a in by_memory[:-1]]
     assert rss == sorted(rss, reverse=True) and len(rss) == 4
     assert ids("--problems", "--type", "default") == []
+    # a monitoring check: exit 1 when a problem is shown, 0 when none
+    assert cli("status", "--problems", "--exit-code", state_dir=state_dir).returncode == 1
+    assert cli("status", "--problems", "--type", "default", "--exit-code", state_dir=state_dir).returncode == 0
+    assert cli("status", "--problems", state_dir=state_dir).returncode == 0  # (without it, always 0)
     text = cli("status", "--problems", state_dir=state_dir, check=True).stdout
     rows = [line.split()[0] for line in text.splitlines()[2:-1]]
     assert rows == ["big", "dead"]
