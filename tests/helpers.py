@@ -28,12 +28,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
         time.sleep(interval)
 
 
-def cli(*args, state_dir: Path | None = None, timeout: float = 60, check: bool = False, env=None) -> subprocess.CompletedProcess:
-    """Run ``fleetmon ARGS`` in a subprocess; returns the CompletedProcess (text mode)."""
+def cli(
+    *args, state_dir: Path | None = None, timeout: float = 60, check: bool = False, env=None, cwd=None,
+) -> subprocess.CompletedProcess:
+    """Run ``fleetmon ARGS`` in a subprocess (in ``cwd``); returns the CompletedProcess (text mode)."""
     cmd = [*CLI, *map(str, args)]
     if state_dir is not None:
         cmd += ["--state-dir", str(state_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}: {proc.stderr}")
     return proc

@@ -125,8 +125,8 @@ class AlertLog:
         """Close the file that was moved away (its lines on disk first); the next write opens the name."""
         try:
             os.fsync(self.fd)
-        except OSError:
-            pass  # (its lines were written; a failing sync of a file let go of is not this file's)
+        except OSError as exc:  # its lines are written, but may not be on disk: say so, and go on
+            logger.error("cannot sync the moved {} before letting it go: {}", self.path.name, exc.strerror or exc)
         os.close(self.fd)
         self.fd, self.size, self.unsynced = -1, 0, False
         logger.warning("{} was moved or deleted by something else: a new one is started", self.path.name)

@@ -110,7 +110,8 @@ def history(state: StateDir, agent_id: str, since: float, every: float | None = 
     return HistoryJSON(agent_id, [point_json(p) for p in history_points(state, agent_id, since, every, now)])
 
 
-ALERTS_SLACK = 600.0  # seconds: a change may be appended this long after a later one (a batch sent again)
+ALERTS_SLACK = 3600.0  # seconds: how far out of order a change may be appended (batches sent again)
+STOP_RUN = 1000  # ... and how many changes in a row older than the window and that slack end the search
 _TS_PREFIX = b'{"timestamp":"'  # every line starts so; the timestamp is fixed-width RFC 3339
 _TS = slice(len(_TS_PREFIX), len(_TS_PREFIX) + len("2026-01-01T00:00:00.000000Z"))
 _CHUNK = 1 << 20
@@ -125,63 +126,72 @@ def alerts_window(
     state: StateDir, since: float, now: float | None = None, agents=None, states=None, limit: int = 0,
 ) -> tuple[AlertsJSON, str | None]:
     """Alert state changes with ``timestamp >= now - since``, of ``agents`` and to ``states`` if
-    given, at most the newest ``limit`` (0: all), oldest first. Also, when the window reaches back
-    past the oldest change kept (alerts.jsonl has been moved to alerts.jsonl.1 at alerts_max_size,
-    so older ones may have been dropped), that change's timestamp; else None.
+    given, at most the newest ``limit`` (0: all), oldest first. Also, when the whole of what is kept
+    was read and its oldest change is inside the window, after a rotation (alerts.jsonl.1 exists:
+    changes before it may have been dropped at alerts_max_size), that change's timestamp; else None.
 
-    alerts.jsonl, then alerts.jsonl.1, are read from their end back to the first change older than
-    the window (less ``ALERTS_SLACK``): the cost is the window's, not the files' (64 MiB each by
-    default). Read again if the writer moved alerts.jsonl meanwhile (either inode changed): else
-    lines would be read twice or not at all."""
-    start = (time.time() if now is None else now) - since
-    stop_before = (rfc3339(start - ALERTS_SLACK) or "").encode()
+    alerts.jsonl, then alerts.jsonl.1, are read from their end, a chunk at a time, back to where
+    STOP_RUN changes in a row are older than the window less ALERTS_SLACK (changes are appended in
+    about the order they happen; batches a worker held while the writer was down come later), or to
+    ``limit`` changes: the cost is the window's, not the files' (64 MiB each by default), and what
+    is held is the answer. Read again if the writer moved alerts.jsonl meanwhile (either inode
+    changed): else lines would be read twice or not at all."""
+    start = max(0.0, (time.time() if now is None else now) - since)
+    cutoff = start - ALERTS_SLACK
+    stop_before = (rfc3339(cutoff) or "").encode() if cutoff > 0 else b""  # (b"": never)
     files = (state.alerts, state.alerts_previous)
     for _ in range(5):
         before = [_inode(f) for f in files]
-        lines: list[bytes] = []  # newest first
-        reached = False
+        events: list[EventJSON] = []  # newest first
+        last_seen = None  # the oldest line read
+        ended = False  # by the stop rule or the limit, before the start of what is kept
+        older_seen = False  # a change older than the window was read: nothing missing
         for f in files:
-            got, reached = _lines_back(f, stop_before)
-            lines.extend(got)
-            if reached:
+            for line in _lines_back(f, stop_before):
+                if line is None:
+                    ended = True
+                    break
+                if line is False:  # older than the window and the slack
+                    older_seen = True
+                    continue
+                last_seen = line
+                try:
+                    ev = _event.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # a torn last line after a crash
+                if (agents and ev.agent_id not in agents) or (states and ev.state not in states):
+                    continue
+                if parse_rfc3339(ev.timestamp) >= start:
+                    events.append(ev)
+                    if limit and len(events) >= limit:
+                        ended = True
+                        break
+            if ended:
                 break
         if [_inode(f) for f in files] == before:
             break
-    events = []
-    for line in lines:
-        try:
-            ev = _event.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue  # a torn last line after a crash
-        if (agents and ev.agent_id not in agents) or (states and ev.state not in states):
-            continue
-        if parse_rfc3339(ev.timestamp) >= start:
-            events.append(ev)
-            if limit and len(events) >= limit:
-                break
     events.reverse()
     oldest = None
-    if not reached and before[1] is not None and lines:
-        first = lines[-1][_TS].decode(errors="replace")
+    if not ended and not older_seen and before[1] is not None and last_seen is not None:
+        first = last_seen[_TS].decode(errors="replace")
         if first > (rfc3339(start) or ""):
             oldest = first
     return AlertsJSON(events), oldest
 
 
-def _lines_back(path, stop_before: bytes) -> tuple[list[bytes], bool]:
-    """The lines of ``path`` from its end back to (not including) the first whose timestamp is
-    before ``stop_before``, newest first; and whether such a line was reached. Opened as
+def _lines_back(path, stop_before: bytes):
+    """The lines of ``path`` from its end back, newest first, each line with a timestamp before
+    ``stop_before`` given as False; then None once STOP_RUN of those came in a row. Opened as
     ``fsutil.read_private`` opens: no symlink followed, nothing but a regular file read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        return [], False
+        return
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, f"{path} is not a regular file")
-        out: list[bytes] = []
-        pos, tail = st.st_size, b""
+        pos, tail, old = st.st_size, b"", 0
         while pos > 0:
             n = min(_CHUNK, pos)
             pos -= n
@@ -196,9 +206,14 @@ def _lines_back(path, stop_before: bytes) -> tuple[list[bytes], bool]:
                 if not line.strip():
                     continue
                 if line.startswith(_TS_PREFIX) and line[_TS] < stop_before:
-                    return out, True
-                out.append(line)
-        return out, False
+                    old += 1
+                    if old >= STOP_RUN:
+                        yield None
+                        return
+                    yield False
+                    continue
+                old = 0
+                yield line
     finally:
         os.close(fd)
 

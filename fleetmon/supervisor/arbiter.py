@@ -19,9 +19,8 @@ from loguru import logger
 from fleetmon import channel, wire
 from fleetmon.store.layout import StateDir
 from fleetmon.supervisor import children, lock, notify, sharding
-from fleetmon.supervisor.config import Config
+from fleetmon.supervisor.config import Config, warn_short_keep
 from fleetmon.supervisor.registry import RegistryScanner, registry_changes
-from fleetmon.units import format_duration
 from fleetmon.workers import worker as W
 from fleetmon.workers.sampler import resolve_reader
 
@@ -120,12 +119,7 @@ class Arbiter:
             self.config.interval,
             len(self.registry.entries), self.state.root,
         )
-        keep = float(self.config.keep_removed)
-        if 0 < keep < 3600:  # (durations without a unit are seconds: "keep_removed = 7" is 7 s)
-            logger.warning(
-                "keep_removed is {}: an agent's history and metadata are deleted {} after it leaves the registry",
-                format_duration(keep), format_duration(keep),
-            )
+        warn_short_keep(self.config)
         next_tick = time.monotonic()
         while not self.stopping:
             self._handle_signals()

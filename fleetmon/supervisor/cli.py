@@ -166,7 +166,8 @@ def build_parser() -> Parser:
     st.add_argument("--limit", type=_count, default=0, metavar="N", help="at most N rows, after --sort (default 0: all)")
     st.add_argument(
         "--exit-code", action="store_true",
-        help="exit 1 when any agent is shown (with --problems: a check for monit, Nagios or cron), else 0",
+        help="exit 1 when any agent is shown or no daemon is recording (with --problems: a check for monit, "
+        "Nagios or cron), else 0",
     )
 
     hist = sub.add_parser(

@@ -105,8 +105,11 @@ def cmd_agents(args) -> int:
         thresholds = None
         if any(v is not None for v in (args.cpu, args.memory, args.open_files, args.duration)):
             thresholds = Thresholds(args.cpu, args.memory, args.open_files, args.duration)
+        # A relative pidfile would be read from the daemon's working directory (/ under systemd),
+        # not from where this command ran: registered as the absolute path it names here.
+        pidfile = os.path.abspath(args.pidfile) if args.pidfile else None
         try:
-            entry = reg.RegistryEntry(args.id, args.type, args.pid, args.pidfile, thresholds)
+            entry = reg.RegistryEntry(args.id, args.type, args.pid, pidfile, thresholds)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
         state = _state(args, create=True)  # only once the input is valid: bad input writes nothing
@@ -115,9 +118,9 @@ def cmd_agents(args) -> int:
         if entry.pid is not None and not _pid_exists(entry.pid):
             print(f"fleetmon: warning: no process has pid {entry.pid} now: {entry.id} will show as not running "
                   "(a typo? for an agent that restarts, register its --pidfile)", file=sys.stderr)
-        elif entry.pidfile is not None and not os.path.exists(entry.pidfile):
-            print(f"fleetmon: warning: there is no {entry.pidfile} now: {entry.id} shows as not running until "
-                  "it holds the agent's pid (a typo?)", file=sys.stderr)
+        elif entry.pidfile is not None and not os.path.isfile(entry.pidfile):
+            print(f"fleetmon: warning: there is no file at {entry.pidfile} now: {entry.id} shows as not running "
+                  "until it holds the agent's pid (a typo?)", file=sys.stderr)
         return EXIT_OK
     if args.agents_command == "rm":
         state = _state(args)
@@ -138,7 +141,8 @@ def cmd_agents(args) -> int:
 def cmd_status(args) -> int:
     from fleetmon.supervisor import render
 
-    st = queries.status(_read_state(args))
+    state = _read_state(args)
+    st = queries.status(state)
     agents, how = st.agents, []
     if args.problems:
         agents = [a for a in agents if render.is_problem(a)]
@@ -156,6 +160,10 @@ def cmd_status(args) -> int:
         print_json(queries.StatusJSON(st.daemon, agents))
     else:
         render.status_view(st, shown=agents, how=" ".join(how))
+    if args.exit_code and not render.daemon_running(st.daemon):  # a check must not pass on stale rows
+        print(f"fleetmon: status: no daemon is recording in {state.root} (stopped, or none ever ran there): "
+              "exit 1", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_FAILURE if args.exit_code and agents else EXIT_OK
 
 
@@ -202,8 +210,8 @@ def cmd_alerts(args) -> int:
         _read_state(args), args.since, agents=set(args.agent or ()), states=set(args.state or ()), limit=args.limit
     )
     if oldest is not None:  # (stderr: the JSON on stdout keeps its shape)
-        print(f"fleetmon: note: the oldest alert change kept is from {oldest}: older ones in --since were dropped "
-              "when alerts.jsonl reached alerts_max_size", file=sys.stderr)
+        print(f"fleetmon: note: the oldest alert change kept is from {oldest}; --since reaches further back, and "
+              "changes before it may have been dropped when alerts.jsonl reached alerts_max_size", file=sys.stderr)
     if args.json:
         print_json(result)
     else:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 
-from fleetmon.units import LOG_LEVELS, MAX_LIMIT, parse_duration, parse_size
+from fleetmon.units import LOG_LEVELS, MAX_LIMIT, format_duration, parse_duration, parse_size
 from fleetmon.wire import Thresholds
 from fleetmon.workers import procfs
 from fleetmon.workers.sampler import READERS
@@ -114,6 +114,19 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
 
     def default_thresholds(self) -> Thresholds:
         return self.thresholds.default.to_wire()
+
+
+def warn_short_keep(config: Config) -> None:
+    """At start and at a reload: durations without a unit are seconds, so ``keep_removed = 7`` deletes
+    a removed agent's history 7 s after its removal. Under an hour, say so."""
+    keep = float(config.keep_removed)  # type: ignore[arg-type]
+    if 0 < keep < 3600:
+        from loguru import logger
+
+        logger.warning(
+            "keep_removed is {}: an agent's history and metadata are deleted {} after it leaves the registry",
+            format_duration(keep), format_duration(keep),
+        )
 
 
 def load(path: Path | None, overrides: dict | None = None) -> Config:

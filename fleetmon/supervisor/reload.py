@@ -27,7 +27,7 @@ from loguru import logger
 
 from fleetmon import logs, wire
 from fleetmon.supervisor import children
-from fleetmon.supervisor.config import Config, ConfigError, load
+from fleetmon.supervisor.config import Config, ConfigError, load, warn_short_keep
 from fleetmon.supervisor.registry import registry_changes
 from fleetmon.units import format_duration, format_size
 
@@ -94,6 +94,8 @@ def reload_config(arbiter) -> bool:
                 float(new.keep_removed),
             )
         )
+    if "keep_removed" in keys:
+        warn_short_keep(new)
     if "interval" in keys:
         arbiter.reschedule = time.monotonic() + float(new.interval)
     if "log_level" in keys:

@@ -209,7 +209,7 @@ def test_status_json_daemon_object(procs, state_dir, daemons):
     assert stopped["running"] is False and stopped["supervisor_pid"] == d.pid
 
 
-def test_status_filters_for_a_large_fleet(procs, state_dir, daemons):
+def test_status_filters_for_a_large_fleet(procs, state_dir, daemons, tmp_path):
     """--problems (not running or alerting), --type, --sort and --limit pick the rows, in the table
     and in the JSON alike; the table ends with the whole fleet's counts."""
     idle = [procs.sleeper() for _ in range(3)]
@@ -240,6 +240,8 @@ def test_status_filters_for_a_large_fleet(procs, state_dir, daemons):
     assert cli("status", "--problems", "--exit-code", state_dir=state_dir).returncode == 1
     assert cli("status", "--problems", "--type", "default", "--exit-code", state_dir=state_dir).returncode == 0
     assert cli("status", "--problems", state_dir=state_dir).returncode == 0  # (without it, always 0)
+    proc = cli("status", "--problems", "--exit-code", state_dir=tmp_path / "nowhere")
+    assert proc.returncode == 1 and "no daemon is recording" in proc.stderr
     text = cli("status", "--problems", state_dir=state_dir, check=True).stdout
     rows = [line.split()[0] for line in text.splitlines()[2:-1]]
     assert rows == ["big", "dead"]
@@ -247,6 +249,8 @@ def test_status_filters_for_a_large_fleet(procs, state_dir, daemons):
     assert summary.startswith("5 agents: 4 running, 1 exited; alerts: 0 error, 1 warning"), summary
     assert summary.endswith("(2 shown: --problems)"), summary
     assert d.stop() == 0
+    proc = cli("status", "--problems", "--type", "default", "--exit-code", state_dir=state_dir)
+    assert proc.returncode == 1 and "no daemon is recording" in proc.stderr  # stopped: stale rows fail the check
 
 
 def test_alerts_json_empty_and_agents_ls(state_dir):
@@ -274,7 +278,11 @@ def test_agents_add_warns_when_no_process_has_the_pid(procs, state_dir):
     proc = cli("agents", "add", "here", "--pid", str(os.getpid()), state_dir=state_dir)
     assert proc.returncode == 0 and proc.stderr == ""
     proc = cli("agents", "add", "later", "--pidfile", str(state_dir / "nope.pid"), state_dir=state_dir)
-    assert proc.returncode == 0 and f"there is no {state_dir / 'nope.pid'} now" in proc.stderr
+    assert proc.returncode == 0 and f"there is no file at {state_dir / 'nope.pid'} now" in proc.stderr
+    # a relative pidfile is registered as the absolute path it names where the command ran
+    proc = cli("agents", "add", "rel", "--pidfile", "run/rel.pid", state_dir=state_dir, cwd=state_dir)
+    assert proc.returncode == 0
+    assert json.loads((state_dir / "registry" / "rel.json").read_text())["pidfile"] == str(state_dir / "run" / "rel.pid")
 
 
 def test_queries_of_a_state_dir_that_does_not_exist_say_so(tmp_path):

@@ -193,3 +193,18 @@ def test_status_says_when_its_rows_are_as_of_a_stopped_daemon():
     assert "no tick recorded" not in view(running)
     text = view(stopped)
     assert "daemon: stopped" in text and "no tick recorded for 10m (daemon stopped?): statuses and alerts are as of then" in text
+
+
+def test_status_rows_reach_a_recording_console_and_the_demo_view(tmp_path):
+    """write_table writes straight to a terminal; a recording console (the demo's live view renders
+    one) must still get the rows, with their styles."""
+    from fleetmon.supervisor import render
+
+    console = Console(width=200, record=True, color_system=None, file=open(os.devnull, "w"))
+    agents = [_agent(1, 5.0, 1 << 20, 3), _agent(2, 1.0, 2 << 20, 4)]
+    st = StatusJSON(DaemonJSON(1, 2, [], 5, rfc3339(time.time()), True, 10.0, 5), agents)
+    render.status_view(st, console)
+    lines = console.export_text().splitlines()
+    assert lines[1].split() == ["ID", "TYPE", "PID", "STATUS", "CPU%", "RSS", "FDS", "THR", "RESTARTS", "ALERTS", "LAST", "SAMPLE"]
+    assert [line.split()[0] for line in lines[2:4]] == [a.id for a in agents]
+    assert lines[4].startswith("2 agents: 2 running")

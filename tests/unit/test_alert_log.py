@@ -144,12 +144,11 @@ def test_a_query_during_a_rotation_reads_again(state, monkeypatch):
     moved = []
 
     def read(path, stop_before):
-        got = real(path, stop_before)
+        yield from real(path, stop_before)
         if path == state.alerts and not moved:  # after alerts.jsonl was read: rotate
             moved.append(True)
             os.replace(state.alerts, state.alerts_previous)
             state.alerts.write_bytes(persist._json.encode(_event(2)) + b"\n")
-        return got
 
     monkeypatch.setattr(queries, "_lines_back", read)
     events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
@@ -166,7 +165,7 @@ NOW = 1.8e9
 
 
 def test_a_query_reads_back_from_the_end_only_as_far_as_its_window(state, monkeypatch):
-    old = b"".join(_at(NOW - 7200 + i * 0.001, f"old{i}") for i in range(40_000))  # ~7 MB, 2 h ago
+    old = b"".join(_at(NOW - 3 * 3600 + i * 0.001, f"old{i}") for i in range(40_000))  # ~7 MB, 3 h ago
     state.alerts.write_bytes(old + b"".join(_at(NOW - 60 + i, f"new{i}") for i in range(10)))
     reads = []
     real = os.pread
@@ -174,6 +173,30 @@ def test_a_query_reads_back_from_the_end_only_as_far_as_its_window(state, monkey
     events = queries.alerts(state, since=3600.0, now=NOW).events
     assert [e.agent_id for e in events] == [f"new{i}" for i in range(10)]
     assert sum(reads) <= 2 * queries._CHUNK < len(old)  # not the whole file
+
+
+def test_the_limit_bounds_what_is_read(state, monkeypatch):
+    state.alerts.write_bytes(b"".join(_at(NOW - 1000 + i * 0.01, f"a{i}") for i in range(40_000)))  # all in the window
+    reads = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
+    events, oldest = queries.alerts_window(state, 3600.0, NOW, limit=10)
+    assert [e.agent_id for e in events.events] == [f"a{i}" for i in range(39_990, 40_000)]
+    assert sum(reads) <= queries._CHUNK and oldest is None
+
+
+def test_a_change_appended_out_of_order_does_not_end_the_search(state):
+    """A batch a worker held while the writer was down lands after newer changes: one line (or a
+    few) far older than the window must not hide the window's changes before it."""
+    lines = [_at(NOW - 120, "before"), _at(NOW - 5 * 3600, "late"), _at(NOW - 30, "after")]
+    state.alerts.write_bytes(b"".join(lines))
+    assert [e.agent_id for e in queries.alerts(state, since=300.0, now=NOW).events] == ["before", "after"]
+
+
+def test_a_window_longer_than_the_epoch_is_everything(state):
+    state.alerts.write_bytes(_at(NOW - 60, "a") + _at(NOW - 30, "b"))
+    for since in (NOW + 1e6, 400_000 * 86400.0, 1e15):
+        assert [e.agent_id for e in queries.alerts(state, since=since, now=NOW).events] == ["a", "b"]
 
 
 def test_lines_across_the_chunks_read_back_stay_whole(state, monkeypatch):
@@ -199,8 +222,12 @@ def test_says_when_the_window_reaches_past_what_is_kept(state):
     events, oldest = queries.alerts_window(state, 3600.0, NOW)
     assert [e.agent_id for e in events.events] == ["p", "c"] and oldest is not None and oldest.startswith("2027")
     assert queries.alerts_window(state, 300.0, NOW)[1] is None  # the window starts after it: nothing missing
-    state.alerts_previous.write_bytes(_at(NOW - 7200, "older") + _at(NOW - 600, "p"))
-    assert queries.alerts_window(state, 3600.0, NOW)[1] is None  # reached a change before the window
+    state.alerts_previous.write_bytes(_at(NOW - 3600 - 60, "older") + _at(NOW - 600, "p"))
+    assert queries.alerts_window(state, 3600.0, NOW)[1] is None  # read a change before the window
+    state.alerts_previous.write_bytes(_at(NOW - 9 * 3600, "much older") + _at(NOW - 600, "p"))
+    assert queries.alerts_window(state, 3600.0, NOW)[1] is None  # also one past the slack
+    state.alerts_previous.write_bytes(_at(NOW - 600, "p"))
+    assert queries.alerts_window(state, 3600.0, NOW, limit=1)[1] is None  # the newest one is all that was asked
     state.alerts_previous.unlink()
     assert queries.alerts_window(state, 3600.0, NOW)[1] is None  # never rotated: nothing dropped
 
