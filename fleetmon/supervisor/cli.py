@@ -146,6 +146,14 @@ def build_parser() -> Parser:
     add.add_argument("--for", dest="duration", type=_duration, metavar="DUR", help="how long over before error (0 = at once)")
     rm = asub.add_parser("rm", parents=[state_parent], help="unregister an agent (its history is kept for keep_removed, default 7d)")
     rm.add_argument("id", type=_agent_id, metavar="ID")
+    imp = asub.add_parser(
+        "import", parents=[state_parent], help="register many agents from a file (JSON Lines, or agents ls --json)",
+        description="Register every agent in FILE (- for standard input): one registry entry per line, as in "
+        '<state>/registry/<id>.json ({"id": "web-1", "pid": 123} or {"id": "w", "pidfile": "/run/w.pid", "type": '
+        '"web", "thresholds": {...}}), or the document `fleetmon agents ls --json` prints. All are checked first: '
+        "one bad entry and nothing is written (exit 2). An id already registered is replaced.",
+    )
+    imp.add_argument("file", metavar="FILE", help="the entries; - reads standard input")
     ls = asub.add_parser("ls", parents=[state_parent], help="list registered agents")
     ls.add_argument("--json", action="store_true", help='print {"agents": [ENTRY, ...]}')
 

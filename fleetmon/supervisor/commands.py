@@ -122,6 +122,8 @@ def cmd_agents(args) -> int:
             print(f"fleetmon: warning: there is no file at {entry.pidfile} now: {entry.id} shows as not running "
                   "until it holds the agent's pid (a typo?)", file=sys.stderr)
         return EXIT_OK
+    if args.agents_command == "import":
+        return _import(args)
     if args.agents_command == "rm":
         state = _state(args)
         if not reg.remove_entry(state.registry, args.id):
@@ -196,6 +198,32 @@ def cmd_history(args) -> int:
         from fleetmon.supervisor import render
 
         render.history_table(args.id, points)
+    return EXIT_OK
+
+
+def _import(args) -> int:
+    from fleetmon.supervisor import registry as reg
+
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        raise BadInput(f"cannot read {args.file}: {exc.strerror}") from None
+    try:
+        entries = reg.parse_many(data)
+    except reg.InvalidEntry as exc:
+        raise BadInput(f"{args.file}: {exc} (nothing imported)") from None
+    relative = [e.id for e in entries if e.pidfile is not None and not os.path.isabs(e.pidfile)]
+    if relative:  # (agents add makes it absolute from where it runs; a file may come from elsewhere)
+        raise BadInput(f"{args.file}: pidfile of {relative[0]!r} is relative: use an absolute path (nothing imported)")
+    state = _state(args, create=True)
+    known = {name[:-5] for name in os.listdir(state.registry) if name.endswith(".json")}
+    reg.write_entries(state.registry, entries)
+    replaced = sum(e.id in known for e in entries)
+    print(f"imported {len(entries)} agents into {state.registry} ({len(entries) - replaced} new, {replaced} replaced)")
+    missing = [e.id for e in entries if e.pid is not None and not _pid_exists(e.pid)]
+    if missing:
+        print(f"fleetmon: warning: no process has the pid of {len(missing)} of them now: {', '.join(missing[:10])}"
+              + (" ..." if len(missing) > 10 else ""), file=sys.stderr)
     return EXIT_OK
 
 

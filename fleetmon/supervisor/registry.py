@@ -10,6 +10,7 @@ ERROR naming it, and named again only once it changes.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -81,6 +82,44 @@ def write_entry(directory: Path, entry: RegistryEntry) -> Path:
     path = directory / f"{entry.id}.json"
     fsutil.atomic_write(path, encode_entry(entry))
     return path
+
+
+def parse_many(data: bytes) -> list[RegistryEntry]:
+    """Entries for ``agents import``: JSON Lines of registry entries, or the document ``agents ls
+    --json`` prints ({"agents": [...]}). Raises InvalidEntry naming the first bad line or entry;
+    an id given twice is one."""
+    text = data.strip()
+    if re.match(rb'\{\s*"agents"\s*:', text):  # (a registry entry has no "agents" key)
+        try:
+            entries = msgspec.json.decode(text, type=dict[str, list[RegistryEntry]])["agents"]
+        except (msgspec.ValidationError, msgspec.DecodeError, KeyError) as exc:
+            raise InvalidEntry(str(exc).splitlines()[0]) from None
+        where = [f"entry {i}" for i in range(1, len(entries) + 1)]
+    else:
+        entries, where = [], []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(_decoder.decode(line))
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise InvalidEntry(f"line {n}: {str(exc).splitlines()[0]}") from None
+            where.append(f"line {n}")
+    seen: dict[str, str] = {}
+    for entry, at in zip(entries, where, strict=True):
+        if entry.id in seen:
+            raise InvalidEntry(f"{at}: id {entry.id!r} already given at {seen[entry.id]}")
+        seen[entry.id] = at
+    return entries
+
+
+def write_entries(directory: Path, entries: list[RegistryEntry]) -> None:
+    """Each entry atomically, as ``write_entry``, then one filesystem sync for all of them (a sync
+    per file would take minutes for thousands)."""
+    fsutil.ensure_dir(directory)
+    for entry in entries:
+        fsutil.atomic_write(directory / f"{entry.id}.json", encode_entry(entry), sync=False)
+    fsutil.sync_filesystem(directory)
 
 
 def remove_entry(directory: Path, agent_id: str) -> bool:

@@ -340,6 +340,35 @@ def test_run_check_validates_and_starts_nothing(state_dir, tmp_path):
     assert proc.returncode == 2 and "workers" in proc.stderr and proc.stdout == ""
 
 
+def test_agents_import_registers_many_at_once_all_or_nothing(procs, state_dir, tmp_path, daemons):
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "2")
+    d.wait_tick(1)
+    sleepers = [procs.sleeper() for _ in range(40)]
+    lines = [json.dumps({"id": f"bulk-{i:02d}", "pid": p.pid, "type": "batch"}) for i, p in enumerate(sleepers)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines[:3] + ['{"id": "x", "pid": -1}']) + "\n")
+    proc = cli("agents", "import", str(bad), state_dir=state_dir)
+    assert proc.returncode == 2 and "line 4" in proc.stderr and "nothing imported" in proc.stderr
+    assert cli_json("agents", "ls", state_dir=state_dir)["agents"] == []
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(lines) + "\n")
+    proc = cli("agents", "import", str(good), state_dir=state_dir, check=True)
+    assert "imported 40 agents" in proc.stdout and "(40 new, 0 replaced)" in proc.stdout
+    wait_until(
+        lambda: sum(a["status"] == "running" for a in cli_json("status", state_dir=state_dir)["agents"]) == 40,
+        30, what="the daemon to sample every imported agent",
+    )
+    assert d.stop() == 0
+    # what agents ls --json prints imports as is, into another state dir
+    exported = tmp_path / "agents.json"
+    exported.write_text(cli("agents", "ls", "--json", state_dir=state_dir, check=True).stdout)
+    other = tmp_path / "other"
+    cli("agents", "import", str(exported), state_dir=other, check=True)
+    assert cli_json("agents", "ls", state_dir=other) == cli_json("agents", "ls", state_dir=state_dir)
+    again = cli("agents", "import", "-", state_dir=other, check=True)  # (stdin: empty)
+    assert "imported 0 agents" in again.stdout
+
+
 def test_usage_errors_exit_2(state_dir):
     for args in (["history"], ["frobnicate"], ["run", "--interval", "0"], ["run", "--interval", "soon"],
                  ["run", "--workers", "-1"], ["history", "x", "--every", "0"], ["alerts", "--since", "x"]):
