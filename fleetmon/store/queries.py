@@ -63,11 +63,18 @@ def read_daemon(state: StateDir) -> DaemonJSON | None:
 
 def status(state: StateDir) -> StatusJSON:
     """Every registered agent, with what the daemon last recorded of it."""
+    return status_as_of(state)[0]
+
+
+def status_as_of(state: StateDir) -> tuple[StatusJSON, float | None]:
+    """``status``, and when the daemon last wrote status.json (None: it has not)."""
     entries, _ = reg.read_all(state.registry)
+    updated = None
     try:
         snap = _status.decode(fsutil.read_private(state.status, 1 << 30))
         known = {r.id: r for r in snap.agents}
-    except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+        updated = parse_rfc3339(snap.updated)
+    except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError, ValueError):
         known = {}
     agents = []
     for agent_id in sorted(entries):
@@ -76,7 +83,7 @@ def status(state: StateDir) -> StatusJSON:
         if rec is None:
             rec = AgentRecord(agent_id, e.type, e.pid, "not_running", 0, None, None, [])
         agents.append(rec)
-    return StatusJSON(read_daemon(state), agents)
+    return StatusJSON(read_daemon(state), agents), updated
 
 
 def _agent_file(state: StateDir, agent_id: str) -> AgentRecord | None:
@@ -126,9 +133,9 @@ def alerts_window(
     state: StateDir, since: float, now: float | None = None, agents=None, states=None, limit: int = 0,
 ) -> tuple[AlertsJSON, str | None]:
     """Alert state changes with ``timestamp >= now - since``, of ``agents`` and to ``states`` if
-    given, at most the newest ``limit`` (0: all), oldest first. Also, when the whole of what is kept
-    was read and its oldest change is inside the window, after a rotation (alerts.jsonl.1 exists:
-    changes before it may have been dropped at alerts_max_size), that change's timestamp; else None.
+    given, at most the newest ``limit`` (0: all), oldest first. Also, when alerts.jsonl.1 was read
+    to its start and its first change is inside the window (changes before it may have been dropped
+    when alerts.jsonl reached alerts_max_size), that change's timestamp; else None.
 
     alerts.jsonl, then alerts.jsonl.1, are read from their end, a chunk at a time, back to where
     STOP_RUN changes in a row are older than the window less ALERTS_SLACK (changes are appended in
@@ -143,18 +150,17 @@ def alerts_window(
     for _ in range(5):
         before = [_inode(f) for f in files]
         events: list[EventJSON] = []  # newest first
-        last_seen = None  # the oldest line read
         ended = False  # by the stop rule or the limit, before the start of what is kept
-        older_seen = False  # a change older than the window was read: nothing missing
+        first_kept = None  # alerts.jsonl.1's first line (False: older than the window and the slack)
         for f in files:
             for line in _lines_back(f, stop_before):
                 if line is None:
                     ended = True
                     break
+                if f is files[1]:
+                    first_kept = line
                 if line is False:  # older than the window and the slack
-                    older_seen = True
                     continue
-                last_seen = line
                 try:
                     ev = _event.decode(line)
                 except (msgspec.DecodeError, msgspec.ValidationError):
@@ -172,8 +178,8 @@ def alerts_window(
             break
     events.reverse()
     oldest = None
-    if not ended and not older_seen and before[1] is not None and last_seen is not None:
-        first = last_seen[_TS].decode(errors="replace")
+    if not ended and first_kept:  # alerts.jsonl.1 read to its start, and it starts inside the window
+        first = first_kept[_TS].decode(errors="replace")
         if first > (rfc3339(start) or ""):
             oldest = first
     return AlertsJSON(events), oldest

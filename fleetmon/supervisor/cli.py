@@ -148,10 +148,11 @@ def build_parser() -> Parser:
     rm.add_argument("id", type=_agent_id, metavar="ID")
     imp = asub.add_parser(
         "import", parents=[state_parent], help="register many agents from a file (JSON Lines, or agents ls --json)",
-        description="Register every agent in FILE (- for standard input): one registry entry per line, as in "
-        '<state>/registry/<id>.json ({"id": "web-1", "pid": 123} or {"id": "w", "pidfile": "/run/w.pid", "type": '
-        '"web", "thresholds": {...}}), or the document `fleetmon agents ls --json` prints. All are checked first: '
-        "one bad entry and nothing is written (exit 2). An id already registered is replaced.",
+        description="Register every agent in FILE (- for standard input): registry entries as JSON objects one after "
+        'another, as in <state>/registry/<id>.json ({"id": "web-1", "pid": 123} or {"id": "w", "pidfile": '
+        '"/run/w.pid", "type": "web", "thresholds": {...}}; JSON Lines, or `cat registry/*.json`), or the document '
+        "`fleetmon agents ls --json` prints. All are checked first: one bad entry and nothing is written (exit 2). "
+        "An id already registered is replaced.",
     )
     imp.add_argument("file", metavar="FILE", help="the entries; - reads standard input")
     ls = asub.add_parser("ls", parents=[state_parent], help="list registered agents")

@@ -144,7 +144,7 @@ def cmd_status(args) -> int:
     from fleetmon.supervisor import render
 
     state = _read_state(args)
-    st = queries.status(state)
+    st, as_of = queries.status_as_of(state)
     agents, how = st.agents, []
     if args.problems:
         agents = [a for a in agents if render.is_problem(a)]
@@ -162,10 +162,15 @@ def cmd_status(args) -> int:
         print_json(queries.StatusJSON(st.daemon, agents))
     else:
         render.status_view(st, shown=agents, how=" ".join(how))
-    if args.exit_code and not render.daemon_running(st.daemon):  # a check must not pass on stale rows
-        print(f"fleetmon: status: no daemon is recording in {state.root} (stopped, or none ever ran there): "
-              "exit 1", file=sys.stderr)
-        return EXIT_FAILURE
+    if args.exit_code:  # a check must not pass on stale rows
+        if not render.daemon_running(st.daemon):
+            print(f"fleetmon: status: no daemon is recording in {state.root} (stopped, or none ever ran there): "
+                  "exit 1", file=sys.stderr)
+            return EXIT_FAILURE
+        if not render.recent(as_of, st.daemon.interval):
+            print(f"fleetmon: status: status.json in {state.root} is stale (the daemon cannot write it? see its log): "
+                  "exit 1", file=sys.stderr)
+            return EXIT_FAILURE
     return EXIT_FAILURE if args.exit_code and agents else EXIT_OK
 
 
@@ -204,10 +209,17 @@ def cmd_history(args) -> int:
 def _import(args) -> int:
     from fleetmon.supervisor import registry as reg
 
+    limit = reg.MAX_IMPORT_BYTES
     try:
-        data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
+        if args.file == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(args.file, "rb") as f:
+                data = f.read(limit + 1)
     except OSError as exc:
         raise BadInput(f"cannot read {args.file}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise BadInput(f"{args.file}: more than {limit >> 20} MiB: split it (nothing imported)")
     try:
         entries = reg.parse_many(data)
     except reg.InvalidEntry as exc:
@@ -217,7 +229,12 @@ def _import(args) -> int:
         raise BadInput(f"{args.file}: pidfile of {relative[0]!r} is relative: use an absolute path (nothing imported)")
     state = _state(args, create=True)
     known = {name[:-5] for name in os.listdir(state.registry) if name.endswith(".json")}
-    reg.write_entries(state.registry, entries)
+    try:
+        reg.write_entries(state.registry, entries)
+    except OSError as exc:
+        print(f"fleetmon: error: cannot write the registry entries in {state.registry}: {exc.strerror or exc} "
+              "(written all or none, but for a failure while renaming: see `fleetmon agents ls`)", file=sys.stderr)
+        return EXIT_FAILURE
     replaced = sum(e.id in known for e in entries)
     print(f"imported {len(entries)} agents into {state.registry} ({len(entries) - replaced} new, {replaced} replaced)")
     missing = [e.id for e in entries if e.pid is not None and not _pid_exists(e.pid)]

@@ -9,8 +9,8 @@ ERROR naming it, and named again only once it changes.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import stat
 import time
 from pathlib import Path
@@ -66,7 +66,7 @@ def parse_entry(data: bytes, filename: str) -> RegistryEntry:
     """Decode one registry file. Raises InvalidEntry with a one-line reason."""
     try:
         entry = _decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:  # (bytes not UTF-8)
         raise InvalidEntry(str(exc).splitlines()[0]) from None
     if filename != f"{entry.id}.json":
         raise InvalidEntry(f"id {entry.id!r} does not match the file name {filename!r}")
@@ -84,42 +84,62 @@ def write_entry(directory: Path, entry: RegistryEntry) -> Path:
     return path
 
 
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
+
+
 def parse_many(data: bytes) -> list[RegistryEntry]:
-    """Entries for ``agents import``: JSON Lines of registry entries, or the document ``agents ls
-    --json`` prints ({"agents": [...]}). Raises InvalidEntry naming the first bad line or entry;
-    an id given twice is one."""
-    text = data.strip()
-    if re.match(rb'\{\s*"agents"\s*:', text):  # (a registry entry has no "agents" key)
+    """Entries for ``agents import``: JSON objects one after another, each a registry entry (JSON
+    Lines, or registry files concatenated: ``cat registry/*.json``), or the document ``agents ls
+    --json`` prints ({"agents": [...]}). Raises InvalidEntry naming the line of the first bad entry;
+    an id given twice is one, and so is no entry at all."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InvalidEntry(f"line {line}: not UTF-8 text") from None
+    decoder = json.JSONDecoder()
+    found: list[tuple[int, object]] = []  # (line, the decoded object)
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos] in " \t\r\n":
+            pos += 1
+        if pos >= end:
+            break
+        line = text.count("\n", 0, pos) + 1
         try:
-            entries = msgspec.json.decode(text, type=dict[str, list[RegistryEntry]])["agents"]
-        except (msgspec.ValidationError, msgspec.DecodeError, KeyError) as exc:
-            raise InvalidEntry(str(exc).splitlines()[0]) from None
-        where = [f"entry {i}" for i in range(1, len(entries) + 1)]
-    else:
-        entries, where = [], []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append(_decoder.decode(line))
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                raise InvalidEntry(f"line {n}: {str(exc).splitlines()[0]}") from None
-            where.append(f"line {n}")
-    seen: dict[str, str] = {}
-    for entry, at in zip(entries, where, strict=True):
+            obj, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise InvalidEntry(f"line {line}: not JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+        found.append((line, obj))
+    document = len(found) == 1 and isinstance(found[0][1], dict) and "agents" in found[0][1]
+    if document:
+        listed = found[0][1]["agents"]  # type: ignore[index]
+        if not isinstance(listed, list):
+            raise InvalidEntry(f'line {found[0][0]}: "agents" is not a list')
+        found = [(found[0][0], obj) for obj in listed]
+    entries: list[RegistryEntry] = []
+    seen: dict[str, int] = {}
+    for i, (line, obj) in enumerate(found, start=1):
+        at = f'entry {i} of "agents"' if document else f"line {line}"
+        try:
+            entry = msgspec.convert(obj, RegistryEntry)
+        except (msgspec.ValidationError, ValueError) as exc:
+            raise InvalidEntry(f"{at}: {str(exc).splitlines()[0]}") from None
         if entry.id in seen:
-            raise InvalidEntry(f"{at}: id {entry.id!r} already given at {seen[entry.id]}")
-        seen[entry.id] = at
+            raise InvalidEntry(f"{at}: id {entry.id!r} given a second time")
+        seen[entry.id] = line
+        entries.append(entry)
+    if not entries:
+        raise InvalidEntry("no entries")
     return entries
 
 
 def write_entries(directory: Path, entries: list[RegistryEntry]) -> None:
-    """Each entry atomically, as ``write_entry``, then one filesystem sync for all of them (a sync
-    per file would take minutes for thousands)."""
+    """Every entry as ``write_entry`` would, all or none: each written to a temp file, one filesystem
+    sync, then the renames (a full disk fails before any entry changes; a sync per file would take
+    minutes for thousands)."""
     fsutil.ensure_dir(directory)
-    for entry in entries:
-        fsutil.atomic_write(directory / f"{entry.id}.json", encode_entry(entry), sync=False)
-    fsutil.sync_filesystem(directory)
+    fsutil.atomic_write_many(directory, [(f"{e.id}.json", encode_entry(e)) for e in entries])
 
 
 def remove_entry(directory: Path, agent_id: str) -> bool:

@@ -120,7 +120,12 @@ def _age(ts: str | None) -> str:
 
 def daemon_running(d) -> bool:
     """It says it runs, and said so within three intervals."""
-    return d is not None and d.running and time.time() - parse_rfc3339(d.updated) < 3 * (d.interval or 60) + 5
+    return d is not None and d.running and recent(parse_rfc3339(d.updated), d.interval)
+
+
+def recent(ts: float | None, interval: float | None) -> bool:
+    """Written within three intervals (and 5 s): what a running daemon does for its files."""
+    return ts is not None and time.time() - ts < 3 * (interval or 60) + 5
 
 
 def daemon_line(d) -> str:

@@ -324,6 +324,31 @@ def test_alerts_filters_by_agent_and_state(state_dir):
     assert "note: the oldest alert change kept is from" in proc.stderr and json.loads(proc.stdout)["events"]
 
 
+def test_status_exit_code_fails_on_a_status_json_the_daemon_no_longer_writes(state_dir):
+    """daemon.json fresh, status.json an hour old (the daemon cannot write it: a full disk, say):
+    the rows are stale, so the check fails, whatever they say."""
+    import msgspec
+
+    from fleetmon.store.records import AgentRecord, DaemonJSON, StatusSnapshot
+    from fleetmon.units import rfc3339
+
+    register(state_dir, "a", os.getpid())
+    now = time.time()
+    daemon = DaemonJSON(1, 2, [], 10, rfc3339(now), True, 10.0, 10)
+    (state_dir / "daemon.json").write_bytes(msgspec.json.encode(daemon))
+
+    def status_json(updated: float) -> None:
+        rec = AgentRecord("a", "default", os.getpid(), "running", 0, None, None, [], rfc3339(updated))
+        (state_dir / "status.json").write_bytes(msgspec.json.encode(StatusSnapshot(rfc3339(updated), [rec])))
+
+    status_json(now - 3600)
+    proc = cli("status", "--problems", "--exit-code", state_dir=state_dir)
+    assert proc.returncode == 1 and "status.json" in proc.stderr and "is stale" in proc.stderr
+    status_json(now)
+    proc = cli("status", "--problems", "--exit-code", state_dir=state_dir)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_run_check_validates_and_starts_nothing(state_dir, tmp_path):
     register(state_dir, "ok", os.getpid())
     (state_dir / "registry" / "broken.json").write_text('{"id": "broken", "pid": ')
@@ -365,8 +390,8 @@ def test_agents_import_registers_many_at_once_all_or_nothing(procs, state_dir, t
     other = tmp_path / "other"
     cli("agents", "import", str(exported), state_dir=other, check=True)
     assert cli_json("agents", "ls", state_dir=other) == cli_json("agents", "ls", state_dir=state_dir)
-    again = cli("agents", "import", "-", state_dir=other, check=True)  # (stdin: empty)
-    assert "imported 0 agents" in again.stdout
+    again = cli("agents", "import", "-", state_dir=other)  # stdin empty: a failed upstream command, say
+    assert again.returncode == 2 and "no entries (nothing imported)" in again.stderr
 
 
 def test_usage_errors_exit_2(state_dir):

@@ -182,7 +182,9 @@ def test_the_limit_bounds_what_is_read(state, monkeypatch):
     monkeypatch.setattr(os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
     events, oldest = queries.alerts_window(state, 3600.0, NOW, limit=10)
     assert [e.agent_id for e in events.events] == [f"a{i}" for i in range(39_990, 40_000)]
-    assert sum(reads) <= queries._CHUNK and oldest is None
+    assert sum(reads) <= queries._CHUNK
+    state.alerts_previous.write_bytes(_at(NOW - 2000, "p"))  # rotated once, but not read: the limit came first
+    assert queries.alerts_window(state, 3600.0, NOW, limit=10)[1] is None
 
 
 def test_a_change_appended_out_of_order_does_not_end_the_search(state):
@@ -226,6 +228,10 @@ def test_says_when_the_window_reaches_past_what_is_kept(state):
     assert queries.alerts_window(state, 3600.0, NOW)[1] is None  # read a change before the window
     state.alerts_previous.write_bytes(_at(NOW - 9 * 3600, "much older") + _at(NOW - 600, "p"))
     assert queries.alerts_window(state, 3600.0, NOW)[1] is None  # also one past the slack
+    # a change appended late to alerts.jsonl says nothing of what alerts.jsonl.1 starts with
+    state.alerts_previous.write_bytes(_at(NOW - 600, "p"))
+    state.alerts.write_bytes(_at(NOW - 9 * 3600, "late") + _at(NOW - 60, "c"))
+    assert queries.alerts_window(state, 3600.0, NOW)[1] is not None
     state.alerts_previous.write_bytes(_at(NOW - 600, "p"))
     assert queries.alerts_window(state, 3600.0, NOW, limit=1)[1] is None  # the newest one is all that was asked
     state.alerts_previous.unlink()

@@ -91,7 +91,9 @@ def test_an_infinite_threshold_is_refused_not_taken_for_off():
         reg.RegistryEntry("a", "default", 1, None, Thresholds(memory_threshold=2**63))
 
 
-@pytest.mark.parametrize("data", [b"", b"nope", b"[]", b'{"id": "a", "pid": 1', b"\xff\xfe"])
+# b'...\xff' inside a string: not UTF-8, which msgspec reports as UnicodeDecodeError (a crash of the
+# supervisor's registry scan, before)
+@pytest.mark.parametrize("data", [b"", b"nope", b"[]", b'{"id": "a", "pid": 1', b"\xff\xfe", b'{"id": "a\xff", "pid": 1}'])
 def test_malformed_json(data):
     with pytest.raises(reg.InvalidEntry):
         reg.parse_entry(data, "a.json")
@@ -180,3 +182,52 @@ def test_registry_changes_are_summed_up_in_one_line():
     many = entries(*(f"n{i}" for i in range(8)))
     assert registry_changes({}, many, names=3) == "8 agents: added n0, n1, n2 and 5 more"
     assert registry_changes(before, before) == "3 agents"
+
+
+def test_import_reads_json_lines_concatenated_files_and_the_ls_document():
+    one = b'{"id": "a", "pid": 1}\n{"id": "b", "pidfile": "/run/b.pid", "type": "web"}\n'
+    assert [e.id for e in reg.parse_many(one)] == ["a", "b"]
+    pretty = reg.encode_entry(reg.RegistryEntry("a", None, 1)) + reg.encode_entry(reg.RegistryEntry("b", None, 2))
+    assert b"\n  " in pretty and [e.pid for e in reg.parse_many(pretty)] == [1, 2]  # cat registry/*.json
+    doc = b'{\n  "agents": [{"id": "a", "pid": 1}, {"id": "b", "pid": 2}]\n}'
+    assert [e.id for e in reg.parse_many(doc)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b'{"id": "a", "pid": 1}\n{"id": "b", "pid": -1}\n', "line 2: pid must be a positive integer"),
+        (b'{"id": "a", "pid": 1}\n\n{"id": "a", "pid": 2}\n', "line 3: id 'a' given a second time"),
+        (b'{"id": "a", "pid": 1}\n{"id": "b\xff", "pid": 2}\n', "line 2: not UTF-8"),
+        (b'{"id": "a", "pid": 1}\n{"id": "b", "pid"\n', "line 2: not JSON"),
+        (b'{"agents": [{"id": "a", "pid": 1}, {"id": "b"}]}', 'entry 2 of "agents": an entry names exactly one'),
+        (b'{"agents": 3}', '"agents" is not a list'),
+        (b"[1, 2]", "line 1: Expected `object`"),
+        (b"  \n ", "no entries"),
+    ],
+)
+def test_import_names_the_first_bad_entry(data, match):
+    with pytest.raises(reg.InvalidEntry, match=match):
+        reg.parse_many(data)
+
+
+def test_import_writes_all_or_none_on_a_full_disk(tmp_path, monkeypatch):
+    from fleetmon.store import fsutil
+
+    d = tmp_path / "registry"
+    entries = [reg.RegistryEntry(f"e{i}", None, i + 1) for i in range(6)]
+    real, calls = fsutil._write_temp, []
+
+    def failing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fsutil, "_write_temp", failing)
+    with pytest.raises(OSError):
+        reg.write_entries(d, entries)
+    assert list(d.iterdir()) == []  # not one entry, and no temp file left
+    monkeypatch.setattr(fsutil, "_write_temp", real)
+    reg.write_entries(d, entries)
+    assert sorted(p.name for p in d.iterdir()) == [f"e{i}.json" for i in range(6)]
