@@ -41,6 +41,7 @@ def test_garbage_registry_files_are_named_once_and_reread_when_they_change(daemo
         "both.json": json.dumps({"id": "both", "pid": pids[3], "pidfile": "/x"}).encode(),
         "unknown.json": json.dumps({"id": "unknown", "pid": pids[3], "rm -rf": 1}).encode(),
         "huge.json": b"[" + b"9," * (3 * 1024 * 1024) + b"9]",
+        "latin1.json": b'{"id": "latin1", "pid": 1, "type": "caf\xe9"}',  # not UTF-8: killed the supervisor once
     }
     for name, data in bad.items():
         (registry / name).write_bytes(data)
