@@ -192,14 +192,25 @@ def sync_filesystem(path: Path) -> None:
         os.close(fd)
 
 
-def read_private(path: Path, limit: int = 64 * 1024 * 1024) -> bytes:
-    """Read a file without following a symlink at its last component; refuse anything not regular.
-    O_NONBLOCK: opening a FIFO planted in place of the file must not block the reader."""
+def open_private(path: Path) -> tuple[int, os.stat_result]:
+    """Open a file for reading without following a symlink at its last component; refuse anything
+    not regular. O_NONBLOCK: opening a FIFO planted in place of the file must not block the reader.
+    Returns the descriptor (the caller closes it) and its stat."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_private(path: Path, limit: int = 64 * 1024 * 1024) -> bytes:
+    """Read a file as ``open_private`` opens it, at most ``limit`` bytes (EFBIG past that)."""
+    fd, st = open_private(path)
+    try:
         if st.st_size > limit:
             raise OSError(errno.EFBIG, f"{path} is {st.st_size} bytes, more than {limit}")
         chunks = []

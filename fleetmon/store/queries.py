@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import time
 
 import msgspec
@@ -187,16 +185,13 @@ def alerts_window(
 
 def _lines_back(path, stop_before: bytes):
     """The lines of ``path`` from its end back, newest first, each line with a timestamp before
-    ``stop_before`` given as False; then None once STOP_RUN of those came in a row. Opened as
-    ``fsutil.read_private`` opens: no symlink followed, nothing but a regular file read."""
+    ``stop_before`` given as False; then None once STOP_RUN of those came in a row. Opened with
+    ``fsutil.open_private``: no symlink followed, nothing but a regular file read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd, st = fsutil.open_private(path)
     except FileNotFoundError:
         return
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, f"{path} is not a regular file")
         pos, tail, old = st.st_size, b"", 0
         while pos > 0:
             n = min(_CHUNK, pos)
