@@ -73,26 +73,28 @@ def write_table(console: Console, headers, rows, right=(), title: str | None = N
     color = console.is_terminal and console.color_system is not None and not console.no_color
     aligned = [str.rjust if h in right else str.ljust for h in headers]
     last = len(headers) - 1
+    rows = [[(h, "bold") for h in headers], *cells]
+
+    def padded(i: int, text: str) -> str:  # (a left-aligned last column is not padded: no trailing blanks)
+        return text if i == last and aligned[i] is str.ljust else aligned[i](text, widths[i])
+
+    if console.record:  # (the demo's live view renders a recording console: it must see the rows)
+        out = Text(title + "\n" if title else "")
+        for row in rows:
+            for i, (text, style) in enumerate(row):
+                out.append(("  " if i else "") + padded(i, text), style=style)
+            out.append("\n")
+        console.print(out, end="", soft_wrap=True)
+        return
 
     def line(row) -> str:
         out = []
         for i, (text, style) in enumerate(row):
-            text = text if i == last and aligned[i] is str.ljust else aligned[i](text, widths[i])
+            text = padded(i, text)
             out.append(f"\x1b[{_ANSI[style]}m{text}\x1b[0m" if color and style in _ANSI else text)
         return "  ".join(out).rstrip() + "\n"
 
-    if console.record:  # (the demo's live view renders a recording console: it must see the rows)
-        text = Text(title + "\n" if title else "")
-        for row in [[(h, "bold") for h in headers], *cells]:
-            for i, (cell, style) in enumerate(row):
-                text.append(("  " if i else "") + (cell if i == last else aligned[i](cell, widths[i])), style=style)
-            text.append("\n")
-        console.print(text, end="", soft_wrap=True)
-        return
-    parts = [title + "\n"] if title else []
-    parts.append(line([(h, "bold") for h in headers]))
-    parts.extend(line(row) for row in cells)
-    console.file.write("".join(parts))
+    console.file.write((title + "\n" if title else "") + "".join(line(row) for row in rows))
     console.file.flush()
 
 
@@ -139,13 +141,12 @@ def daemon_line(d) -> str:
     )
 
 
-def status_view(st, console: Console | None = None, limit: int | None = None, shown=None, how: str = "") -> None:
-    """The daemon's line, a row per agent of ``shown`` (default: all of ``st.agents``; at most
-    ``limit``), then the whole fleet's counts, with how many rows were shown and ``how`` chosen."""
+def status_view(st, console: Console | None = None, shown=None, how: str = "") -> None:
+    """The daemon's line, a row per agent of ``shown`` (default: all of ``st.agents``), then the
+    whole fleet's counts, with how many rows were shown and ``how`` they were chosen."""
     console = console or _console()
     console.print(daemon_line(st.daemon))
     rows = st.agents if shown is None else shown
-    rows = rows[:limit] if limit else rows
     table = []
     for a in rows:
         s = a.last_sample
@@ -201,7 +202,7 @@ def history_table(agent_id: str, points) -> None:
     write_table(_console(), headers, rows, right=headers[1:], title=f"{agent_id}: {len(points)} points")
 
 
-def alerts_table(events, title: str | None = None) -> None:
+def alerts_table(events) -> None:
     rows = []
     for e in events:
         value = "-" if e.value is None else (format_size(e.value) if e.resource == "memory" else f"{e.value:.1f}" if e.resource == "cpu" else f"{e.value:g}")
@@ -210,7 +211,7 @@ def alerts_table(events, title: str | None = None) -> None:
         rows.append((e.timestamp, e.agent_id, e.resource, (state, STATE_STYLE.get(e.state)), value, threshold, e.since))
     write_table(
         _console(), ("TIMESTAMP", "AGENT", "RESOURCE", "STATE", "VALUE", "THRESHOLD", "SINCE"), rows,
-        title=title or f"{len(events)} alert events",
+        title=f"{len(events)} alert events",
     )
 
 
