@@ -145,7 +145,7 @@ def _show(key: str, value) -> str:
     if value is None:
         return "unset"
     last = key.rsplit(".", 1)[-1]
-    if last in DURATIONS or last in ("threshold_duration", "keep_removed"):
+    if last in DURATIONS or last == "threshold_duration":
         return format_duration(float(value))
     if last == "alerts_max_size":
         return format_size(value)
