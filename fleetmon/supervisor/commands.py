@@ -97,6 +97,21 @@ def _refuse_run(args, message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def _warn_pidfile(agent_id: str, path: str) -> None:
+    """Tell on stderr what the workers would log of this pidfile now (missing, empty, garbage, no
+    such process): it is registered anyway, since the agent may write it later."""
+    from fleetmon.workers.sampler import check_pidfile
+
+    pid, problem = check_pidfile(path)
+    if problem is not None:
+        hint = " (a typo?)" if problem == "is missing" else ""
+        print(f"fleetmon: warning: the pidfile {path} {problem}{hint}: {agent_id} shows as not running "
+              "until it holds the agent's pid", file=sys.stderr)
+    elif not _pid_exists(pid):
+        print(f"fleetmon: warning: the pidfile {path} holds pid {pid}, which no process has now: {agent_id} "
+              "shows as not running until the agent writes its new pid there", file=sys.stderr)
+
+
 def cmd_agents(args) -> int:
     from fleetmon.supervisor import registry as reg
     from fleetmon.wire import Thresholds
@@ -118,9 +133,8 @@ def cmd_agents(args) -> int:
         if entry.pid is not None and not _pid_exists(entry.pid):
             print(f"fleetmon: warning: no process has pid {entry.pid} now: {entry.id} will show as not running "
                   "(a typo? for an agent that restarts, register its --pidfile)", file=sys.stderr)
-        elif entry.pidfile is not None and not os.path.isfile(entry.pidfile):
-            print(f"fleetmon: warning: there is no file at {entry.pidfile} now: {entry.id} shows as not running "
-                  "until it holds the agent's pid (a typo?)", file=sys.stderr)
+        elif entry.pidfile is not None:
+            _warn_pidfile(entry.id, entry.pidfile)
         return EXIT_OK
     if args.agents_command == "import":
         return _import(args)

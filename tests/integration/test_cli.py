@@ -278,7 +278,17 @@ def test_agents_add_warns_when_no_process_has_the_pid(procs, state_dir):
     proc = cli("agents", "add", "here", "--pid", str(os.getpid()), state_dir=state_dir)
     assert proc.returncode == 0 and proc.stderr == ""
     proc = cli("agents", "add", "later", "--pidfile", str(state_dir / "nope.pid"), state_dir=state_dir)
-    assert proc.returncode == 0 and f"there is no file at {state_dir / 'nope.pid'} now" in proc.stderr
+    assert proc.returncode == 0 and f"the pidfile {state_dir / 'nope.pid'} is missing (a typo?)" in proc.stderr
+    # the same diagnosis as the workers log: garbage, a pid nobody has, and a good one (silent)
+    (state_dir / "bad.pid").write_text("hello\n")
+    proc = cli("agents", "add", "bad", "--pidfile", str(state_dir / "bad.pid"), state_dir=state_dir)
+    assert proc.returncode == 0 and "does not hold a pid: b'hello'" in proc.stderr
+    (state_dir / "old.pid").write_text(f"{gone.pid}\n")
+    proc = cli("agents", "add", "old", "--pidfile", str(state_dir / "old.pid"), state_dir=state_dir)
+    assert proc.returncode == 0 and f"holds pid {gone.pid}, which no process has now" in proc.stderr
+    (state_dir / "ok.pid").write_text(f"{os.getpid()}\n")
+    proc = cli("agents", "add", "ok", "--pidfile", str(state_dir / "ok.pid"), state_dir=state_dir)
+    assert proc.returncode == 0 and proc.stderr == ""
     # a relative pidfile is registered as the absolute path it names where the command ran
     proc = cli("agents", "add", "rel", "--pidfile", "run/rel.pid", state_dir=state_dir, cwd=state_dir)
     assert proc.returncode == 0
