@@ -20,6 +20,18 @@ class Thresholds(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown
     threshold_duration: float | None = None
 
 
+class BootClock(msgspec.Struct, frozen=True):
+    """What process start times are counted from in this boot: the kernel's ``boot_id`` and the boot
+    time (seconds since the epoch) as first read in it. ``btime`` in /proc/stat moves with every
+    step of the wall clock (NTP, a resumed VM), so a start time computed from a fresh read could
+    differ from the one recorded for the same process, and look like pid reuse. The supervisor
+    takes it from daemon.json when the boot is the same, so every worker, and every later daemon
+    in this boot, counts from the same one."""
+
+    boot_id: str
+    boot_time: float
+
+
 class AgentRef(msgspec.Struct, frozen=True, array_like=True):
     """One agent as a worker needs it: where to find its process. ``known_pid``/``known_start``:
     the process at that pid that was this agent started then (so a stranger there is not it)."""

@@ -7,6 +7,7 @@ import msgspec
 
 from fleetmon.store.ring import Point
 from fleetmon.units import rfc3339
+from fleetmon.wire import BootClock
 
 # PointJSON, AlertBrief and AgentRecord are never tracked by the garbage collector (gc=False: they
 # hold no reference cycles). The writer builds one of each per agent for every status.json. An
@@ -72,6 +73,7 @@ class DaemonJSON(msgspec.Struct):
     samples_total: int = 0
     lost_batches: int = 0
     write_errors: int = 0
+    boot: BootClock | None = None  # what process start times count from in this boot (for the next daemon)
 
 
 class AlertState(msgspec.Struct):

@@ -42,8 +42,18 @@ HB_PROGRESS = 0
 
 
 class Writer:
-    def __init__(self, state: StateDir, config, listener: socket.socket, token: str, heartbeat, parent_pid: int):
+    def __init__(
+        self,
+        state: StateDir,
+        config,
+        listener: socket.socket,
+        token: str,
+        heartbeat,
+        parent_pid: int,
+        clock: wire.BootClock | None = None,
+    ):
         self.state = state
+        self.clock = clock  # recorded in daemon.json, for the next daemon of this boot
         self.config = config
         self.listener = listener
         self.token = token
@@ -455,7 +465,7 @@ class Writer:
     def _daemon_json(self, now: float, final: bool) -> DaemonJSON:
         d = self.daemon
         if d is None:
-            return DaemonJSON(self.parent_pid, os.getpid(), [], 0, rfc3339(now), not final)
+            return DaemonJSON(self.parent_pid, os.getpid(), [], 0, rfc3339(now), not final, boot=self.clock)
         # daemon.json is written last in a flush: a complete tick is persisted by this very flush.
         persisted = max(self.flushed_tick, self._persisted_through())
         return DaemonJSON(
@@ -472,6 +482,7 @@ class Writer:
             samples_total=self.fleet.samples_total,
             lost_batches=self.lost_batches,
             write_errors=self.fleet.write_errors,
+            boot=self.clock,
         )
 
     def _tell(self, msg) -> None:
@@ -569,7 +580,9 @@ def _fd_budget() -> int:
     return max(64, soft - 256)
 
 
-def run(state_root: str, config, listener: socket.socket, token: str, heartbeat, parent_pid: int) -> None:
+def run(
+    state_root: str, config, listener: socket.socket, token: str, heartbeat, parent_pid: int, clock: wire.BootClock | None = None
+) -> None:
     """Entry point of the writer process."""
     try:
         import ctypes
@@ -580,5 +593,5 @@ def run(state_root: str, config, listener: socket.socket, token: str, heartbeat,
     if os.getppid() != parent_pid:
         os._exit(1)
     state = StateDir(__import__("pathlib").Path(state_root))
-    code = Writer(state, config, listener, token, heartbeat, parent_pid).run()
+    code = Writer(state, config, listener, token, heartbeat, parent_pid, clock).run()
     raise SystemExit(code)

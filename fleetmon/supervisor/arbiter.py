@@ -22,7 +22,7 @@ from fleetmon.supervisor import children, lock, notify, sharding
 from fleetmon.supervisor.config import Config, warn_short_keep
 from fleetmon.supervisor.registry import RegistryScanner, registry_changes
 from fleetmon.workers import worker as W
-from fleetmon.workers.sampler import resolve_reader
+from fleetmon.workers.sampler import boot_clock, resolve_reader
 
 DRAIN_TIMEOUT = 10.0
 
@@ -41,6 +41,16 @@ class Quarantined:
 
     def __init__(self, agent_id: str, pid: int):
         self.agent_id, self.pid, self.strikes, self.retry_at = agent_id, pid, 1, 0.0
+
+
+def _recorded_clock(state: StateDir) -> wire.BootClock | None:
+    from fleetmon.store.queries import read_daemon
+
+    try:
+        daemon = read_daemon(state)
+    except (OSError, ValueError):
+        return None
+    return daemon.boot if daemon is not None else None
 
 
 class Arbiter:
@@ -77,6 +87,7 @@ class Arbiter:
         self.stopping = False
         self.notifier = notify.Notifier.from_env()
         self.reschedule: float | None = None  # a reload changed the interval: tick no later than this
+        self.clock: wire.BootClock | None = None  # what start times count from (see _serve)
 
     # --- start and stop -----------------------------------------------------------------------
 
@@ -98,6 +109,10 @@ class Arbiter:
             raise
 
     def _serve(self) -> int:
+        # Start times count from the boot time the last daemon of this boot recorded (daemon.json),
+        # not from a fresh read: a clock step since would move every agent's, and make it look like
+        # pid reuse. Read under the lock, so no other daemon writes it meanwhile.
+        self.clock = boot_clock(_recorded_clock(self.state))
         address = self.address = self.state.writer_socket()
         self.listener = channel.listen_unix(address)
         self.workers = [children.Child(f"worker-{i}", i) for i in range(self.config.worker_count)]
@@ -223,7 +238,7 @@ class Arbiter:
     def _start_writer(self) -> None:
         assert self.listener is not None
         fds = self._inherited_fds()
-        children.start_writer(self.writer, str(self.state.root), self.config, self.listener, self.token, fds)
+        children.start_writer(self.writer, str(self.state.root), self.config, self.listener, self.token, fds, self.clock)
         if self.writer.restarts:
             logger.warning("writer restarted (pid {}), restart {}", self.writer.pid, self.writer.restarts)
 
@@ -232,7 +247,10 @@ class Arbiter:
         # The state dir's lock stays with the writer (the other process that writes there), not
         # with a worker: one stuck in a /proc read past SIGKILL must not keep a new daemon out.
         fds = self._inherited_fds() + [self.lock_fd]
-        children.start_worker(w, child_end, self.state.writer_socket(), self.token, self.config.sampler_hook, fds, self.config.reader)
+        children.start_worker(
+            w, child_end, self.state.writer_socket(), self.token, self.config.sampler_hook, fds, self.config.reader,
+            self.clock.boot_time if self.clock is not None else None,
+        )
         child_end.close()
         w.ctl = channel.FramedConn(parent_end)
         self.sent_tick[w.index] = 0

@@ -95,29 +95,36 @@ class Child:
 
 
 def start_worker(
-    child: Child, control_child_end, writer_address: str, token: str, hook: str | None, close_fds: list[int], reader: str = "auto"
+    child: Child,
+    control_child_end,
+    writer_address: str,
+    token: str,
+    hook: str | None,
+    close_fds: list[int],
+    reader: str = "auto",
+    boot_time: float | None = None,
 ) -> None:
     child.start(
         _worker_entry,
-        (child.index, control_child_end, writer_address, token, os.getpid(), hook, close_fds, reader),
+        (child.index, control_child_end, writer_address, token, os.getpid(), hook, close_fds, reader, boot_time),
         worker_mod.HB_SIZE,
     )
 
 
-def _worker_entry(index, control, writer_address, token, parent_pid, hook, close_fds, reader, heartbeat) -> None:
+def _worker_entry(index, control, writer_address, token, parent_pid, hook, close_fds, reader, boot_time, heartbeat) -> None:
     _close_inherited(close_fds)
-    worker_mod.run(index, control, heartbeat, writer_address, token, parent_pid, hook, reader=reader)
+    worker_mod.run(index, control, heartbeat, writer_address, token, parent_pid, hook, reader=reader, boot_time=boot_time)
 
 
-def start_writer(child: Child, state_root: str, config, listener, token: str, close_fds: list[int]) -> None:
-    child.start(_writer_entry, (state_root, config, listener, token, os.getpid(), close_fds), 2)
+def start_writer(child: Child, state_root: str, config, listener, token: str, close_fds: list[int], clock=None) -> None:
+    child.start(_writer_entry, (state_root, config, listener, token, os.getpid(), close_fds, clock), 2)
 
 
-def _writer_entry(state_root, config, listener, token, parent_pid, close_fds, heartbeat) -> None:
+def _writer_entry(state_root, config, listener, token, parent_pid, close_fds, clock, heartbeat) -> None:
     from fleetmon.store import writer
 
     _close_inherited(close_fds)
-    writer.run(state_root, config, listener, token, heartbeat, parent_pid)
+    writer.run(state_root, config, listener, token, heartbeat, parent_pid, clock)
 
 
 def _close_inherited(fds: list[int]) -> None:

@@ -101,6 +101,14 @@ class Reader:
             return os.stat(path).st_size
         return len(os.listdir(path))
 
+    def boot_id(self) -> str:
+        """This boot's id (``/proc/sys/kernel/random/boot_id``): a new one at every boot."""
+        with open(f"{self.root}/sys/kernel/random/boot_id", "rb") as f:
+            value = f.read(64).strip().decode("ascii")
+        if not value:
+            raise ValueError(f"empty {self.root}/sys/kernel/random/boot_id")
+        return value
+
     def boot_time(self) -> float:
         """Seconds since the epoch at boot (``btime`` of ``/proc/stat``), as psutil's
         ``boot_time()``: a start time in ticks plus this is psutil's ``create_time()``. The whole

@@ -18,7 +18,7 @@ import time
 import psutil
 from loguru import logger
 
-from fleetmon.wire import AgentRef, Gone, Sample
+from fleetmon.wire import AgentRef, BootClock, Gone, Sample
 from fleetmon.workers import procfs
 
 HAS_NUM_FDS = hasattr(psutil.Process, "num_fds")  # False on Windows
@@ -31,6 +31,20 @@ def resolve_reader(name: str) -> str:
     if name == "auto":
         return "procfs" if procfs.available() else "psutil"
     return name
+
+
+def boot_clock(previous: BootClock | None, proc: procfs.Reader | None = None) -> BootClock | None:
+    """The clock process start times count from (``wire.BootClock``): ``previous`` (what an earlier
+    daemon recorded) when it is of this boot, else this boot's, read now. None where /proc cannot
+    say: start times are psutil's there."""
+    try:
+        proc = proc or procfs.Reader()
+        boot_id = proc.boot_id()
+        if previous is not None and previous.boot_id == boot_id:
+            return previous
+        return BootClock(boot_id, proc.boot_time())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 class Tracked:
@@ -103,7 +117,13 @@ def _kind(problem: str | None) -> str | None:
 class Sampler:
     """Samples a shard of agents. One per worker; keeps a ``Tracked`` per agent id."""
 
-    def __init__(self, has_num_fds: bool = HAS_NUM_FDS, reader: str = "auto", proc: procfs.Reader | None = None):
+    def __init__(
+        self,
+        has_num_fds: bool = HAS_NUM_FDS,
+        reader: str = "auto",
+        proc: procfs.Reader | None = None,
+        boot_time: float | None = None,
+    ):
         self.tracked: dict[str, Tracked] = {}
         self.has_num_fds = has_num_fds
         self._fds_note_logged = False
@@ -111,7 +131,10 @@ class Sampler:
         if self.reader == "procfs" and proc is None:
             proc = procfs.Reader()
         self.proc = proc if self.reader == "procfs" else None
-        self._boot: tuple[float, float] = (-1.0, 0.0)  # (monotonic when read, boot time)
+        # What start times count from: the supervisor's ``BootClock`` (the same in every worker and
+        # every daemon of this boot), or else the boot time read once, at the first process seen.
+        # Never read again: a clock step moves it, and the same process would get a new start time.
+        self._boot = boot_time
         self._parse_error_logged = False
         self.pidfile_problems: dict[str, str] = {}  # agent id -> what is wrong with its pidfile (logged)
 
@@ -183,17 +206,16 @@ class Sampler:
         proc = psutil.Process(pid)
         with proc.oneshot():
             key = _start_key(proc)
-            create_time = proc.create_time()
+            if isinstance(key, bytes | int):  # Linux: ticks since boot, counted as the procfs reader does
+                create_time = int(key) / procfs.CLK_TCK + self._boot_time()
+            else:
+                create_time = proc.create_time()
         return Tracked(proc, pid, key, create_time)
 
     def _boot_time(self) -> float:
-        """The boot time, read at most once a second (a clock step moves it, as it moves psutil's)."""
-        at, value = self._boot
-        mono = time.monotonic()
-        if at < 0 or mono - at > 1.0:
-            value = self.proc.boot_time()  # type: ignore[union-attr]
-            self._boot = (mono, value)
-        return value
+        if self._boot is None:
+            self._boot = self.proc.boot_time() if self.proc is not None else psutil.boot_time()
+        return self._boot
 
     def _read_procfs(self, agent_id: str, t: Tracked, now: float) -> Sample | Gone:
         reader, pid = self.proc, t.pid

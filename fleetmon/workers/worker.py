@@ -57,8 +57,10 @@ def run(
     sampler_hook: str | None = None,
     max_outbox: int = 64 * 1024 * 1024,
     reader: str = "auto",
+    boot_time: float | None = None,
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process. ``boot_time``: what process start times count from (the
+    supervisor's ``wire.BootClock``)."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -84,7 +86,7 @@ def run(
     link = channel.Link(
         writer_address, lambda: [hello], max_outbox, acks=ack_count, resend_marker=lambda n: encoder.encode(wire.Resend(n))
     )
-    sampler = Sampler(reader=reader)
+    sampler = Sampler(reader=reader, boot_time=boot_time)
     agents: list[wire.AgentRef] = []
     sel = selectors.DefaultSelector()
     sel.register(ctl.sock, selectors.EVENT_READ)

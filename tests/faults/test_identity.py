@@ -54,6 +54,50 @@ def test_pid_reused_by_a_stranger_is_never_recorded_as_the_agent(daemons, procs,
     assert len(log_lines(d.log(), "pid reuse")) == 1
 
 
+def test_a_clock_step_between_two_daemons_does_not_make_agents_strangers(daemons, procs, state_dir, tmp_path):
+    """The kernel's boot time (btime) moves with every step of the wall clock. A daemon started after
+    one used to count start times from the moved btime: every agent's own process looked like a
+    stranger at its pid (pid reuse) and was marked exited for good. The clock the last daemon of
+    this boot recorded in daemon.json is what start times count from."""
+    import msgspec
+    import psutil
+
+    from fleetmon.store.records import DaemonJSON
+    from fleetmon.wire import BootClock
+    from fleetmon.workers import procfs
+
+    agent = procs.sleeper(900).pid
+    newcomer = procs.sleeper(900).pid
+    reader = procfs.Reader()
+    # The previous daemon ran before the clock was stepped 1000 s forward: it counted from a boot
+    # time 1000 s earlier than /proc/stat says now, and recorded the agent's start time so.
+    recorded = BootClock(reader.boot_id(), reader.boot_time() - 1000)
+    started = psutil.Process(agent).create_time() - 1000
+    register_direct(state_dir, "agent", agent)
+    register_direct(state_dir, "newcomer", newcomer)
+    (state_dir / "agents").mkdir(mode=0o700)
+    then = rfc3339(time.time() - 60)
+    record = AgentRecord("agent", "default", agent, "running", 0, rfc3339(started), None, [], then)
+    (state_dir / "agents" / "agent.json").write_bytes(msgspec.json.encode(record))
+    (state_dir / "status.json").write_bytes(msgspec.json.encode(StatusSnapshot(then, [record])))
+    (state_dir / "daemon.json").write_bytes(msgspec.json.encode(DaemonJSON(1, 2, [], 9, then, False, boot=recorded)))
+    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
+    d = daemons(state_dir, "--config", str(cfg))
+    d.wait_tick(6, timeout=20)
+    meta = json.loads((state_dir / "agents" / "agent.json").read_text())
+    assert agent_status(state_dir) == {"agent": "running", "newcomer": "running"}
+    assert meta["restart_count"] == 0 and meta["start_time"] == rfc3339(started)
+    assert len(points(state_dir, "agent")) >= 3
+    assert log_lines(d.log(), "pid reuse") == []
+    # a process seen for the first time counts from the same clock
+    newcomer_meta = json.loads((state_dir / "agents" / "newcomer.json").read_text())
+    assert newcomer_meta["start_time"] == rfc3339(psutil.Process(newcomer).create_time() - 1000)
+    # and the next daemon of this boot will too
+    assert json.loads((state_dir / "daemon.json").read_text())["boot"] == {
+        "boot_id": recorded.boot_id, "boot_time": recorded.boot_time,
+    }
+
+
 def test_zombie_counts_as_exited(daemons, procs, state_dir, tmp_path):
     # A parent that forks a child and never reaps it: once the child is killed it stays a zombie.
     parent = procs.python(

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from fleetmon.wire import AgentRef, Gone, Sample
+from fleetmon.wire import AgentRef, BootClock, Gone, Sample
 from fleetmon.workers import procfs
 from fleetmon.workers import sampler as sampler_mod
 from fleetmon.workers.sampler import Sampler
@@ -76,11 +76,54 @@ def test_sampler_on_a_fake_proc_tree(tmp_path):
     assert isinstance(g, Gone) and g.reason == "reused"
 
 
+def set_btime(root, btime: int) -> None:
+    (root / "stat").write_bytes(f"cpu  1 2 3 4\nbtime {btime}\nprocesses 9\n".encode())
+
+
+def set_boot_id(root, boot_id: str) -> None:
+    (root / "sys" / "kernel" / "random").mkdir(parents=True, exist_ok=True)
+    (root / "sys" / "kernel" / "random" / "boot_id").write_text(boot_id + "\n")
+
+
+def test_a_clock_step_does_not_change_a_start_time(tmp_path):
+    """btime moves with the wall clock (NTP stepping it, a resumed VM). A start time computed from a
+    fresh read of it would differ for the same process, and the writer would take the agent's own
+    process for a stranger at its pid (pid reuse): marked exited, never sampled again."""
+    fake_proc(tmp_path, 4242, start=5000)
+    set_boot_id(tmp_path, "boot-1")
+    reader = procfs.Reader(str(tmp_path), fd_count_in_size=False)
+    s = Sampler(reader="procfs", proc=reader)
+    before = s.sample(AgentRef("a", 4242)).create_time
+    assert before == pytest.approx(1700000000 + 5000 / procfs.CLK_TCK)
+    set_btime(tmp_path, 1700000002)  # the clock stepped 2 s forward
+    # the same worker, the agent seen afresh (it was re-registered, say)...
+    assert s.sample(AgentRef("b", 4242)).create_time == before
+    # ...and a new worker (or daemon) of this boot, given the clock the supervisor recorded
+    clock = sampler_mod.boot_clock(BootClock("boot-1", 1700000000.0), proc=reader)
+    assert clock == BootClock("boot-1", 1700000000.0)
+    fresh = Sampler(reader="procfs", proc=reader, boot_time=clock.boot_time)
+    assert fresh.sample(AgentRef("a", 4242, None, 4242, before)).create_time == before  # not "reused"
+    # without it, a fresh read counts from the stepped clock: the very mismatch
+    assert Sampler(reader="procfs", proc=reader).sample(AgentRef("c", 4242)).create_time == before + 2
+
+
+def test_boot_clock_is_the_recorded_one_only_in_the_same_boot(tmp_path):
+    fake_proc(tmp_path, 1)
+    reader = procfs.Reader(str(tmp_path), fd_count_in_size=False)
+    assert sampler_mod.boot_clock(None, proc=reader) is None  # no boot_id to tell the boot by
+    set_boot_id(tmp_path, "boot-1")
+    assert sampler_mod.boot_clock(None, proc=reader) == BootClock("boot-1", 1700000000.0)
+    recorded = BootClock("boot-1", 1699999998.0)
+    assert sampler_mod.boot_clock(recorded, proc=reader) is recorded
+    # another boot: counted from this one's boot time
+    assert sampler_mod.boot_clock(BootClock("boot-0", 1600000000.0), proc=reader) == BootClock("boot-1", 1700000000.0)
+
+
 def test_cpu_is_cpu_time_over_elapsed_time(tmp_path, monkeypatch):
     """One second of cpu (CLK_TCK ticks) over two seconds of the sampler's clock: 50% of one CPU."""
     fake_proc(tmp_path, 4242, utime=100, stime=0)
     s = Sampler(reader="procfs", proc=procfs.Reader(str(tmp_path), fd_count_in_size=False))
-    clock = iter([500.0, 1000.0, 1002.0, 1003.0])  # the boot time read, then one per sample
+    clock = iter([1000.0, 1002.0, 1003.0])  # one per sample
     monkeypatch.setattr(sampler_mod.time, "monotonic", lambda: next(clock))
     assert s.sample(AgentRef("a", 4242)).cpu is None
     fake_proc(tmp_path, 4242, utime=100 + procfs.CLK_TCK // 2, stime=procfs.CLK_TCK // 2)
