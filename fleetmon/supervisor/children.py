@@ -73,7 +73,7 @@ class Child:
             else:
                 self.failures = sharding.next_failures(self.failures, lived)
         self.respawn_at = time.monotonic() + sharding.restart_delay(self.failures)
-        return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        return f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.exitcode is None:
@@ -92,6 +92,18 @@ class Child:
             return data[data.rfind(b")") + 2 : data.rfind(b")") + 3].decode()
         except OSError:
             return "?"
+
+
+def signal_name(signum: int) -> str:
+    """SIGKILL, SIGTERM ...; a real-time signal (which has no name in ``signal.Signals``) by number:
+    ``SIGRTMIN+6``."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        rtmin = getattr(signal, "SIGRTMIN", None)
+        if rtmin is not None and signum >= rtmin:
+            return f"SIGRTMIN+{signum - rtmin}"
+        return str(signum)
 
 
 def start_worker(
