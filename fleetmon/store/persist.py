@@ -201,11 +201,13 @@ def _load_records(state: StateDir) -> tuple[list[AgentRecord], set[str] | None]:
     in_status: set[str] | None = None
     try:
         snap = _status_decoder.decode(fsutil.read_private(state.status, 1 << 30))
+        for r in snap.agents:
+            _check_record(r)
         by_id = {r.id: r for r in snap.agents}
         in_status = set(by_id)
     except FileNotFoundError:
         pass
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         _corrupt(state.status, exc)
     try:
         names = os.listdir(state.agents)
@@ -220,6 +222,7 @@ def _load_records(state: StateDir) -> tuple[list[AgentRecord], set[str] | None]:
             rec = _record_decoder.decode(fsutil.read_private(path, 1 << 20))
             if rec.id != agent_id:
                 raise ValueError(f"id {rec.id!r} does not match the file name")
+            _check_record(rec)
         except FileNotFoundError:
             continue
         except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -229,6 +232,22 @@ def _load_records(state: StateDir) -> tuple[list[AgentRecord], set[str] | None]:
         if cur is None or (rec.updated or "") > (cur.updated or ""):
             by_id[agent_id] = rec
     return list(by_id.values()), in_status
+
+
+_STATUSES = ("running", "exited", "not_running", "stalled")
+
+
+def _check_record(rec: AgentRecord) -> None:
+    """What the types alone do not check, and loading would trip over (a writer that failed at every
+    start): the times parse, the status is one of ours. ValueError says what is wrong."""
+    if rec.status not in _STATUSES:
+        raise ValueError(f"{rec.id}: unknown status {rec.status!r}")
+    try:
+        for text in (rec.start_time, rec.last_sample.timestamp if rec.last_sample else None, *(b.since for b in rec.alerts)):
+            if text is not None:
+                parse_rfc3339(text)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{rec.id}: bad time: {exc}") from None
 
 
 def _corrupt(path, exc) -> None:

@@ -215,6 +215,39 @@ def test_corrupt_alert_state_is_rebuilt_at_once(tmp_path):
     assert list(state.root.glob("thresholds.json.corrupt-*"))
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("start_time", "2024-13-01T00:00:00.000000Z"),
+        ("last_sample", {"timestamp": "yesterday", "cpu": 1.0, "memory_rss": 1, "memory_vms": 1,
+                         "disk_read_bytes": 0, "disk_write_bytes": 0, "open_files": 1, "num_threads": 1}),
+        ("alerts", [{"resource": "cpu", "state": "warning", "since": "soon"}]),
+        ("status", "sleeping"),
+    ],
+)
+def test_metadata_that_decodes_but_does_not_load_is_moved_aside(tmp_path, field, value):
+    """Valid JSON of the right types, with a time that does not parse or a status fleetmon does not
+    have, used to raise while loading: the writer failed at every start and nothing was persisted."""
+    import json
+
+    from fleetmon.store.fleet import Fleet
+
+    state = StateDir(tmp_path / "state").create()
+    good = {"id": "good", "type": "default", "pid": 5, "status": "exited", "restart_count": 2,
+            "start_time": "2024-01-01T00:00:00.000000Z", "last_sample": None, "alerts": [],
+            "updated": "2024-01-01T00:01:00.000000Z"}
+    bad = {**good, "id": "bad", field: value}
+    (state.agents / "good.json").write_text(json.dumps(good))
+    (state.agents / "bad.json").write_text(json.dumps(bad))
+    state.status.write_text(json.dumps({"updated": good["updated"], "agents": [good, bad]}))
+    fleet = Fleet(RingStore(state.history, 10), lambda e: None)
+    assert persist.load_fleet_state(state, fleet) == 1
+    assert set(fleet.agents) == {"good"} and fleet.agents["good"].restart_count == 2
+    assert len(list(state.agents.glob("bad.json.corrupt-*"))) == 1
+    assert len(list(state.root.glob("status.json.corrupt-*"))) == 1  # it holds the bad record too
+    assert (state.agents / "good.json").exists()
+
+
 def test_reading_a_planted_fifo_does_not_block(tmp_path):
     from fleetmon.store import fsutil
 
