@@ -62,8 +62,7 @@ class AlertLog:
         if self.fd >= 0 and self._moved():
             self._let_go()
         if self.fd < 0:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            self.size = os.fstat(self.fd).st_size
+            self._open()
         data = b"".join(self.pending)
         n = os.write(self.fd, data)
         self.size += n
@@ -89,6 +88,20 @@ class AlertLog:
                     self.rotate_failed = now
                     logger.error("cannot move {} to {} ({}): it grows on past alerts_max_size until that works",
                                  self.path.name, self.rotated.name, exc.strerror or exc)
+
+    def _open(self) -> None:
+        """Open the file to append to. One that ends in a line cut short (a writer killed in the
+        middle of an append, a crash before the page was on disk) gets the line ended first: the
+        next line would be glued onto it, and both skipped by every reader as one bad line."""
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                size += os.write(fd, b"\n")
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd, self.size = fd, size
 
     def rotate(self) -> None:
         """alerts.jsonl -> alerts.jsonl.1, its lines on disk first; the next write starts a new file.

@@ -243,3 +243,25 @@ def test_a_torn_last_line_of_the_old_file_does_not_swallow_the_first_of_the_new(
     state.alerts.write_bytes(persist._json.encode(_event(1)) + b"\n")
     events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
     assert [e.agent_id for e in events] == ["a0", "a1"]
+
+
+def test_a_line_cut_short_is_ended_before_the_next_one(state):
+    """A writer killed in the middle of an append (or a crash before the page was on disk) leaves a
+    line without its newline. The next writer's first line used to be glued onto it, and every
+    reader skipped the two as one bad line: a state change lost."""
+    log = _log(state, 0)
+    log.add(_event(1))
+    log.write()
+    log.close()
+    whole = state.alerts.read_bytes()
+    with open(state.alerts, "ab") as f:
+        f.write(whole[: len(whole) // 2])  # half of a second line, no newline
+    log = _log(state, 0)
+    log.add(_event(2))
+    log.write()
+    log.add(_event(3))  # and the file once open is not checked again
+    log.write()
+    log.close()
+    events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
+    assert [e.agent_id for e in events] == ["a1", "a2", "a3"]
+    assert state.alerts.read_bytes().count(b"\n") == 4  # the torn line ended on its own
