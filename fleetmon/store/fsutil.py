@@ -112,6 +112,30 @@ def _write_temp(directory: Path, name: str, data: bytes, sync: bool, size: int |
     return tmp
 
 
+def remove_stale_temps(directories: list[Path]) -> tuple[int, int]:
+    """Delete the temporary files (``.<name>.<hex>.tmp``, see ``_write_temp``) that a writer killed in
+    the middle of an atomic write left in ``directories``: a copy of status.json, or a new ring
+    preallocated to its full size. Only for a writer that holds the state dir's lock (no other can
+    be writing). Returns (files, bytes) removed."""
+    files = size = 0
+    for directory in directories:
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            files += 1
+            size += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return files, size
+
+
 def preallocate(fd: int, size: int) -> None:
     """Extend the file to ``size`` bytes of zeros with every block allocated (so a full disk cannot
     fail a later write into it), without writing the zeros: a big write would leave the file in the

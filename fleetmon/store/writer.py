@@ -26,7 +26,7 @@ from fleetmon.store.layout import StateDir
 from fleetmon.store.records import DaemonJSON, WorkerJSON
 from fleetmon.store.ring import RingStore
 from fleetmon.store.timing import TickTiming
-from fleetmon.units import format_duration, rfc3339
+from fleetmon.units import format_duration, format_size, rfc3339
 
 RING_SYNC_EVERY = 30.0  # seconds between filesystem syncs of history rings (in a thread: RingSync)
 FLUSH_AFTER = 1.0  # seconds; see Writer._flush_delay
@@ -111,6 +111,7 @@ class Writer:
             signal.signal(sig, lambda s, f: self.signals.append(s))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         started = time.monotonic()
+        self._remove_stale_temps()
         n = persist.load_fleet_state(self.state, self.fleet)
         logger.info(
             "writer started (pid {}): {} agents loaded in {:.2f}s; history written {}", os.getpid(), n,
@@ -157,6 +158,17 @@ class Writer:
         hold back the others' samples. Not shorter than a second: a fleet that takes longer than the
         interval to sample would otherwise have status.json rewritten at every (coalesced) tick."""
         return FLUSH_AFTER
+
+    def _remove_stale_temps(self) -> None:
+        """Temporary files of atomic writes cut short by a kill: nothing else deletes them."""
+        try:
+            files, size = fsutil.remove_stale_temps([self.state.root, self.state.agents, self.state.history])
+        except OSError as exc:
+            logger.warning("writer: cannot remove temporary files left by a killed writer: {}", exc)
+            return
+        if files:
+            logger.info("writer: removed {} temporary file{} ({}) left by a writer killed while writing",
+                        files, "" if files == 1 else "s", format_size(size))
 
     # --- I/O ----------------------------------------------------------------------------------
 

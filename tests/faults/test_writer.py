@@ -14,6 +14,7 @@ from fleetmon.supervisor.sharding import shard_for
 from tests.faults._util import (
     check_state_files,
     daemon_json,
+    log_lines,
     missed,
     register_direct,
     sleepers,
@@ -107,3 +108,29 @@ def test_writer_and_worker_killed_under_load_lose_nothing(daemons, procs, state_
             for a, ts in series.items() if missing[a]}
     assert sum(per_worker.values()) <= lost_batches, (
         per_worker, lost_batches, [round(k - start_wall, 2) for k in kill_walls], list(gaps.items())[:3])
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_at_start(daemons, procs, state_dir, tmp_path):
+    """An atomic write is a temporary file renamed into place; a writer killed before the rename
+    (the supervisor's SIGKILL of a stuck writer, kill -9) left it behind for good, each one as big
+    as a status.json or a preallocated ring. The next writer, holding the state dir's lock, removes
+    them; the registry (the operators' directory) is not the writer's to clean."""
+    register_direct(state_dir, "a", procs.sleeper(900).pid)
+    for d in ("agents", "history"):
+        (state_dir / d).mkdir(mode=0o700, exist_ok=True)
+    planted = {
+        state_dir / ".status.json.0badf00d.tmp": 3 << 20,
+        state_dir / "agents" / ".a.json.12345678.tmp": 100,
+        state_dir / "history" / ".a.ring.cafe0000.tmp": 92 << 10,
+    }
+    for path, size in planted.items():
+        path.write_bytes(b"x" * size)
+    kept = [state_dir / "registry" / ".b.json.aaaa0000.tmp", state_dir / ".hidden"]
+    for path in kept:
+        path.write_text("{}")
+    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
+    d = daemons(state_dir, "--config", str(cfg))
+    d.wait_tick(2, timeout=20)
+    assert [p for p in planted if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert len(log_lines(d.log(), "writer: removed 3 temporary files (3.1MiB) left by a writer killed")) == 1
