@@ -426,3 +426,37 @@ def test_state_dir_before_the_command_works_and_after_wins(state_dir, tmp_path):
 def test_a_bad_log_level_flag_is_named_as_the_flag(state_dir):
     line = exits_2_and_writes_nothing(["run", "--log-level", "LOUD"], state_dir)
     assert "--log-level" in line and "LOUD" in line and "config" not in line
+
+
+def test_since_filters_history_and_alerts_and_defaults_to_an_hour(state_dir):
+    """``history`` and ``alerts`` keep what is newer than ``--since`` (default 1h): points and
+    changes from 2 h and 30 min ago, asked for with no flag, 45m and 3h."""
+    from fleetmon.store.layout import StateDir
+    from fleetmon.store.ring import Point, RingStore
+    from fleetmon.units import rfc3339
+
+    now = time.time()
+    register(state_dir, "a", os.getpid())
+    state = StateDir(state_dir).create()
+    rings = RingStore(state.history, 100)
+    for age in (7200, 1800):
+        rings.append("a", Point(now - age, 1.0, 1, 1, 0, 0, 1, 1))
+    rings.close_all()
+    state.alerts.write_text("".join(
+        f'{{"timestamp":"{rfc3339(now - age)}","agent_id":"a","resource":"cpu","state":"warning",'
+        f'"value":99.0,"threshold":50.0,"since":"{rfc3339(now - age)}"}}\n'
+        for age in (7200, 1800)
+    ))
+
+    def ages(command: str, *flags) -> list[int]:
+        if command == "history":
+            stamps = [p["timestamp"] for p in history(state_dir, "a", *flags)]
+        else:
+            stamps = [e["timestamp"] for e in cli_json("alerts", *flags, state_dir=state_dir)["events"]]
+        return [round((now - parse_ts(t)) / 60) * 60 for t in stamps]
+
+    for command in ("history", "alerts"):
+        assert ages(command) == [1800], command
+        assert ages(command, "--since", "45m") == [1800], command
+        assert ages(command, "--since", "20m") == [], command
+        assert ages(command, "--since", "3h") == [7200, 1800], command
