@@ -460,3 +460,22 @@ def test_since_filters_history_and_alerts_and_defaults_to_an_hour(state_dir):
         assert ages(command, "--since", "45m") == [1800], command
         assert ages(command, "--since", "20m") == [], command
         assert ages(command, "--since", "3h") == [7200, 1800], command
+
+
+def test_default_state_dir_is_fleetmon_state_dir_then_xdg_then_home(tmp_path):
+    """The contract's order, through the real CLI: $FLEETMON_STATE_DIR, else $XDG_STATE_HOME/fleetmon,
+    else ~/.local/state/fleetmon."""
+    base = {k: v for k, v in os.environ.items() if k not in ("FLEETMON_STATE_DIR", "XDG_STATE_HOME")}
+    home = tmp_path / "home"
+    cases = [
+        ({"FLEETMON_STATE_DIR": str(tmp_path / "explicit"), "XDG_STATE_HOME": str(tmp_path / "xdg")},
+         tmp_path / "explicit"),
+        ({"XDG_STATE_HOME": str(tmp_path / "xdg")}, tmp_path / "xdg" / "fleetmon"),
+        ({}, home / ".local" / "state" / "fleetmon"),
+    ]
+    for i, (extra, where) in enumerate(cases):
+        env = {**base, "HOME": str(home), **extra}
+        cli("agents", "add", f"a{i}", "--pid", str(os.getpid()), env=env, check=True)
+        assert (where / "registry" / f"a{i}.json").is_file(), (extra, where)
+        listed = json.loads(cli("agents", "ls", "--json", env=env, check=True).stdout)["agents"]
+        assert [a["id"] for a in listed] == [f"a{i}"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+
+import pytest
 
 from tests.helpers import cli, pid_alive, register, wait_until
 from tests.integration.common import agent, alerts, history, wait_points, wait_status
@@ -50,14 +53,15 @@ def test_registered_pid_that_does_not_exist_is_not_running(procs, state_dir, dae
     assert d.stop() == 0
 
 
-def test_sigterm_drains_and_exits_0(procs, state_dir, daemons):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_drains_and_exits_0(procs, state_dir, daemons, sig):
     p = procs.sleeper()
     register(state_dir, "a", p.pid)
     d = daemons(state_dir, *FAST)
     info = d.wait_tick(2)
     children = [info["writer_pid"]] + [w["pid"] for w in info["workers"]]
     assert all(pid_alive(c) for c in children)
-    assert d.stop() == 0
+    assert d.stop(sig=sig) == 0
     assert not any(pid_alive(c) for c in children), "a child outlived the daemon"
     assert not pid_alive(d.pid)
     final = d.daemon_json()

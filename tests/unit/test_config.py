@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fleetmon.supervisor.config import ConfigError, load
@@ -20,7 +22,7 @@ def write(tmp_path):
 def test_defaults():
     c = load(None)
     assert (c.workers, c.interval, c.history_size, c.stall_timeout, c.alert_repeat, c.http) == (0, 60.0, 1440, 10.0, 600.0, None)
-    assert c.worker_count >= 1
+    assert c.worker_count == (os.cpu_count() or 1)  # workers = 0: one per CPU
     assert (c.alerts_max_size, c.keep_removed) == (64 * 2**20, 7 * 86400.0)
 
 
