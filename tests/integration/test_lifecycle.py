@@ -220,3 +220,16 @@ def test_a_removed_agent_is_forgotten_after_keep_removed(procs, state_dir, tmp_p
     d.wait_tick(d.daemon_json()["tick"] + 2)
     assert len(history(state_dir, "stays")) > n and (state_dir / "agents" / "stays.json").exists()
     assert d.stop() == 0
+
+
+def test_a_registry_change_keeps_the_cpu_baseline_of_agents_that_stay(procs, state_dir, daemons):
+    """An agent added (a new shard for the worker) must not cost the agents already there their
+    kept process and cpu baseline: only an agent's first point has a null cpu."""
+    register(state_dir, "a", procs.sleeper().pid)
+    daemons(state_dir, "--interval", "250ms", "--workers", "1")
+    wait_points(state_dir, "a", 3)
+    register(state_dir, "b", procs.sleeper().pid)
+    wait_points(state_dir, "b", 3)
+    for agent_id in ("a", "b"):
+        cpus = [p["cpu"] for p in history(state_dir, agent_id)]
+        assert cpus[0] is None and None not in cpus[1:], (agent_id, cpus)
