@@ -110,19 +110,25 @@ def test_zombie_counts_as_exited(daemons, procs, state_dir, tmp_path):
         stdout=__import__("subprocess").PIPE, text=True,
     )
     child = int(parent.stdout.readline())
-    register_direct(state_dir, "zed", child)
-    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
-    daemons(state_dir, "--config", str(cfg)).wait_tick(3, timeout=20)
-    wait_until(lambda: agent_status(state_dir).get("zed") == "running", 10, what="zed running")
-    os.kill(child, signal.SIGKILL)
-    wait_until(lambda: proc_state(child) == "Z", 5, 0.02, what="the child to become a zombie")
-    t0 = time.monotonic()
-    wait_until(lambda: agent_status(state_dir).get("zed") == "exited", 10, what="zed to be exited")
-    print(f"\n[fault] zombie: agent exited {time.monotonic() - t0:.2f}s after its process became a zombie")
-    n = len(points(state_dir, "zed"))
-    time.sleep(1.0)
-    assert len(points(state_dir, "zed")) == n, "a zombie was sampled"
-    assert proc_state(child) == "Z"
+    try:
+        register_direct(state_dir, "zed", child)
+        cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
+        daemons(state_dir, "--config", str(cfg)).wait_tick(3, timeout=20)
+        wait_until(lambda: agent_status(state_dir).get("zed") == "running", 10, what="zed running")
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: proc_state(child) == "Z", 5, 0.02, what="the child to become a zombie")
+        t0 = time.monotonic()
+        wait_until(lambda: agent_status(state_dir).get("zed") == "exited", 10, what="zed to be exited")
+        print(f"\n[fault] zombie: agent exited {time.monotonic() - t0:.2f}s after its process became a zombie")
+        n = len(points(state_dir, "zed"))
+        time.sleep(1.0)
+        assert len(points(state_dir, "zed")) == n, "a zombie was sampled"
+        assert proc_state(child) == "Z"
+    finally:
+        # The child is ours until its parent (ended at teardown) is gone: never reaped before, so
+        # this pid is still the child's (a zombie takes the signal harmlessly). A failure above must
+        # not leave it sleeping for 15 minutes.
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="/proc")
