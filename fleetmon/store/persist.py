@@ -272,13 +272,13 @@ def _corrupt(path, exc) -> None:
     logger.error("{} is corrupt ({}): moved aside to {}; it will be rebuilt", path, str(exc).splitlines()[0], aside)
 
 
-def save_alert_state(state: StateDir, fleet: Fleet) -> None:
+def save_alert_state(state: StateDir, fleet: Fleet, sync: bool = True) -> None:
     data = {
         a.id: {r: AlertState(al.state, al.since, al.logged) for r, al in a.alerts.items()}
         for a in fleet.agents.values()
         if a.alerts
     }
-    fsutil.atomic_write(state.alert_state, _json.encode(data))
+    fsutil.atomic_write(state.alert_state, _json.encode(data), sync=sync)
 
 
 def save_status(state: StateDir, fleet: Fleet, now: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import selectors
 import socket
 import time
 
@@ -257,3 +258,31 @@ def test_reading_a_planted_fifo_does_not_block(tmp_path):
     with pytest.raises(OSError):
         fsutil.read_private(fifo)
     assert time.monotonic() - t0 < 1.0
+
+
+def test_an_alert_change_is_in_thresholds_json_before_its_batch_is_acknowledged(tmp_path, address):
+    """Worker 0's batch opens a warning; worker 1's batch of the tick has not come, so no flush yet.
+    Acknowledged, the batch is gone from its worker: a writer killed now must still find the open
+    episode on disk, or the next sample opens a second one with a new ``since``."""
+    _, listener = address
+    state = StateDir(tmp_path / "state").create()
+    limits = wire.Thresholds(cpu_threshold=50.0, threshold_duration=60.0)
+    registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, limits)])
+    w = in_process_writer(state, listener)
+    sup, _ = writer_connection(w, -1)
+    w._dispatch(sup, registry)
+    conn, peer = writer_connection(w, 0)
+    w.sel.register(conn.sock, selectors.EVENT_READ, conn)  # read by the writer's own loop step
+    writer_connection(w, 1)
+    w._dispatch(conn, wire.Batch(0, 1, 0, 0, [wire.Sample("x", 4242, 1000.0, 99.0, 10.0, 2, 3, 4, 5, 6, 7)]))
+    w._flush()  # the agent is known on disk, under its limit
+    peer.send(msgspec.msgpack.encode(wire.Batch(0, 2, 0, 0, [wire.Sample("x", 4242, 1000.0, 100.0, 99.0, 2, 3, 4, 5, 6, 7)])))
+    peer.flush()
+    wait_until(lambda: (w._poll(0.05), w.applied[conn.fileno()] == 2)[1], 5, 0.01, what="the batch taken in")
+    assert msgspec.msgpack.decode(_frames(peer, 1)[-1], type=wire.Ack).count == 2
+    w.rings.close_all()
+    # killed here, before any flush: the next writer starts from what is on disk
+    w2 = in_process_writer(state, listener)
+    persist.load_fleet_state(state, w2.fleet)
+    alert = w2.fleet.agents["x"].alerts["cpu"]
+    assert (alert.state, alert.since) == ("warning", 100.0)
