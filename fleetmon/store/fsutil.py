@@ -200,10 +200,9 @@ def atomic_write_many(directory: Path, files: Iterable[tuple[str, bytes]]) -> in
 
 
 def _syncfs_ok(fd: int) -> bool:
-    try:
-        return _syncfs(fd)
-    except OSError:
-        return False
+    """Whether syncfs(2) is there to call: asked of the C library, not by calling it (a call flushes
+    the whole filesystem, every ring's dirty pages with it, in the writer's main thread)."""
+    return _libc_call("syncfs") is not None
 
 
 def sync_filesystem(path: Path) -> None:

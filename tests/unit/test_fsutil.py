@@ -99,6 +99,27 @@ def test_interrupted_write_many_keeps_every_file_whole(tmp_path, monkeypatch):
     assert listing(tmp_path) == sorted(names)
 
 
+@pytest.mark.skipif(fsutil._libc_call("syncfs") is None, reason="syncfs(2) is Linux's")
+def test_write_many_syncs_the_filesystem_once(tmp_path, monkeypatch):
+    """Many files, one syncfs(2) (not a probe call first: each flushes every dirty page of the
+    filesystem, the rings' too, in the writer's main thread), and no fsync per file."""
+    calls = {"syncfs": 0, "fsync": 0}
+    real_syncfs, real_fsync = fsutil._syncfs, os.fsync
+
+    def syncfs(fd):
+        calls["syncfs"] += 1
+        return real_syncfs(fd)
+
+    def fsync(fd):
+        calls["fsync"] += 1
+        return real_fsync(fd)
+
+    monkeypatch.setattr(fsutil, "_syncfs", syncfs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert fsutil.atomic_write_many(tmp_path, [(f"a{i}.json", b"{}") for i in range(10)]) == 10
+    assert calls == {"syncfs": 1, "fsync": 1}  # the one fsync: the directory, after the renames
+
+
 def test_ensure_dir_mode_and_refuses_symlinks(tmp_path):
     old_umask = os.umask(0)
     try:
