@@ -43,6 +43,7 @@ CRC = struct.Struct("<I")
 RECORD_SIZE = 64
 assert HEADER.size == RECORD_SIZE and BODY.size + CRC.size == RECORD_SIZE
 _SEQ_WORD = 13  # index of ``seq`` when a record is viewed as sixteen u32 words
+SEQ_MAX = 0xFFFFFFFF  # seq is a u32: a ring that reaches it is numbered again from 1 (Ring._renumber)
 _PAGE = mmap.PAGESIZE
 _PAGE_SHIFT = _PAGE.bit_length() - 1
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
@@ -220,6 +221,8 @@ class Ring:
 
     def append(self, point: Point) -> None:
         if None in point:  # (the timestamp never is): a metric unreadable, flagged in the record
+            if self.seq >= SEQ_MAX:
+                self._renumber()
             seq = self.seq + 1
             self._put(encode_record(seq, point), seq, point.timestamp)
         else:
@@ -228,6 +231,8 @@ class Ring:
     def append_read(self, s) -> None:
         """``append`` for a point or a sample (a ``wire.Sample``: the same metric attributes) whose
         every metric was read, packed straight from its attributes (``Fleet.on_samples``)."""
+        if self.seq >= SEQ_MAX:
+            self._renumber()
         seq = self.seq + 1
         body = _pack(
             s.timestamp, s.cpu, s.memory_rss, s.memory_vms, s.disk_read_bytes, s.disk_write_bytes, s.open_files,
@@ -248,6 +253,22 @@ class Ring:
         self.seq = seq
         self.last_ts = ts
         self.head = head + 1 if head + 1 < self.capacity else 0
+
+    def _renumber(self) -> None:
+        """The ring's points numbered again from 1 (4 billion records in: 1.4 years at a 10 ms
+        interval): written to a new file renamed into place, as a migration is, so that a crash
+        leaves the old numbering or the new one, never a mix whose highest number is not the newest."""
+        if self.map is not None:
+            data = bytes(self.map[RECORD_SIZE:])
+        else:
+            data = os.pread(self.fd, RECORD_SIZE * self.capacity, RECORD_SIZE)
+        records = decode_records(data)
+        records.sort(key=lambda r: r[0])
+        new = Ring._create(self.path, self.capacity, [p for _, p in records[-self.capacity :]], self.map is not None)
+        self.close()
+        self.fd, self.map, self.page = new.fd, new.map, new.page
+        self.head, self.seq, self.last_ts = new.head, new.seq, new.last_ts
+        new.fd, new.map = -1, None
 
     def _next_page(self, page: int) -> None:
         """At a new page or a wrap-around: check that the file was not cut short (writes past its end

@@ -83,6 +83,30 @@ def test_append_is_one_write_in_place(tmp_path, mapped):
     assert changed == [RECORD_SIZE * 701]
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["pwrite", "mapped"])
+def test_a_ring_whose_seq_reaches_u32_is_numbered_again_and_keeps_its_order(tmp_path, mapped):
+    """seq is a u32: past it the record could not be packed (the writer died at every restart, as
+    the batch was sent again). The ring is rewritten numbered from 1, newest points kept in order."""
+    from fleetmon.store import ring as ring_mod
+
+    path = tmp_path / "a.ring"
+    ring = Ring.open(path, 4, mapped)
+    pts = [Point(float(i), 1.0, i, i, i, i, None if i == 5 else i, i) for i in range(1, 8)]
+    for p in pts[:3]:
+        ring.append(p)
+    ring.seq = ring_mod.SEQ_MAX - 1  # as if 4 billion records had gone by
+    for p in pts[3:]:
+        ring.append(p)  # SEQ_MAX, then numbered again: 1..4 for the four kept, 5.. after
+    assert ring.seq == 7 and ring.mapped == mapped
+    ring.close()
+    assert read_points(path) == pts[-4:]
+    again = Ring.open(path, 4, mapped)
+    assert (again.seq, again.last_ts) == (7, 7.0)
+    again.append(Point(8.0, 1.0, 8, 8, 8, 8, 8, 8))
+    again.close()
+    assert [p.timestamp for p in read_points(path)] == [5.0, 6.0, 7.0, 8.0]
+
+
 def test_mapped_writes_match_pwrite_byte_for_byte_across_pages_and_reopens(tmp_path):
     """Written through memory maps, a ring is the same file as one written with pwrite: across page
     boundaries (64 records a page), the short last page, wrap-arounds, and reopening anywhere."""
