@@ -290,7 +290,17 @@ class Writer:
                     batch.worker, batch.tick, len(batch.samples) - len(samples),
                 )
                 batch = msgspec.structs.replace(batch, samples=samples)
-        self._on_batch(fd, batch)
+        try:
+            self._on_batch(fd, batch)
+        except Exception as exc:  # noqa: BLE001 - a batch that cannot be applied must not stop the rest
+            # Not acknowledged, it would be sent again to the next writer, and fail it again: a
+            # writer restarted for ever with nothing persisted. Dropped (its samples from the one
+            # that failed on), counted as lost, with the traceback for the bug report.
+            self.lost_batches += 1
+            logger.opt(exception=exc).error(
+                "writer: batch of worker {} (tick {}) could not be applied ({}: {}): dropped and counted lost",
+                batch.worker, batch.tick, type(exc).__name__, exc,
+            )
         if self.conns.get(fd) is conn:
             self.applied[fd] = seq
             self.ack_due.add(fd)

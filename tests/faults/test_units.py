@@ -286,3 +286,23 @@ def test_an_alert_change_is_in_thresholds_json_before_its_batch_is_acknowledged(
     persist.load_fleet_state(state, w2.fleet)
     alert = w2.fleet.agents["x"].alerts["cpu"]
     assert (alert.state, alert.since) == ("warning", 100.0)
+
+
+def test_a_batch_the_writer_cannot_apply_is_dropped_and_counted_not_a_crash_loop(tmp_path, address):
+    """A value the ring cannot hold (an i64 field past 2^63, which no kernel gives today) raised out
+    of the writer: it died, the unacknowledged batch was sent to the next one, which died too, and
+    so on, with nothing persisted. The batch is dropped, counted, acknowledged; the next one is applied."""
+    _, listener = address
+    state = StateDir(tmp_path / "state").create()
+    registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())])
+    w = in_process_writer(state, listener)
+    sup, _ = writer_connection(w, -1)
+    w._dispatch(sup, registry)
+    conn, peer = writer_connection(w, 0)
+    w._dispatch(conn, wire.Batch(0, 1, 0, 0, [wire.Sample("x", 4242, 1000.0, 100.0, 1.0, 2**63, 3, 4, 5, 6, 7)]))
+    w._dispatch(conn, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
+    w._send_acks()
+    assert msgspec.msgpack.decode(_frames(peer, 1)[-1], type=wire.Ack).count == 2
+    assert w.lost_batches == 1
+    w.rings.close_all()
+    assert [p.timestamp for p in read_points(state.ring_file("x"))] == [101.0]
