@@ -50,11 +50,18 @@ class AlertLog:
         self.fd = -1
         self.size = 0  # of the open file
         self.rotate_failed = -1e9  # monotonic time a rotation last failed (logged at most every 10 min)
+        self.dropped = 0  # changes dropped unwritten (more than MAX_PENDING waiting): logged, not silent
 
     def add(self, event: th.Event) -> None:
         self.pending.append(_json.encode(event) + b"\n")
         if len(self.pending) > self.MAX_PENDING:
             del self.pending[: len(self.pending) - self.MAX_PENDING]
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % self.MAX_PENDING == 0:
+                logger.error(
+                    "{} cannot be written and {} alert changes wait: the oldest are dropped ({} so far); "
+                    "the log and the threshold state still have them", self.path.name, self.MAX_PENDING, self.dropped,
+                )
 
     def write(self) -> None:
         if not self.pending:

@@ -265,3 +265,20 @@ def test_a_line_cut_short_is_ended_before_the_next_one(state):
     events = queries.alerts(state, since=10 * 365 * 86400.0, now=1.8e9).events
     assert [e.agent_id for e in events] == ["a1", "a2", "a3"]
     assert state.alerts.read_bytes().count(b"\n") == 4  # the torn line ended on its own
+
+
+def test_changes_dropped_past_the_pending_bound_are_logged(state, monkeypatch):
+    from loguru import logger
+
+    monkeypatch.setattr(persist.AlertLog, "MAX_PENDING", 3)
+    log = _log(state, 0)
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="ERROR", format="{message}")
+    try:
+        for i in range(8):  # never written (as on a full disk): the oldest go past 3
+            log.add(_event(i))
+    finally:
+        logger.remove(sink)
+    assert [msgspec.json.decode(x)["agent_id"] for x in log.pending] == ["a5", "a6", "a7"]
+    assert log.dropped == 5
+    assert len(lines) == 2 and "the oldest are dropped (1 so far)" in lines[0] and "(3 so far)" in lines[1]
