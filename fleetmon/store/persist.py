@@ -182,9 +182,11 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
         if in_status is not None and rec.id not in in_status:
             a.removed_at = _time_or_none(rec.updated) or a.meta_written
         fleet.agents[rec.id] = a
+    saved_at = None  # when thresholds.json was written
     try:
         raw = fsutil.read_private(state.alert_state)
         alerts = _alert_state_decoder.decode(raw)
+        saved_at = os.stat(state.alert_state).st_mtime
     except FileNotFoundError:
         alerts = {}
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -198,7 +200,58 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
         for resource, st in by_resource.items():
             if resource in th.RESOURCES and st.state in ("warning", "error"):
                 a.alerts[resource] = th.Alert(st.state, st.since, st.logged)
+    changed = _replay_alert_log(state, fleet, saved_at)
+    if changed:
+        fleet.alerts_dirty = True
+        logger.info("alert state brought up to date with alerts.jsonl: {} episode{} opened or closed after "
+                    "thresholds.json was last written (the writer was stopped in between)", changed, "" if changed == 1 else "s")
     return len(records)
+
+
+def _replay_alert_log(state: StateDir, fleet: Fleet, saved_at: float | None) -> int:
+    """Open episodes as alerts.jsonl, the record of every change, has them: the newest change of each
+    agent and resource in its tail wins. thresholds.json is written at the flush after the lines,
+    so a writer killed in between (kill -9, the OOM killer) left changes it does not have, and the
+    next writer logged them again: a second warning with a new ``since`` (and the error a whole
+    duration late), or a second ok. Read back from the end to changes older than thresholds.json
+    less ALERTS_SLACK (batches a worker held come late); all of it without one. Returns how many
+    episodes it opened, closed or changed."""
+    from fleetmon.store import queries
+
+    stop_before = (rfc3339(saved_at - queries.ALERTS_SLACK) or "").encode() if saved_at else b""
+    seen: set[tuple[str, str]] = set()
+    changed = 0
+    for path in (state.alerts, state.alerts_previous):
+        for line in queries._lines_back(path, stop_before):
+            if line is None:
+                return changed
+            if line is False:
+                continue
+            try:
+                ev = queries.decode_event(line)
+                ts, since = parse_rfc3339(ev.timestamp), parse_rfc3339(ev.since)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                continue  # a torn line, or one edited by hand
+            if (ev.agent_id, ev.resource) in seen:
+                continue
+            seen.add((ev.agent_id, ev.resource))
+            a = fleet.agents.get(ev.agent_id)
+            if a is None or ev.resource not in th.RESOURCES:
+                continue
+            cur = a.alerts.get(ev.resource)
+            if ev.state == "ok":
+                if cur is None:
+                    continue
+                del a.alerts[ev.resource]
+            elif ev.state in ("warning", "error"):
+                if cur is not None and cur.state == ev.state and abs(cur.since - since) < 1e-3:
+                    continue
+                a.alerts[ev.resource] = th.Alert(ev.state, since, ts)
+            else:
+                continue
+            a.meta_dirty = True
+            changed += 1
+    return changed
 
 
 def _time_or_none(text: str | None) -> float | None:
@@ -279,13 +332,13 @@ def _corrupt(path, exc) -> None:
     logger.error("{} is corrupt ({}): moved aside to {}; it will be rebuilt", path, str(exc).splitlines()[0], aside)
 
 
-def save_alert_state(state: StateDir, fleet: Fleet, sync: bool = True) -> None:
+def save_alert_state(state: StateDir, fleet: Fleet) -> None:
     data = {
         a.id: {r: AlertState(al.state, al.since, al.logged) for r, al in a.alerts.items()}
         for a in fleet.agents.values()
         if a.alerts
     }
-    fsutil.atomic_write(state.alert_state, _json.encode(data), sync=sync)
+    fsutil.atomic_write(state.alert_state, _json.encode(data))
 
 
 def save_status(state: StateDir, fleet: Fleet, now: float) -> None:

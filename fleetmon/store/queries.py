@@ -50,6 +50,7 @@ class AlertsJSON(msgspec.Struct):
 
 
 _event = msgspec.json.Decoder(EventJSON)
+decode_event = _event.decode
 
 
 def read_daemon(state: StateDir) -> DaemonJSON | None:

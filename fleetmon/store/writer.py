@@ -190,8 +190,6 @@ class Writer:
                     logger.error("writer: undecodable message dropped: {}", exc)
                     continue
                 self._dispatch(conn, msg)
-        if self.ack_due and self.fleet.alerts_dirty:
-            self._alert_state_before_acks()
         self._send_acks()
         self._send_pending()
 
@@ -480,17 +478,6 @@ class Writer:
     def _sync_alerts(self) -> None:
         self.alert_log.write()
         self.alert_log.sync()
-
-    def _alert_state_before_acks(self) -> None:
-        """A batch that opened or closed an alert is acknowledged only once thresholds.json has the
-        change: acknowledged, its worker drops it, and a writer killed before its next flush would
-        start again without the open episode (a second warning, with a new ``since``, and the error
-        later than its duration). Not synced here (a killed process leaves the page cache as it is):
-        the flush writes it again, synced."""
-        try:
-            persist.save_alert_state(self.state, self.fleet, sync=False)
-        except OSError as exc:
-            self.fleet._write_error("thresholds.json", exc, time.time())
 
     def _save_alert_state(self) -> None:
         if self.fleet.alerts_dirty:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import selectors
 import socket
 import time
 
@@ -260,32 +259,47 @@ def test_reading_a_planted_fifo_does_not_block(tmp_path):
     assert time.monotonic() - t0 < 1.0
 
 
-def test_an_alert_change_is_in_thresholds_json_before_its_batch_is_acknowledged(tmp_path, address):
-    """Worker 0's batch opens a warning; worker 1's batch of the tick has not come, so no flush yet.
-    Acknowledged, the batch is gone from its worker: a writer killed now must still find the open
-    episode on disk, or the next sample opens a second one with a new ``since``."""
+def test_alert_changes_after_the_last_flush_survive_a_killed_writer_without_being_logged_twice(tmp_path, address):
+    """thresholds.json is written at the flush (a tick complete, or a second), the alerts.jsonl lines
+    and the acknowledgement at once. A writer killed in between (kill -9, the OOM killer) used to
+    restart without those changes, and log them again: x a second warning with a new ``since`` (and
+    its error a whole duration late), y a second ok. The next writer takes them from alerts.jsonl."""
     _, listener = address
     state = StateDir(tmp_path / "state").create()
     limits = wire.Thresholds(cpu_threshold=50.0, threshold_duration=60.0)
-    registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, limits)])
+    registry = wire.Registry([wire.RegisteredAgent(a, "default", 4242, None, limits) for a in ("x", "y")])
+
+    t0 = time.time() - 10
+
+    def batch(tick: int, ts: float, x_cpu: float, y_cpu: float) -> wire.Batch:
+        return wire.Batch(0, tick, 0, 0, [wire.Sample(a, 4242, 1000.0, t0 + ts, cpu, 2, 3, 4, 5, 6, 7)
+                                          for a, cpu in (("x", x_cpu), ("y", y_cpu))])
+
     w = in_process_writer(state, listener)
     sup, _ = writer_connection(w, -1)
     w._dispatch(sup, registry)
     conn, peer = writer_connection(w, 0)
-    w.sel.register(conn.sock, selectors.EVENT_READ, conn)  # read by the writer's own loop step
-    writer_connection(w, 1)
-    w._dispatch(conn, wire.Batch(0, 1, 0, 0, [wire.Sample("x", 4242, 1000.0, 99.0, 10.0, 2, 3, 4, 5, 6, 7)]))
-    w._flush()  # the agent is known on disk, under its limit
-    peer.send(msgspec.msgpack.encode(wire.Batch(0, 2, 0, 0, [wire.Sample("x", 4242, 1000.0, 100.0, 99.0, 2, 3, 4, 5, 6, 7)])))
-    peer.flush()
-    wait_until(lambda: (w._poll(0.05), w.applied[conn.fileno()] == 2)[1], 5, 0.01, what="the batch taken in")
+    w._dispatch(conn, batch(1, 0.0, 10.0, 99.0))  # y over its limit: a warning
+    w._flush()
+    w._dispatch(conn, batch(2, 1.0, 99.0, 10.0))  # x over, y back under: not flushed yet
+    w._send_acks()
     assert msgspec.msgpack.decode(_frames(peer, 1)[-1], type=wire.Ack).count == 2
     w.rings.close_all()
-    # killed here, before any flush: the next writer starts from what is on disk
+    logged = state.alerts.read_bytes().count(b"\n")
+    assert logged == 3
+    # killed here: thresholds.json still has y open and not x
     w2 = in_process_writer(state, listener)
     persist.load_fleet_state(state, w2.fleet)
-    alert = w2.fleet.agents["x"].alerts["cpu"]
-    assert (alert.state, alert.since) == ("warning", 100.0)
+    x, y = w2.fleet.agents["x"], w2.fleet.agents["y"]
+    assert (x.alerts["cpu"].state, x.alerts["cpu"].since) == ("warning", pytest.approx(t0 + 1.0, abs=1e-5))
+    assert y.alerts == {} and w2.fleet.alerts_dirty
+    sup2, _ = writer_connection(w2, -1)
+    w2._dispatch(sup2, registry)
+    conn2, _ = writer_connection(w2, 0)
+    w2._dispatch(conn2, batch(3, 2.0, 99.0, 10.0))  # the same states go on: nothing to log
+    w2._flush()
+    w2.rings.close_all()
+    assert state.alerts.read_bytes().count(b"\n") == logged
 
 
 def test_a_batch_the_writer_cannot_apply_is_dropped_and_counted_not_a_crash_loop(tmp_path, address):
