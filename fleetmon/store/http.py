@@ -12,7 +12,8 @@ Routes:
   GET /api/status                               = fleetmon status --json
   GET /api/agents/{id}/history?since=&every=    = fleetmon history ID --json [--since] [--every]
   GET /api/alerts?since=                        = fleetmon alerts --json [--since]
-  GET /healthz                                  200 while ticks are persisted on time, else 503
+  GET /healthz                                  200 while ticks are persisted on time, else 503 (also
+                                                while writing to the state dir fails)
 Anything else answers a JSON error (400, 404, 405), never a traceback.
 """
 
@@ -379,6 +380,14 @@ def health(writer, started_at: float, now: float | None = None) -> tuple[int, di
     }
     if d is not None and not d.running:
         return HTTPStatus.SERVICE_UNAVAILABLE, {**body, "status": "stopping", "reason": "the daemon is shutting down"}
+    if writer.write_failing:
+        # Sampling goes on and ticks reach the writer (the watchdog is fed: a restart would not make
+        # room on a disk), but what it writes does not all reach the state dir.
+        errors = writer.fleet.write_errors
+        return HTTPStatus.SERVICE_UNAVAILABLE, {
+            **body, "status": "write_failing",
+            "reason": f"writing to the state dir fails ({errors} write errors; see the log): a full disk?",
+        }
     age = now - (flushed_at or started_at)
     if age > limit:
         if flushed_at is None:

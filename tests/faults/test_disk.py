@@ -62,8 +62,13 @@ def test_full_disk_fails_writes_keeps_files_valid_and_recovers(tmpfs, daemons, p
     for i, pid in enumerate(pids[:12]):
         register_direct(state_dir, f"d{i:02d}", pid)
     cfg = write_config(tmp_path / "fleetmon.toml", workers=2, interval="250ms", history_size=200, stall_timeout="3s")
-    d = daemons(state_dir, "--config", str(cfg), log=tmp_path / "daemon.log")  # the log is off the tmpfs
+    from tests.http.test_daemon_http import fetch, free_port
+
+    port = free_port()
+    d = daemons(state_dir, "--config", str(cfg), "--http", f"127.0.0.1:{port}", log=tmp_path / "daemon.log")  # the log is off the tmpfs
     d.wait_tick(4, timeout=20)
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    wait_until(lambda: fetch(healthz)[0] == 200, 10, what="/healthz 200 before the disk fills")
 
     junk = tmpfs / "junk"
     _fill(junk)
@@ -84,6 +89,9 @@ def test_full_disk_fails_writes_keeps_files_valid_and_recovers(tmpfs, daemons, p
     assert all(max(timestamps(state_dir, f"d{i:02d}")) > t_full + 1.0 for i in range(12))
     assert not (state_dir / "history" / "late.ring").exists()
     assert not [p for p in state_dir.rglob("*.tmp")], "temp files left behind on the full disk"
+    # Ticks still reach the writer (the watchdog stays fed), but /healthz says what is wrong.
+    code, body = fetch(healthz)
+    assert code == 503 and json.loads(body)["status"] == "write_failing", body
     errors = log_lines(d.log(), "ERROR")
 
     junk.unlink()
@@ -101,5 +109,7 @@ def test_full_disk_fails_writes_keeps_files_valid_and_recovers(tmpfs, daemons, p
     print(f"\n[fault] full disk: {len(errors)} ERROR lines while full (write errors counted: "
           f"{final.get('write_errors')}), no crash, no corrupt file; persisting resumed {resumed:.2f}s after space returned")
     assert final["write_errors"] > 0
-    assert "works again" in d.log()
+    # (status.json, at most once a second at this interval, must be written again first)
+    wait_until(lambda: "works again" in d.log(), 5, what="'writing to the state dir works again' logged")
+    wait_until(lambda: fetch(healthz)[0] == 200, 10, what="/healthz 200 once writing works again")
     assert d.stop() == 0

@@ -54,6 +54,7 @@ def fake_writer(fleet: Fleet, state_root=None, daemon: wire.DaemonInfo | None = 
         flushed_tick=-1,
         flushed_at=0.0,
         lost_batches=0,
+        write_failing=False,
     )
 
 

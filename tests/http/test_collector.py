@@ -255,6 +255,10 @@ def test_health_ok_late_starting_stopping():
     assert status == 200 and body["status"] == "ok" and body["persisted_tick"] == 5
     status, body = health(w, started_at=900.0, now=1007.5)
     assert status == 503 and body["status"] == "late" and "7.5s" in body["reason"]
+    w.write_failing, w.fleet.write_errors = True, 7  # ticks on time, but the state dir refuses writes
+    status, body = health(w, started_at=900.0, now=1006.0)
+    assert status == 503 and body["status"] == "write_failing" and "7 write errors" in body["reason"]
+    w.write_failing = False
     w.flushed_tick, w.flushed_at = -1, 0.0
     assert health(w, started_at=1000.0, now=1003.0)[0] == 200  # just started: within the grace
     status, body = health(w, started_at=1000.0, now=1010.0)
