@@ -178,8 +178,9 @@ def cmd_status(args) -> int:
         render.status_view(st, shown=agents, how=" ".join(how))
     if args.exit_code:  # a check must not pass on stale rows
         if not render.daemon_running(st.daemon):
-            print(f"fleetmon: status: no daemon is recording in {state.root} (stopped, or none ever ran there): "
-                  "exit 1", file=sys.stderr)
+            why = (f"its supervisor, pid {st.daemon.supervisor_pid}, runs: can it write there? see its log"
+                   if render.supervisor_alive(st.daemon) else "stopped, or none ever ran there")
+            print(f"fleetmon: status: no daemon is recording in {state.root} ({why}): exit 1", file=sys.stderr)
             return EXIT_FAILURE
         if not render.recent(as_of, st.daemon.interval):
             print(f"fleetmon: status: status.json in {state.root} is stale (the daemon cannot write it? see its log): "

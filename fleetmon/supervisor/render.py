@@ -7,6 +7,7 @@ rows)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from rich.console import Console
@@ -130,10 +131,29 @@ def recent(ts: float | None, interval: float | None) -> bool:
     return ts is not None and time.time() - ts < 3 * (interval or 60) + 5
 
 
+def supervisor_alive(d) -> bool:
+    """The daemon did not stop cleanly and its supervisor still runs (a fleetmon process at that
+    pid): if daemon.json is stale, the daemon is there but cannot write it (a full disk, say)."""
+    if d is None or not d.running or d.supervisor_pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{d.supervisor_pid}/cmdline", "rb") as f:
+            return b"fleetmon" in f.read()
+    except OSError:
+        return False
+
+
+def daemon_state(d) -> str:
+    """running, not recording (stale, its supervisor alive), stopped."""
+    if daemon_running(d):
+        return "running"
+    return "not recording" if supervisor_alive(d) else "stopped"
+
+
 def daemon_line(d) -> str:
     if d is None:
         return "daemon: none has run on this state dir"
-    state = "running" if daemon_running(d) else "stopped"
+    state = daemon_state(d)
     workers = ", ".join(f"{w.index}:{w.pid}({w.agents})" for w in d.workers)
     return (
         f"daemon: {state} - supervisor {d.supervisor_pid}, writer {d.writer_pid}, workers [{workers}], "
@@ -167,8 +187,10 @@ def status_view(st, console: Console | None = None, shown=None, how: str = "") -
         console.print("no agents registered: fleetmon agents add ID --pid PID")
         return
     if st.daemon is not None and not daemon_running(st.daemon):
+        why = (f"its supervisor (pid {st.daemon.supervisor_pid}) runs: can it write the state dir? see its log"
+               if supervisor_alive(st.daemon) else "daemon stopped?")
         console.print(
-            f"[yellow]no tick recorded for {_age(st.daemon.updated).removesuffix(' ago')} (daemon stopped?): "
+            f"[yellow]no tick recorded for {_age(st.daemon.updated).removesuffix(' ago')} ({why}): "
             "statuses and alerts are as of then[/]"
         )
     console.print(summary_line(st.agents, len(rows), how))

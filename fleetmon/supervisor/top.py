@@ -25,7 +25,7 @@ from rich.text import Text
 
 from fleetmon.store import queries
 from fleetmon.store.layout import StateDir
-from fleetmon.supervisor.render import STATE_STYLE, STATUS_STYLE, fleet_counts, sort_agents
+from fleetmon.supervisor.render import STATE_STYLE, STATUS_STYLE, fleet_counts, sort_agents, supervisor_alive
 from fleetmon.units import format_size, parse_rfc3339
 
 SORT_KEYS = {"c": "cpu", "m": "memory", "f": "fds"}
@@ -65,7 +65,8 @@ def health_lines(status, now: float) -> list[Text]:
         if not d.running:
             state, style = "stopped", "dim"
         elif age > 3 * interval + 5:
-            state, style = "not responding", "bold red"
+            # its supervisor there: it cannot write the state dir (a full disk?); else it was killed
+            state, style = ("not recording", "bold red") if supervisor_alive(d) else ("not running (killed?)", "bold red")
         else:
             state, style = "running", "green"
         persisted = d.persisted_tick if d.persisted_tick is not None else 0

@@ -359,6 +359,32 @@ def test_status_exit_code_fails_on_a_status_json_the_daemon_no_longer_writes(sta
     assert proc.returncode == 0, proc.stderr
 
 
+def test_status_tells_a_daemon_that_cannot_write_from_one_that_stopped(procs, state_dir):
+    """daemon.json 10 minutes old and saying it runs: killed, or alive but unable to write the state
+    dir (a full disk). An SRE on a full disk was told 'stopped' by status and the check while the
+    daemon ran on; the supervisor's pid tells them apart."""
+    import sys
+
+    import msgspec
+
+    from fleetmon.store.records import DaemonJSON
+    from fleetmon.units import rfc3339
+
+    register(state_dir, "a", os.getpid())
+    alive = procs.start([sys.executable, "-c", "import time; time.sleep(120)", "fleetmon", "run"])
+    gone = procs.sleeper()
+    gone.kill()
+    gone.wait(timeout=10)
+    for pid, state, why in ((alive.pid, "not recording", f"its supervisor (pid {alive.pid}) runs: can it write"),
+                            (gone.pid, "stopped", "daemon stopped?")):
+        daemon = DaemonJSON(pid, pid, [], 10, rfc3339(time.time() - 600), True, 10.0, 10)
+        (state_dir / "daemon.json").write_bytes(msgspec.json.encode(daemon))
+        out = cli("status", state_dir=state_dir, check=True).stdout
+        assert out.startswith(f"daemon: {state} - supervisor {pid}") and why in out, out
+        proc = cli("status", "--exit-code", state_dir=state_dir)
+        assert proc.returncode == 1 and ("can it write there?" in proc.stderr) == (state == "not recording")
+
+
 def test_run_check_validates_and_starts_nothing(state_dir, tmp_path):
     register(state_dir, "ok", os.getpid())
     (state_dir / "registry" / "broken.json").write_text('{"id": "broken", "pid": ')
