@@ -43,7 +43,8 @@ LATE_AFTER_INTERVALS = 3  # /healthz: 503 when no tick was persisted for this ma
 LATE_SLACK = 1.0  # seconds added to that, for scheduling noise at short intervals
 BIND_RETRY = 5.0  # seconds between attempts to listen when the address is taken
 REQUEST_TIMEOUT = 30.0  # a client that sends nothing for this long is dropped
-METRICS_CACHE_MAX_AGE = 60.0  # seconds; at most one interval (see Endpoint.metrics_text)
+METRICS_CACHE_MAX_AGE = 60.0  # seconds; at most one interval (see Endpoint.metrics)
+MAX_CONNECTIONS = 64  # served at once (a thread each); more are answered 503 at once, without a thread
 
 _json = msgspec.json.Encoder()
 
@@ -67,7 +68,8 @@ class Endpoint:
         self.registry.register(FleetCollector(writer.fleet, self.stats, writer))
         ProcessCollector(namespace="fleetmon_writer", registry=self.registry)  # the writer's own cpu, memory, fds
         self.started_at = time.monotonic()
-        self._metrics: tuple[tuple, float, bytes] | None = None  # (state key, when, text)
+        self._metrics: dict[str, tuple[tuple, float, bytes]] = {}  # content type -> (state key, when, body)
+        self._render_lock = threading.Lock()
         self.server: Server | None = None
         self.thread: threading.Thread | None = None
         self.stopped = threading.Event()
@@ -79,21 +81,29 @@ class Endpoint:
 
     # --- request threads ----------------------------------------------------------------------
 
-    def metrics_text(self) -> bytes:
-        """The text exposition, rendered again only when the fleet may have changed: after a batch
-        or a tick, or once an interval. Scrapes more frequent than ticks (Prometheus every 15s,
-        fleetmon every 60s) or from an HA pair of servers then cost the writer nothing."""
+    def metrics(self, accept: str) -> tuple[bytes, str]:
+        """(body, content type): the text exposition (rendered fast, see ``render_text``), or
+        OpenMetrics when that is all the scraper accepts. Each is rendered again only when the fleet
+        may have changed (after a batch or a tick) or once an interval: scrapes more frequent than
+        ticks (Prometheus every 15s, fleetmon every 60s) or from an HA pair of servers then cost the
+        writer nothing. One render at a time: scrapers that come together wait for it and share it
+        (thirty at once each rendering held the writer's interpreter, and persisting fell behind)."""
+        if _wants_openmetrics_only(accept):
+            encoder, content_type = choose_encoder(accept)
+        else:
+            encoder, content_type = render_text, TEXT_CONTENT_TYPE
         w = self.writer
-        key = (self.stats.batches, w.daemon, w.flushed_tick, len(w.fleet.agents))
-        now = time.monotonic()
-        cached = self._metrics
         d = w.daemon
         max_age = min(METRICS_CACHE_MAX_AGE, float(d.interval if d is not None and d.interval else w.config.interval))
-        if cached is not None and cached[0] == key and now - cached[1] < max_age:
-            return cached[2]
-        text = render_text(self.registry)
-        self._metrics = (key, now, text)
-        return text
+        with self._render_lock:
+            key = (self.stats.batches, w.daemon, w.flushed_tick, len(w.fleet.agents))
+            now = time.monotonic()
+            cached = self._metrics.get(content_type)
+            if cached is not None and cached[0] == key and now - cached[1] < max_age:
+                return cached[2], content_type
+            body = encoder(self.registry)
+            self._metrics[content_type] = (key, now, body)
+            return body, content_type
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -173,6 +183,35 @@ class Server(ThreadingHTTPServer):
         self.address_family = family
         super().__init__(address, handler, bind_and_activate)
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        """A thread per connection, up to MAX_CONNECTIONS: past that (a storm of scrapers, or of idle
+        connections, which each held a thread and its memory until REQUEST_TIMEOUT: 2,000 took the
+        writer from 58 to 277 MB) a 503 is written and the connection closed, from this thread."""
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                                b"Connection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
     def handle_error(self, request, client_address) -> None:  # socketserver prints tracebacks to stderr
         logger.opt(exception=True).debug("HTTP: error while serving {}", client_address)
 
@@ -234,12 +273,7 @@ class Handler(BaseHTTPRequestHandler):
                 pass
 
     def _send_metrics(self, endpoint: Endpoint, head: bool) -> None:
-        accept = self.headers.get("Accept", "")
-        if _wants_openmetrics_only(accept):
-            encoder, content_type = choose_encoder(accept)
-            body = encoder(endpoint.registry)
-        else:  # the text format, which Prometheus accepts too, rendered fast (see render_text)
-            body, content_type = endpoint.metrics_text(), TEXT_CONTENT_TYPE
+        body, content_type = endpoint.metrics(self.headers.get("Accept", ""))
         headers = [("Content-Type", content_type)]
         if _gzip_accepted(self.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=1)
