@@ -201,6 +201,14 @@ class Arbiter:
 
     def _drain(self) -> int:
         self.notifier.stopping()
+        if not self.writer.alive and self.listener is not None:
+            # Down (waiting out a restart's backoff, or just died): started for the drain, else the
+            # workers' last batches are dropped uncounted and daemon.json keeps saying it runs.
+            self.writer.reap()
+            try:
+                self._start_writer()
+            except Exception as exc:  # noqa: BLE001 - the stop goes on without it
+                logger.error("cannot start the writer to drain: {}", exc)
         for w in self.workers + [self.quarantine_worker]:
             self._send(w, wire.Stop())
         children.drain(self.workers + [self.quarantine_worker], DRAIN_TIMEOUT)
@@ -464,6 +472,7 @@ class Arbiter:
         for frame in self.link.recv():
             msg = self.decoder.decode(frame)
             if isinstance(msg, wire.Persisted):
+                self.writer.in_service = True
                 if msg.tick > self.persisted_tick:
                     self.persisted_tick = msg.tick
                     self.persisted_at = time.monotonic()

@@ -36,6 +36,7 @@ class Child:
         self.respawn_at = 0.0
         self.killing_since: float | None = None
         self.ever_started = False
+        self.in_service = False  # the writer persisted a tick since it started (the arbiter says)
 
     @property
     def pid(self) -> int:
@@ -51,6 +52,7 @@ class Child:
         self.proc.start()
         self.started_at = time.monotonic()
         self.killing_since = None
+        self.in_service = False
         if self.ever_started:
             self.restarts += 1
         self.ever_started = True
@@ -68,8 +70,12 @@ class Child:
             self.ctl.close()
             self.ctl = None
         if self.killing_since is None:  # died on its own: count boot failures
-            if self.index != -1 and self.heartbeat is not None and self.heartbeat[worker_mod.HB_TICK_DONE] > 0:
-                self.failures = 0  # a worker that had finished a tick died in service: restart at once
+            if self.in_service or (
+                self.index != -1 and self.heartbeat is not None and self.heartbeat[worker_mod.HB_TICK_DONE] > 0
+            ):
+                # a worker that had finished a tick, or a writer that had persisted one, died in
+                # service: restart at once (backoff is for a child that cannot boot)
+                self.failures = 0
             else:
                 self.failures = sharding.next_failures(self.failures, lived)
         self.respawn_at = time.monotonic() + sharding.restart_delay(self.failures)

@@ -219,6 +219,28 @@ def test_restart_backoff_is_a_pure_decision():
     assert q[:3] == [1.0, 2.0, 4.0] and max(q) == 64.0
 
 
+def _exit_at_once(*args) -> None:
+    os._exit(1)
+
+
+def test_a_writer_that_died_in_service_is_restarted_at_once_one_that_cannot_boot_backs_off():
+    """Backoff is for a child that cannot boot. A writer killed a few seconds after a restart had
+    persisted ticks all the same; it waited 0.5, 1, 2 ... 16 s (no persisting, no HTTP meanwhile)."""
+    from fleetmon.supervisor import children
+
+    def die(in_service: bool, failures: int) -> float:
+        c = children.Child("writer", -1)
+        c.failures = failures
+        c.start(_exit_at_once, (), 2)
+        c.in_service = in_service  # (set by the arbiter when the writer's Persisted comes)
+        c.proc.join(10)
+        assert c.reap() == "exit code 1"
+        return c.respawn_at - time.monotonic()
+
+    assert die(in_service=True, failures=4) <= 0.1
+    assert die(in_service=False, failures=4) >= 7.0  # dead young five times in a row: 8 s
+
+
 def test_whole_daemon_stopped_and_continued_replaces_nobody(daemons, procs, state_dir, tmp_path):
     """Ctrl-Z and fg (or a paused container): every process was stopped, so a worker's silence is
     not its own fault; nobody is replaced when they all continue."""

@@ -87,7 +87,7 @@ def test_writer_and_worker_killed_under_load_lose_nothing(daemons, procs, state_
     unordered = sum(ts != sorted(ts) for ts in series.values())
     problems = check_state_files(state_dir)
     print(f"\n[fault] kill -9 writer x3 under {AGENTS} agents at 250ms: new writer process after "
-          f"{', '.join(f'{k:.2f}s' for k in restarts)} (restart backoff: each was killed young); missed points "
+          f"{', '.join(f'{k:.2f}s' for k in restarts)} (each had persisted: no backoff); missed points "
           f"{sum(missing.values())} over {len(ids)} agents, lost_batches {lost_batches}, duplicate points {dupes}, "
           f"writer_restarts {final.get('writer_restarts')}, unreadable files {len(problems)}")
     print(f"[fault] kill -9 worker 0 under the same load: restarted after {worker_restart:.2f}s, its shard missed "
@@ -134,3 +134,27 @@ def test_temporary_files_of_a_killed_writer_are_removed_at_start(daemons, procs,
     assert [p for p in planted if p.exists()] == []
     assert all(p.exists() for p in kept)
     assert len(log_lines(d.log(), "writer: removed 3 temporary files (3.1MiB) left by a writer killed")) == 1
+
+
+def test_a_stop_while_the_writer_is_down_starts_one_to_drain(daemons, procs, state_dir, tmp_path):
+    """SIGTERM while the writer was dead (waiting out a restart's backoff): the supervisor stopped
+    without one, the last batches were dropped uncounted and daemon.json said 'running' for good.
+    Made deterministic: the supervisor is stopped while its writer is killed and the TERM comes, so
+    it sees both at once."""
+    for i, pid in enumerate(sleepers(procs, 4)):
+        register_direct(state_dir, f"s{i}", pid)
+    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
+    d = daemons(state_dir, "--config", str(cfg))
+    writer = d.wait_tick(3, timeout=20)["writer_pid"]
+    os.kill(d.pid, signal.SIGSTOP)
+    try:
+        os.kill(writer, signal.SIGKILL)
+        wait_until(lambda: not os.path.exists(f"/proc/{writer}") or open(f"/proc/{writer}/stat").read().split(") ")[1][0] == "Z",
+                   5, 0.01, what="the writer dead")
+        os.kill(d.pid, signal.SIGTERM)
+    finally:
+        os.kill(d.pid, signal.SIGCONT)
+    assert d.proc.wait(timeout=30) == 0
+    final = daemon_json(state_dir)
+    assert final["running"] is False and final["writer_pid"] != writer
+    assert "writer restarted" in d.log() and "fleetmon stopped" in d.log()
