@@ -335,6 +335,11 @@ def _alerts(endpoint: Endpoint, params: dict[str, str]):
     _only(params, "since", "agent", "state", "limit")
     since = _duration(params, "since", DEFAULT_SINCE)
     agents = set(params["agent"].split(",")) if params.get("agent") else None
+    for agent_id in agents or ():
+        try:
+            check_agent_id(agent_id)
+        except ValueError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"agent: {exc}") from None
     states = set(params["state"].split(",")) if params.get("state") else None
     if states and not states <= {"warning", "error", "ok"}:
         raise ApiError(HTTPStatus.BAD_REQUEST, "state: use warning, error or ok (comma-separated)")

@@ -87,6 +87,7 @@ def test_api_status_is_the_query_the_cli_prints(endpoint):
         ("/api/alerts?limit=lots", 400, "limit: a whole number"),
         ("/api/alerts?limit=100001", 400, "limit: a whole number"),
         ("/api/alerts?state=bad", 400, "state: use warning, error or ok"),
+        ("/api/alerts?agent=ok,../etc", 400, "agent: "),  # as the CLI refuses it
         ("/api/alerts?agents=a", 400, "unknown parameter 'agents'"),
         ("/api/status?verbose=1", 400, "unknown parameter 'verbose'"),
         ("/healthz?x=1", 400, "unknown parameter 'x'"),
