@@ -195,7 +195,8 @@ def cmd_history(args) -> int:
     try:
         points = queries.history_points(state, args.id, args.since, args.every)
     except queries.UnknownAgent:
-        print(f"fleetmon: error: unknown agent {args.id!r}: not registered and no history", file=sys.stderr)
+        where = "" if state.root.exists() else f" (there is no state dir at {state.root}: another --state-dir?)"
+        print(f"fleetmon: error: unknown agent {args.id!r}: not registered and no history{where}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from fleetmon.store.records import point_json
 

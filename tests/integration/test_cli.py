@@ -300,6 +300,8 @@ def test_queries_of_a_state_dir_that_does_not_exist_say_so(tmp_path):
     for args in (["status"], ["status", "--json"], ["alerts"], ["agents", "ls"]):
         proc = cli(*args, state_dir=missing)
         assert proc.returncode == 0 and f"there is no state dir at {missing}" in proc.stderr, args
+    proc = cli("history", "a", state_dir=missing)
+    assert proc.returncode == 2 and f"there is no state dir at {missing}" in proc.stderr
     assert not missing.exists()  # and nothing created
 
 
