@@ -391,12 +391,17 @@ def test_run_check_validates_and_starts_nothing(state_dir, tmp_path):
     register(state_dir, "ok", os.getpid())
     (state_dir / "registry" / "broken.json").write_text('{"id": "broken", "pid": ')
     config = tmp_path / "fleetmon.toml"
-    config.write_text('workers = 3\ninterval = "10s"\nkeep_removed = 0\n')
+    config.write_text('workers = 3\ninterval = "10s"\nkeep_removed = 0\nhttp = 9464\n'
+                      '[thresholds.default]\ncpu_threshold = 80\nthreshold_duration = "5m"\n'
+                      '[thresholds.types.web]\nmemory_threshold = "1GiB"\n')
     proc = cli("run", "--check", "--config", str(config), state_dir=state_dir, timeout=30)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"config {config}: ok: 3 workers, interval 10s, history 1440 points, keep_removed off")
-    assert lines[1] == "registry: 1 agent, 1 invalid (skipped by the daemon):" and lines[2].startswith("  broken.json: ")
+    assert lines[1].startswith("  stall_timeout 10s, alert_repeat 10m, http 127.0.0.1:9464, reader ")
+    assert lines[2] == "  thresholds: default cpu > 80% for 5m"
+    assert lines[3] == "  thresholds: type web memory > 1.0GiB (the rest from default)"
+    assert lines[4] == "registry: 1 agent, 1 invalid (skipped by the daemon):" and lines[5].startswith("  broken.json: ")
     assert not (state_dir / "run" / "lock").exists() and not (state_dir / "daemon.json").exists()  # nothing started
     config.write_text("workers = -2\n")
     proc = cli("run", "--check", "--config", str(config), state_dir=state_dir, timeout=30)
