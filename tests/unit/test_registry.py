@@ -66,6 +66,8 @@ def test_bad_pids_are_refused(pid):
         ({"id": "a", "pid": 1, "thresholds": {"memory_threshold": "1GiB"}}, "memory_threshold"),
         ({"id": "a", "pidfile": ""}, "pidfile"),
         ({"id": "a", "pid": 1, "type": ""}, "type"),
+        ({"id": "a", "pid": 1, "type": "web\nworker"}, "type must be 1-128 printable characters"),
+        ({"id": "a", "pid": 1, "type": "\x1b[2Jweb"}, "type must be 1-128 printable characters"),
         ({"pid": 1}, "id"),
     ],
 )
