@@ -131,6 +131,7 @@ def start_worker(
 
 def _worker_entry(index, control, writer_address, token, parent_pid, hook, close_fds, reader, boot_time, heartbeat) -> None:
     _close_inherited(close_fds)
+    set_process_name("fleetmon-quarant" if index < 0 else f"fleetmon-w{index}")
     worker_mod.run(index, control, heartbeat, writer_address, token, parent_pid, hook, reader=reader, boot_time=boot_time)
 
 
@@ -142,7 +143,19 @@ def _writer_entry(state_root, config, listener, token, parent_pid, close_fds, cl
     from fleetmon.store import writer
 
     _close_inherited(close_fds)
+    set_process_name("fleetmon-writer")
     writer.run(state_root, config, listener, token, heartbeat, parent_pid, clock)
+
+
+def set_process_name(name: str) -> None:
+    """The name ``ps -o comm``, top and /proc/PID/comm show (15 bytes at most), so that the writer
+    and each worker can be told apart there: their command lines are the supervisor's."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def _close_inherited(fds: list[int]) -> None:

@@ -61,6 +61,9 @@ def test_sigterm_drains_and_exits_0(procs, state_dir, daemons, sig):
     info = d.wait_tick(2)
     children = [info["writer_pid"]] + [w["pid"] for w in info["workers"]]
     assert all(pid_alive(c) for c in children)
+    # each role named in ps and top (their command lines are the supervisor's)
+    names = [open(f"/proc/{c}/comm").read().strip() for c in children]
+    assert names == ["fleetmon-writer", *(f"fleetmon-w{w['index']}" for w in info["workers"])]
     assert d.stop(sig=sig) == 0
     assert not any(pid_alive(c) for c in children), "a child outlived the daemon"
     assert not pid_alive(d.pid)
