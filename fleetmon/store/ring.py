@@ -191,6 +191,7 @@ class Ring:
             raise
         if file_capacity != capacity:
             os.close(fd)
+            _log_resize(file_capacity, capacity)
             records = decode_records(memoryview(data)[RECORD_SIZE:])
             records.sort(key=lambda r: r[0])
             return cls._create(path, capacity, [p for _, p in records[-capacity:]], mapped)
@@ -290,6 +291,22 @@ class Ring:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+_resized: set[tuple[int, int]] = set()
+
+
+def _log_resize(old: int, new: int) -> None:
+    """Once per process and change: ``history_size`` changed, and rings are resized as opened."""
+    if (old, new) in _resized:
+        return
+    _resized.add((old, new))
+    from loguru import logger
+
+    logger.info(
+        "history_size changed from {} to {}: each ring is resized when first opened{}", old, new,
+        f" (the newest {new} points kept, older ones dropped)" if new < old else "",
+    )
 
 
 def _read_all(fd: int) -> bytes:

@@ -282,13 +282,26 @@ def test_ringstore_evicts_the_least_recently_used_once_more_than_half_are_open(t
     assert [p.timestamp for p in read_points(store.path("a0"))] == [1.0, 2.0]
 
 
-def test_capacity_change_keeps_the_newest(tmp_path):
+def test_capacity_change_keeps_the_newest(tmp_path, monkeypatch):
+    from loguru import logger
+
+    from fleetmon.store import ring as ring_mod
+
+    monkeypatch.setattr(ring_mod, "_resized", set())
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="INFO", format="{message}")
     path = tmp_path / "a.ring"
     ring = Ring.open(path, 8)
     for i in range(10):
         ring.append(Point(float(i), None, i, None, None, None, None, None))
     ring.close()
-    ring = Ring.open(path, 4)
+    try:
+        ring = Ring.open(path, 4)
+        Ring.open(path.with_name("b.ring"), 8).close()
+        Ring.open(path.with_name("b.ring"), 4).close()  # another ring, the same change: not logged again
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 1 and "history_size changed from 8 to 4" in lines[0] and "older ones dropped" in lines[0]
     assert [p.timestamp for p in read_points(path)] == [6.0, 7.0, 8.0, 9.0]
     ring.append(Point(10.0, None, 10, None, None, None, None, None))
     ring.close()
