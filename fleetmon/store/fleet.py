@@ -103,6 +103,7 @@ class Fleet:
         self.retired: list[tuple[str, int, float]] = []  # (agent, pid, create_time) to tell the supervisor
         self.samples_total = 0
         self.write_errors = 0
+        self.history_errors = 0  # of them, samples a ring could not take (see _history_error)
         self._last_write_error = -1e9
         self._registry: dict[str, RegisteredAgent] = {}
 
@@ -205,7 +206,7 @@ class Fleet:
                     try:
                         self.rings.append_failed(a.id, _as_point(s), exc)
                     except OSError as err:
-                        self._write_error(f"history of {a.id}", err, s.timestamp)
+                        self._history_error(a, err, s.timestamp)
         finally:
             self.samples_total += taken
 
@@ -227,7 +228,7 @@ class Fleet:
         try:
             self.rings.append(a.id, point)
         except OSError as exc:
-            self._write_error(f"history of {a.id}", exc, s.timestamp)
+            self._history_error(a, exc, s.timestamp)
         if a.alerts:
             self._evaluate(a, s)
         elif (  # no episode open: only a value over its limit can open one (None changes nothing)
@@ -359,6 +360,12 @@ class Fleet:
         elif not stalled and a.status == "stalled":
             a.status = "running"
             a.meta_dirty = True
+
+    def _history_error(self, a: Agent, exc: Exception, ts: float) -> None:
+        """A sample its ring could not take (a new ring on a full disk): the writer's next flush fails
+        for it, so that /healthz does not call the tick persisted."""
+        self.history_errors += 1
+        self._write_error(f"history of {a.id}", exc, ts)
 
     def _write_error(self, what: str, exc: Exception, now: float) -> None:
         self.write_errors += 1

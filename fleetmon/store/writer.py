@@ -101,7 +101,7 @@ class Writer:
         self.resends: dict[int, int] = {}  # fd -> how many of the next batches are sent again (Resend)
         self.ack_due: set[int] = set()
         self.write_failing = False  # the last flush failed (full disk, EIO): say so when it works again
-        self.errors_seen = 0  # fleet.write_errors at the last flush: more since (a ring's) fail the next
+        self.history_errors_seen = 0  # fleet.history_errors at the last flush: more since fail the next
         timing_log = getattr(config, "timing_log", None)
         self.timing = TickTiming(timing_log) if timing_log else None  # opt-in, for benchmarks
 
@@ -403,7 +403,8 @@ class Writer:
             self.last_ring_sync = time.monotonic()
         # A sample a ring could not take since the last flush (a new ring on a full disk) fails this
         # one too: the tick is not all on disk, and /healthz must not say it is.
-        ok = fleet.write_errors == self.errors_seen
+        ok = fleet.history_errors == self.history_errors_seen
+        self.history_errors_seen = fleet.history_errors
         if failed is not None:
             ok = False
             fleet._write_error("history", failed, now)
@@ -413,7 +414,6 @@ class Writer:
             except OSError as exc:
                 ok = False
                 fleet._write_error(what, exc, now)
-        self.errors_seen = fleet.write_errors
         self.fresh.clear()
         tick = self._persisted_through()
         if ok and self.timing is not None:

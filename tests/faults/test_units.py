@@ -320,3 +320,30 @@ def test_a_batch_the_writer_cannot_apply_is_dropped_and_counted_not_a_crash_loop
     assert w.lost_batches == 1
     w.rings.close_all()
     assert [p.timestamp for p in read_points(state.ring_file("x"))] == [101.0]
+
+
+def test_a_sample_its_ring_could_not_take_fails_the_flush(tmp_path, address, monkeypatch):
+    """A new ring on a full disk cannot be created, while the files the flush writes may still fit:
+    the flush used to pass, and /healthz called the tick persisted. It fails for such a sample, and
+    the next one without works again."""
+    _, listener = address
+    state = StateDir(tmp_path / "state").create()
+    registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())])
+    w = in_process_writer(state, listener)
+    sup, _ = writer_connection(w, -1)
+    w._dispatch(sup, registry)
+    conn, _ = writer_connection(w, 0)
+    real = w.rings.ring
+
+    def full(agent_id):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(w.rings, "ring", full)
+    w._dispatch(conn, wire.Batch(0, 1, 0, 0, [_sample("x", 100.0)]))
+    w._flush()
+    assert w.write_failing and w.fleet.write_errors == 1
+    monkeypatch.setattr(w.rings, "ring", real)
+    w._dispatch(conn, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
+    w._flush()
+    assert not w.write_failing
+    w.rings.close_all()
