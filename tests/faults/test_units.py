@@ -302,17 +302,22 @@ def test_alert_changes_after_the_last_flush_survive_a_killed_writer_without_bein
     assert state.alerts.read_bytes().count(b"\n") == logged
 
 
+def _registered_writer(state: StateDir, listener):
+    """An in-process writer that has the registry (agent x at pid 4242, no limits) and a connection
+    from worker 0: (the writer, its end, the worker's end)."""
+    w = in_process_writer(state, listener)
+    sup, _ = writer_connection(w, -1)
+    w._dispatch(sup, wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())]))
+    conn, peer = writer_connection(w, 0)
+    return w, conn, peer
+
+
 def test_a_batch_the_writer_cannot_apply_is_dropped_and_counted_not_a_crash_loop(tmp_path, address):
     """A value the ring cannot hold (an i64 field past 2^63, which no kernel gives today) raised out
     of the writer: it died, the unacknowledged batch was sent to the next one, which died too, and
     so on, with nothing persisted. The batch is dropped, counted, acknowledged; the next one is applied."""
-    _, listener = address
     state = StateDir(tmp_path / "state").create()
-    registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())])
-    w = in_process_writer(state, listener)
-    sup, _ = writer_connection(w, -1)
-    w._dispatch(sup, registry)
-    conn, peer = writer_connection(w, 0)
+    w, conn, peer = _registered_writer(state, address[1])
     w._dispatch(conn, wire.Batch(0, 1, 0, 0, [wire.Sample("x", 4242, 1000.0, 100.0, 1.0, 2**63, 3, 4, 5, 6, 7)]))
     w._dispatch(conn, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
     w._send_acks()
@@ -326,13 +331,8 @@ def test_a_sample_its_ring_could_not_take_fails_the_flush(tmp_path, address, mon
     """A new ring on a full disk cannot be created, while the files the flush writes may still fit:
     the flush used to pass, and /healthz called the tick persisted. It fails for such a sample, and
     the next one without works again."""
-    _, listener = address
     state = StateDir(tmp_path / "state").create()
-    registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())])
-    w = in_process_writer(state, listener)
-    sup, _ = writer_connection(w, -1)
-    w._dispatch(sup, registry)
-    conn, _ = writer_connection(w, 0)
+    w, conn, _ = _registered_writer(state, address[1])
     real = w.rings.ring
 
     def full(agent_id):
