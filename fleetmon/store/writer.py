@@ -291,14 +291,18 @@ class Writer:
                 batch = msgspec.structs.replace(batch, samples=samples)
         try:
             self._on_batch(fd, batch)
-        except Exception as exc:  # noqa: BLE001 - a batch that cannot be applied must not stop the rest
-            # Not acknowledged, it would be sent again to the next writer, and fail it again: a
-            # writer restarted for ever with nothing persisted. Dropped (its samples from the one
-            # that failed on), counted as lost, with the traceback for the bug report.
+        except Exception as exc:
+            if not resent:
+                # The first time, the writer dies (as it always did): the supervisor starts another,
+                # which loads its state from disk, and the batch, never acknowledged, comes again.
+                raise
+            # It failed again in a writer that started afresh: the batch itself cannot be applied
+            # (else every writer after this one would die of it, and nothing be persisted again).
+            # Dropped from the sample it failed on, counted as lost, with the traceback.
             self.lost_batches += 1
             logger.opt(exception=exc).error(
-                "writer: batch of worker {} (tick {}) could not be applied ({}: {}): dropped and counted lost",
-                batch.worker, batch.tick, type(exc).__name__, exc,
+                "writer: batch of worker {} (tick {}) could not be applied, again after a restart ({}: {}): "
+                "dropped and counted lost", batch.worker, batch.tick, type(exc).__name__, exc,
             )
         if self.conns.get(fd) is conn:
             self.applied[fd] = seq
@@ -329,9 +333,14 @@ class Writer:
             self.timing.on_batch(batch.tick, len(batch.samples))
         if self.http is not None:
             self.http.observe_batch(batch)  # tick duration and sample-error counters for /metrics
-        self.fleet.on_samples(batch.samples)
-        for g in batch.gone:
-            self.fleet.on_gone(g)
+        try:
+            self.fleet.on_samples(batch.samples)
+            for g in batch.gone:
+                self.fleet.on_gone(g)
+        finally:  # what was applied of it is written and counted even if a sample failed
+            self._batch_applied(fd, batch)
+
+    def _batch_applied(self, fd: int, batch: wire.Batch) -> None:
         prev = self.lost_by_conn.get(fd, 0)
         if batch.lost_batches > prev:
             self.lost_batches += batch.lost_batches - prev

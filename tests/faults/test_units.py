@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import time
 
 import msgspec
@@ -302,29 +303,45 @@ def test_alert_changes_after_the_last_flush_survive_a_killed_writer_without_bein
     assert state.alerts.read_bytes().count(b"\n") == logged
 
 
-def _registered_writer(state: StateDir, listener):
-    """An in-process writer that has the registry (agent x at pid 4242, no limits) and a connection
-    from worker 0: (the writer, its end, the worker's end)."""
+def _registered_writer(state: StateDir, listener, limits: wire.Thresholds | None = None):
+    """An in-process writer that has the registry (agents x and y at pid 4242, with ``limits``) and a
+    connection from worker 0: (the writer, its end, the worker's end)."""
     w = in_process_writer(state, listener)
     sup, _ = writer_connection(w, -1)
-    w._dispatch(sup, wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())]))
+    w._dispatch(sup, wire.Registry([wire.RegisteredAgent(a, "default", 4242, None, limits or wire.Thresholds())
+                                    for a in ("x", "y")]))
     conn, peer = writer_connection(w, 0)
     return w, conn, peer
 
 
-def test_a_batch_the_writer_cannot_apply_is_dropped_and_counted_not_a_crash_loop(tmp_path, address):
+def test_a_batch_the_writer_cannot_apply_twice_is_dropped_and_counted_not_a_crash_loop(tmp_path, address):
     """A value the ring cannot hold (an i64 field past 2^63, which no kernel gives today) raised out
     of the writer: it died, the unacknowledged batch was sent to the next one, which died too, and
-    so on, with nothing persisted. The batch is dropped, counted, acknowledged; the next one is applied."""
+    so on, with nothing persisted. The first writer still dies (its own state may be at fault: a
+    new one loads it from disk), with what it applied of the batch written; the batch that fails
+    again, sent to the new writer, is dropped, counted, acknowledged, and the next one applied."""
     state = StateDir(tmp_path / "state").create()
-    w, conn, peer = _registered_writer(state, address[1])
-    w._dispatch(conn, wire.Batch(0, 1, 0, 0, [wire.Sample("x", 4242, 1000.0, 100.0, 1.0, 2**63, 3, 4, 5, 6, 7)]))
-    w._dispatch(conn, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
-    w._send_acks()
-    assert msgspec.msgpack.decode(_frames(peer, 1)[-1], type=wire.Ack).count == 2
-    assert w.lost_batches == 1
+    limits = wire.Thresholds(cpu_threshold=50.0, threshold_duration=60.0)
+    w, conn, _ = _registered_writer(state, address[1], limits)
+    t0 = time.time()
+    poison = wire.Batch(0, 1, 0, 0, [wire.Sample("y", 4242, 1000.0, t0, 99.0, 2, 3, 4, 5, 6, 7),  # a warning
+                                     wire.Sample("x", 4242, 1000.0, t0, 1.0, 2**63, 3, 4, 5, 6, 7)])
+    with pytest.raises(struct.error):
+        w._dispatch(conn, poison)
+    assert w.fleet.agents["y"].alerts and state.alerts.read_bytes().count(b"\n") == 1  # written, not pending
     w.rings.close_all()
-    assert [p.timestamp for p in read_points(state.ring_file("x"))] == [101.0]
+    # the writer died; the next one gets the batch again
+    w2, conn2, peer2 = _registered_writer(state, address[1], limits)
+    persist.load_fleet_state(state, w2.fleet)
+    w2._dispatch(conn2, wire.Resend(2))
+    w2._dispatch(conn2, poison)
+    w2._dispatch(conn2, wire.Batch(0, 2, 0, 0, [_sample("x", t0 + 1)]))
+    w2._send_acks()
+    assert msgspec.msgpack.decode(_frames(peer2, 1)[-1], type=wire.Ack).count == 2
+    assert w2.lost_batches == 1
+    w2.rings.close_all()
+    assert [p.timestamp for p in read_points(state.ring_file("x"))] == [t0 + 1]
+    assert state.alerts.read_bytes().count(b"\n") == 1  # y's warning not logged again
 
 
 def test_a_sample_its_ring_could_not_take_fails_the_flush(tmp_path, address, monkeypatch):
