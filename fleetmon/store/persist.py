@@ -15,7 +15,15 @@ from fleetmon.store import fsutil
 from fleetmon.store import thresholds as th
 from fleetmon.store.fleet import Agent, Fleet
 from fleetmon.store.layout import StateDir
-from fleetmon.store.records import AgentRecord, AlertState, DaemonJSON, StatusSnapshot, point_from_json
+from fleetmon.store.records import (
+    AgentRecord,
+    AlertState,
+    AlertStateFile,
+    DaemonJSON,
+    LogPosition,
+    StatusSnapshot,
+    point_from_json,
+)
 from fleetmon.units import format_size, parse_rfc3339, rfc3339
 
 # Seconds between rewrites of an unchanged agent's metadata file, to refresh its last_sample (one file
@@ -28,7 +36,8 @@ METADATA_PER_FLUSH = 2000  # bound on metadata files written after one tick
 _json = msgspec.json.Encoder()
 _status_decoder = msgspec.json.Decoder(StatusSnapshot)
 _record_decoder = msgspec.json.Decoder(AgentRecord)
-_alert_state_decoder = msgspec.json.Decoder(dict[str, dict[str, AlertState]])
+_alert_state_decoder = msgspec.json.Decoder(AlertStateFile)
+_old_alert_state_decoder = msgspec.json.Decoder(dict[str, dict[str, AlertState]])  # (no position)
 
 
 class AlertLog:
@@ -151,6 +160,15 @@ class AlertLog:
         self.fd, self.size, self.unsynced = -1, 0, False
         logger.warning("{} was moved or deleted by something else: a new one is started", self.path.name)
 
+    def position(self) -> LogPosition:
+        """Where the file ends now (lines still pending are not in it). Inode -1: there is none yet,
+        so whatever is at the name later is all new."""
+        try:
+            st = os.fstat(self.fd) if self.fd >= 0 else os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return LogPosition(-1, 0)
+        return LogPosition(st.st_ino, st.st_size)
+
     def sync(self) -> None:
         if self.unsynced and self.fd >= 0:
             os.fsync(self.fd)
@@ -182,11 +200,14 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
         if in_status is not None and rec.id not in in_status:
             a.removed_at = _time_or_none(rec.updated) or a.meta_written
         fleet.agents[rec.id] = a
-    saved_at = None  # when thresholds.json was written
+    replay_from: LogPosition | None = LogPosition(0, 0)  # (inode 0: from the start of both files)
     try:
         raw = fsutil.read_private(state.alert_state)
-        alerts = _alert_state_decoder.decode(raw)
-        saved_at = os.stat(state.alert_state).st_mtime
+        try:
+            saved = _alert_state_decoder.decode(raw)
+            alerts, replay_from = saved.open, saved.alerts_log
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            alerts, replay_from = _old_alert_state_decoder.decode(raw), None  # where the log was: not known
     except FileNotFoundError:
         alerts = {}
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -200,7 +221,7 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
         for resource, st in by_resource.items():
             if resource in th.RESOURCES and st.state in ("warning", "error"):
                 a.alerts[resource] = th.Alert(st.state, st.since, st.logged)
-    changed = _replay_alert_log(state, fleet, saved_at)
+    changed = _replay_alert_log(state, fleet, replay_from) if replay_from is not None else 0
     if changed:
         fleet.alerts_dirty = True
         logger.info("alert state brought up to date with alerts.jsonl: {} episode{} opened or closed after "
@@ -208,50 +229,83 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
     return len(records)
 
 
-def _replay_alert_log(state: StateDir, fleet: Fleet, saved_at: float | None) -> int:
-    """Open episodes as alerts.jsonl, the record of every change, has them: the newest change of each
-    agent and resource in its tail wins. thresholds.json is written at the flush after the lines,
-    so a writer killed in between (kill -9, the OOM killer) left changes it does not have, and the
-    next writer logged them again: a second warning with a new ``since`` (and the error a whole
-    duration late), or a second ok. Read back from the end to changes older than thresholds.json
-    less ALERTS_SLACK (batches a worker held come late); all of it without one. Returns how many
-    episodes it opened, closed or changed."""
+def _replay_alert_log(state: StateDir, fleet: Fleet, position: LogPosition) -> int:
+    """Apply the changes alerts.jsonl has past ``position``, in order. Its lines are appended when a
+    batch is applied, thresholds.json only at the flush after: a writer killed in between (kill -9,
+    the OOM killer) left changes that thresholds.json does not have, and the next writer logged
+    them again (a second warning with a new ``since``, its error a whole duration late; a second
+    ok). Only what was written past the position counts: a change that could not be written, or was
+    dropped, is in thresholds.json and not in the log, and must not be undone by an older line.
+    Where the position's file went: moved to alerts.jsonl.1 (read from there on, then alerts.jsonl);
+    gone (moved away by something else): alerts.jsonl from its start. Inode 0 (no thresholds.json,
+    or a corrupt one): both files whole. Returns how many episodes it opened, closed or changed."""
     from fleetmon.store import queries
 
-    stop_before = (rfc3339(saved_at - queries.ALERTS_SLACK) or "").encode() if saved_at else b""
-    seen: set[tuple[str, str]] = set()
-    changed = 0
-    for path in (state.alerts, state.alerts_previous):
-        for line in queries._lines_back(path, stop_before):
-            if line is None:
-                return changed
-            if line is False:
-                continue
+    current, previous = _inode(state.alerts), _inode(state.alerts_previous)
+    if position.inode == 0:
+        reads = [(state.alerts_previous, 0), (state.alerts, 0)]
+    elif position.inode == current:
+        reads = [(state.alerts, position.size)]
+    elif position.inode == previous:
+        reads = [(state.alerts_previous, position.size), (state.alerts, 0)]
+    else:
+        reads = [(state.alerts, 0)]
+    before: dict[tuple[str, str], th.Alert | None] = {}
+    for path, offset in reads:
+        for line in _lines_from(path, offset):
             try:
                 ev = queries.decode_event(line)
                 ts, since = parse_rfc3339(ev.timestamp), parse_rfc3339(ev.since)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
                 continue  # a torn line, or one edited by hand
-            if (ev.agent_id, ev.resource) in seen:
-                continue
-            seen.add((ev.agent_id, ev.resource))
             a = fleet.agents.get(ev.agent_id)
-            if a is None or ev.resource not in th.RESOURCES:
+            if a is None or ev.resource not in th.RESOURCES or ev.state not in ("ok", "warning", "error"):
                 continue
-            cur = a.alerts.get(ev.resource)
+            before.setdefault((ev.agent_id, ev.resource), a.alerts.get(ev.resource))
             if ev.state == "ok":
-                if cur is None:
-                    continue
-                del a.alerts[ev.resource]
-            elif ev.state in ("warning", "error"):
-                if cur is not None and cur.state == ev.state and abs(cur.since - since) < 1e-3:
-                    continue
-                a.alerts[ev.resource] = th.Alert(ev.state, since, ts)
+                a.alerts.pop(ev.resource, None)
             else:
-                continue
+                a.alerts[ev.resource] = th.Alert(ev.state, since, ts)
+    changed = 0
+    for (agent_id, resource), old in before.items():
+        a = fleet.agents[agent_id]
+        new = a.alerts.get(resource)
+        if (old is None) != (new is None) or (
+            old is not None and new is not None and (old.state != new.state or abs(old.since - new.since) >= 1e-3)
+        ):
             a.meta_dirty = True
             changed += 1
+        elif old is not None:
+            a.alerts[resource] = old  # the same episode: keep what thresholds.json had (its ``logged``)
     return changed
+
+
+def _inode(path) -> int | None:
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _lines_from(path, offset: int):
+    """The whole lines of ``path`` from byte ``offset`` on (a last line without its newline is torn:
+    left out), read a chunk at a time, opened as ``fsutil.open_private`` opens it."""
+    try:
+        fd, st = fsutil.open_private(path)
+    except FileNotFoundError:
+        return
+    try:
+        pos, rest = min(offset, st.st_size), b""
+        while True:
+            chunk = os.pread(fd, 1 << 20, pos)
+            if not chunk:
+                return
+            pos += len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from (line for line in lines if line.strip())
+    finally:
+        os.close(fd)
 
 
 def _time_or_none(text: str | None) -> float | None:
@@ -332,13 +386,15 @@ def _corrupt(path, exc) -> None:
     logger.error("{} is corrupt ({}): moved aside to {}; it will be rebuilt", path, str(exc).splitlines()[0], aside)
 
 
-def save_alert_state(state: StateDir, fleet: Fleet) -> None:
+def save_alert_state(state: StateDir, fleet: Fleet, log: LogPosition | None) -> None:
+    """thresholds.json: the open episodes, and ``log``, where alerts.jsonl ends (what the episodes
+    include: a writer that starts again applies the changes past it, see _replay_alert_log)."""
     data = {
         a.id: {r: AlertState(al.state, al.since, al.logged) for r, al in a.alerts.items()}
         for a in fleet.agents.values()
         if a.alerts
     }
-    fsutil.atomic_write(state.alert_state, _json.encode(data))
+    fsutil.atomic_write(state.alert_state, _json.encode(AlertStateFile(data, log)))
 
 
 def save_status(state: StateDir, fleet: Fleet, now: float) -> None:

@@ -84,6 +84,22 @@ class AlertState(msgspec.Struct):
     logged: float = 0.0
 
 
+class LogPosition(msgspec.Struct, forbid_unknown_fields=True):
+    """Where alerts.jsonl ended (its inode and size) when thresholds.json was written."""
+
+    inode: int
+    size: int
+
+
+class AlertStateFile(msgspec.Struct, forbid_unknown_fields=True):
+    """``thresholds.json``: every open episode by agent and resource, and how far alerts.jsonl had
+    been written when they were saved (its changes past that are not in ``open``). Files of
+    fleetmon before 0.1 stop 14 are ``open`` alone, without the position."""
+
+    open: dict[str, dict[str, AlertState]]
+    alerts_log: LogPosition | None = None
+
+
 def point_json(p: Point | tuple) -> PointJSON:
     ts, cpu, rss, vms, rd, wr, fds, thr = p
     return PointJSON(rfc3339(ts), cpu, rss, vms, rd, wr, fds, thr)

@@ -494,7 +494,7 @@ class Writer:
 
     def _save_alert_state(self) -> None:
         if self.fleet.alerts_dirty:
-            persist.save_alert_state(self.state, self.fleet)
+            persist.save_alert_state(self.state, self.fleet, self.alert_log.position())
             self.fleet.alerts_dirty = False
 
     def _daemon_json(self, now: float, final: bool) -> DaemonJSON:

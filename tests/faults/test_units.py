@@ -249,6 +249,23 @@ def test_metadata_that_decodes_but_does_not_load_is_moved_aside(tmp_path, field,
     assert (state.agents / "good.json").exists()
 
 
+def test_thresholds_json_of_an_earlier_version_still_loads(tmp_path):
+    """Before it recorded where alerts.jsonl ended, thresholds.json was the episodes alone."""
+    import json
+
+    from fleetmon.store.fleet import Agent, Fleet
+
+    state = StateDir(tmp_path / "state").create()
+    state.alert_state.write_text(json.dumps({"a": {"cpu": {"state": "error", "since": 1000.0, "logged": 1200.0}}}))
+    state.alerts.write_text("")
+    fleet = Fleet(RingStore(state.history, 10), lambda e: None)
+    fleet.agents["a"] = Agent("a")
+    persist.load_fleet_state(state, fleet)
+    alert = fleet.agents["a"].alerts["cpu"]
+    assert (alert.state, alert.since, alert.logged) == ("error", 1000.0, 1200.0)
+    assert not list(state.root.glob("thresholds.json.corrupt-*"))
+
+
 def test_reading_a_planted_fifo_does_not_block(tmp_path):
     from fleetmon.store import fsutil
 
@@ -364,3 +381,40 @@ def test_a_sample_its_ring_could_not_take_fails_the_flush(tmp_path, address, mon
     w._flush()
     assert not w.write_failing
     w.rings.close_all()
+
+
+@pytest.mark.parametrize("how", ["ok_line_unwritten", "log_moved_away"])
+def test_a_restarted_writer_does_not_undo_what_thresholds_json_has_past_the_log(tmp_path, address, monkeypatch, how):
+    """thresholds.json can be ahead of alerts.jsonl: the ok line could not be written (a full disk)
+    while thresholds.json could, or the log was moved away (logrotate) and an older alerts.jsonl.1
+    still has the warning. Replaying the log's newest line per agent reopened the closed episode;
+    only what was written past the position thresholds.json records is applied."""
+    state = StateDir(tmp_path / "state").create()
+    limits = wire.Thresholds(cpu_threshold=50.0, threshold_duration=60.0)
+    w, conn, _ = _registered_writer(state, address[1], limits)
+    t0 = time.time() - 10
+
+    def y_cpu(tick: int, cpu: float) -> wire.Batch:
+        return wire.Batch(0, tick, 0, 0, [wire.Sample("y", 4242, 1000.0, t0 + tick, cpu, 2, 3, 4, 5, 6, 7)])
+
+    w._dispatch(conn, y_cpu(1, 99.0))  # a warning, logged and saved
+    w._flush()
+    if how == "ok_line_unwritten":
+        def full():
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(w.alert_log, "write", full)
+        w._dispatch(conn, y_cpu(2, 10.0))  # ok: the line stays pending, thresholds.json has it
+        w._flush()
+        assert w.alert_log.pending and b'"ok"' not in state.alerts.read_bytes()
+    else:
+        w._dispatch(conn, y_cpu(2, 10.0))
+        w._flush()
+        state.alerts_previous.write_bytes(state.alerts.read_bytes().splitlines(keepends=True)[0])  # an old warning
+        os.rename(state.alerts, tmp_path / "alerts.jsonl-20261129")  # moved away, not to .1
+    assert w.fleet.agents["y"].alerts == {}
+    w.rings.close_all()
+    # killed; the next writer starts from what is on disk
+    w2, _, _ = _registered_writer(state, address[1], limits)
+    persist.load_fleet_state(state, w2.fleet)
+    assert w2.fleet.agents["y"].alerts == {}
