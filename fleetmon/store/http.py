@@ -44,7 +44,8 @@ LATE_SLACK = 1.0  # seconds added to that, for scheduling noise at short interva
 BIND_RETRY = 5.0  # seconds between attempts to listen when the address is taken
 REQUEST_TIMEOUT = 30.0  # a client that sends nothing for this long is dropped
 METRICS_CACHE_MAX_AGE = 60.0  # seconds; at most one interval (see Endpoint.metrics)
-MAX_CONNECTIONS = 64  # served at once (a thread each); more are answered 503 at once, without a thread
+MAX_CONNECTIONS = 256  # open at once (a thread each); more are answered 503 at once, without a thread
+MAX_REQUESTS = 64  # served at once, /healthz apart (a probe must get through a storm of scrapers)
 
 _json = msgspec.json.Encoder()
 
@@ -186,11 +187,12 @@ class Server(ThreadingHTTPServer):
     def server_activate(self) -> None:
         super().server_activate()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.busy = threading.BoundedSemaphore(MAX_REQUESTS) if MAX_REQUESTS > 0 else None
 
     def process_request(self, request, client_address) -> None:
-        """A thread per connection, up to MAX_CONNECTIONS: past that (a storm of scrapers, or of idle
-        connections, which each held a thread and its memory until REQUEST_TIMEOUT: 2,000 took the
-        writer from 58 to 277 MB) a 503 is written and the connection closed, from this thread."""
+        """A thread per connection, up to MAX_CONNECTIONS: past that (a storm of idle connections,
+        which each held a thread and its memory until REQUEST_TIMEOUT: 2,000 took the writer from 58
+        to 277 MB) a bare 503 is written and the connection closed, from this thread."""
         if not self.slots.acquire(blocking=False):
             try:
                 request.settimeout(1.0)
@@ -241,26 +243,18 @@ class Handler(BaseHTTPRequestHandler):
         endpoint = self.server.endpoint
         try:
             url = urlsplit(self.path)
-            path = url.path
-            if path == "/metrics":
-                self._send_metrics(endpoint, head)
+            if url.path == "/healthz":  # never turned away: a probe must get through a storm of scrapers
+                self._route(endpoint, url, head)
                 return
-            params = _params(url.query)
-            if path == "/healthz":
-                _only(params)
-                status, body = health(endpoint.writer, endpoint.started_at)
-                self._send_json(status, body, head)
-            elif path == "/api/status":
-                _only(params)
-                self._send_json(HTTPStatus.OK, queries.status(endpoint.writer.state), head)
-            elif path == "/api/alerts":
-                self._send_json(HTTPStatus.OK, _alerts(endpoint, params), head)
-            elif path.startswith("/api/agents/"):
-                self._send_json(HTTPStatus.OK, _history(endpoint, path, params), head)
-            elif path in ("/", "/api", "/api/"):
-                self._send_json(HTTPStatus.OK, {"endpoints": ROUTES}, head)
-            else:
-                raise ApiError(HTTPStatus.NOT_FOUND, f"no such path {path!r}; see {', '.join(ROUTES)}")
+            busy = self.server.busy
+            if busy is None or not busy.acquire(blocking=False):
+                self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"busy: {MAX_REQUESTS} requests in progress; "
+                                "try again"}, head, [("Retry-After", "1")])
+                return
+            try:
+                self._route(endpoint, url, head)
+            finally:
+                busy.release()
         except ApiError as exc:
             self._send_json(exc.status, {"error": exc.message}, head)
         except (BrokenPipeError, ConnectionResetError):
@@ -271,6 +265,28 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (see the fleetmon log)"}, head)
             except OSError:
                 pass
+
+    def _route(self, endpoint: Endpoint, url, head: bool) -> None:
+        path = url.path
+        if path == "/metrics":
+            self._send_metrics(endpoint, head)
+            return
+        params = _params(url.query)
+        if path == "/healthz":
+            _only(params)
+            status, body = health(endpoint.writer, endpoint.started_at)
+            self._send_json(status, body, head)
+        elif path == "/api/status":
+            _only(params)
+            self._send_json(HTTPStatus.OK, queries.status(endpoint.writer.state), head)
+        elif path == "/api/alerts":
+            self._send_json(HTTPStatus.OK, _alerts(endpoint, params), head)
+        elif path.startswith("/api/agents/"):
+            self._send_json(HTTPStatus.OK, _history(endpoint, path, params), head)
+        elif path in ("/", "/api", "/api/"):
+            self._send_json(HTTPStatus.OK, {"endpoints": ROUTES}, head)
+        else:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no such path {path!r}; see {', '.join(ROUTES)}")
 
     def _send_metrics(self, endpoint: Endpoint, head: bool) -> None:
         body, content_type = endpoint.metrics(self.headers.get("Accept", ""))

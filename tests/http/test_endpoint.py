@@ -326,3 +326,19 @@ def test_connections_past_the_bound_get_503_at_once_without_a_thread(monkeypatch
         wait_until(lambda: get(url(ep, "/api"))[0] == 200, 10, 0.05, what="a slot free again")
     finally:
         ep.close()
+
+
+def test_requests_past_the_bound_are_turned_away_but_never_healthz(monkeypatch):
+    """Scrapers queued on a slow render hold their requests; a liveness probe behind them would get
+    503 and restart a healthy daemon. /healthz is not counted."""
+    monkeypatch.setattr(http, "MAX_REQUESTS", 0)  # every request slot taken
+    writer = fake_writer(big_fleet(2), daemon=daemon_info(interval=60.0))
+    ep = http.start("127.0.0.1:0", writer)
+    try:
+        for path in ("/metrics", "/api/status", "/api"):
+            code, headers, body = get(url(ep, path))
+            assert code == 503 and headers.get("Retry-After") == "1" and "busy" in json.loads(body)["error"], path
+        code, _, body = get(url(ep, "/healthz"))
+        assert code == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        ep.close()
