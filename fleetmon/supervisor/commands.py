@@ -207,11 +207,10 @@ def cmd_status(args) -> int:
     if args.json:
         print_json(queries.StatusJSON(st.daemon, agents))
     else:
-        render.status_view(st, shown=agents, how=" ".join(how))
+        render.status_view(st, shown=agents, how=" ".join(how), run_dir=state.run)
     if args.exit_code:  # a check must not pass on stale rows
         if not render.daemon_running(st.daemon):
-            why = (f"its supervisor, pid {st.daemon.supervisor_pid}, runs: can it write there? see its log"
-                   if render.supervisor_alive(st.daemon) else "stopped, or none ever ran there")
+            why = render.stale_note(st.daemon, state.run) if st.daemon is not None else "none ever ran there"
             print(f"fleetmon: status: no daemon is recording in {state.root} ({why}): exit 1", file=sys.stderr)
             return EXIT_FAILURE
         if not render.recent(as_of, st.daemon.interval):

@@ -83,3 +83,21 @@ def _holder(fd: int) -> int | None:
         return int(os.pread(fd, 32, 0).decode().strip())
     except (OSError, ValueError, UnicodeDecodeError):
         return None
+
+
+def held(run_dir: Path) -> bool | None:
+    """Whether a daemon (or its writer, still draining) holds ``run_dir/lock`` now; None when that
+    cannot be told (no permission to open it, a filesystem without locks)."""
+    try:
+        fd = os.open(run_dir / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return True if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+    finally:
+        os.close(fd)  # (releases the shared lock if we got it)
+    return False

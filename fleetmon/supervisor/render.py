@@ -7,13 +7,13 @@ rows)."""
 
 from __future__ import annotations
 
-import os
 import time
 
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from fleetmon.supervisor import lock
 from fleetmon.units import format_size, parse_rfc3339
 
 STATE_STYLE = {"warning": "yellow", "error": "bold red", "ok": "green"}
@@ -121,39 +121,38 @@ def _age(ts: str | None) -> str:
     return f"{ago / 3600:.1f}h ago"
 
 
-def daemon_running(d) -> bool:
+def daemon_running(d, now: float | None = None) -> bool:
     """It says it runs, and said so within three intervals."""
-    return d is not None and d.running and recent(parse_rfc3339(d.updated), d.interval)
+    return d is not None and d.running and recent(parse_rfc3339(d.updated), d.interval, now)
 
 
-def recent(ts: float | None, interval: float | None) -> bool:
+def recent(ts: float | None, interval: float | None, now: float | None = None) -> bool:
     """Written within three intervals (and 5 s): what a running daemon does for its files."""
-    return ts is not None and time.time() - ts < 3 * (interval or 60) + 5
+    return ts is not None and (time.time() if now is None else now) - ts < 3 * (interval or 60) + 5
 
 
-def supervisor_alive(d) -> bool:
-    """The daemon did not stop cleanly and its supervisor still runs (a fleetmon process at that
-    pid): if daemon.json is stale, the daemon is there but cannot write it (a full disk, say)."""
-    if d is None or not d.running or d.supervisor_pid == os.getpid():
-        return False
-    try:
-        with open(f"/proc/{d.supervisor_pid}/cmdline", "rb") as f:
-            return b"fleetmon" in f.read()
-    except OSError:
-        return False
-
-
-def daemon_state(d) -> str:
-    """running, not recording (stale, its supervisor alive), stopped."""
-    if daemon_running(d):
+def daemon_state(d, run_dir=None, now: float | None = None) -> str:
+    """``running``; ``not recording``: its files are stale but the state dir's lock is held (given
+    ``run_dir``): the daemon is there and cannot write them (a full disk, say); ``stopped``: cleanly,
+    or killed."""
+    if daemon_running(d, now):
         return "running"
-    return "not recording" if supervisor_alive(d) else "stopped"
+    if d is not None and d.running and run_dir is not None and lock.held(run_dir):
+        return "not recording"
+    return "stopped"
 
 
-def daemon_line(d) -> str:
+def stale_note(d, run_dir=None) -> str:
+    """Why a daemon's files stopped changing, as far as can be told."""
+    if daemon_state(d, run_dir) == "not recording":
+        return f"its supervisor (pid {d.supervisor_pid}) still holds the state dir: can it write there? see its log"
+    return "daemon stopped?"
+
+
+def daemon_line(d, run_dir=None) -> str:
     if d is None:
         return "daemon: none has run on this state dir"
-    state = daemon_state(d)
+    state = daemon_state(d, run_dir)
     workers = ", ".join(f"{w.index}:{w.pid}({w.agents})" for w in d.workers)
     return (
         f"daemon: {state} - supervisor {d.supervisor_pid}, writer {d.writer_pid}, workers [{workers}], "
@@ -161,11 +160,12 @@ def daemon_line(d) -> str:
     )
 
 
-def status_view(st, console: Console | None = None, shown=None, how: str = "") -> None:
+def status_view(st, console: Console | None = None, shown=None, how: str = "", run_dir=None) -> None:
     """The daemon's line, a row per agent of ``shown`` (default: all of ``st.agents``), then the
-    whole fleet's counts, with how many rows were shown and ``how`` they were chosen."""
+    whole fleet's counts, with how many rows were shown and ``how`` they were chosen. ``run_dir``:
+    the state dir's, to tell a daemon that cannot write from one that stopped."""
     console = console or _console()
-    console.print(daemon_line(st.daemon))
+    console.print(daemon_line(st.daemon, run_dir))
     rows = st.agents if shown is None else shown
     table = []
     for a in rows:
@@ -187,10 +187,8 @@ def status_view(st, console: Console | None = None, shown=None, how: str = "") -
         console.print("no agents registered: fleetmon agents add ID --pid PID")
         return
     if st.daemon is not None and not daemon_running(st.daemon):
-        why = (f"its supervisor (pid {st.daemon.supervisor_pid}) runs: can it write the state dir? see its log"
-               if supervisor_alive(st.daemon) else "daemon stopped?")
         console.print(
-            f"[yellow]no tick recorded for {_age(st.daemon.updated).removesuffix(' ago')} ({why}): "
+            f"[yellow]no tick recorded for {_age(st.daemon.updated).removesuffix(' ago')} ({stale_note(st.daemon, run_dir)}): "
             "statuses and alerts are as of then[/]"
         )
     console.print(summary_line(st.agents, len(rows), how))

@@ -25,7 +25,7 @@ from rich.text import Text
 
 from fleetmon.store import queries
 from fleetmon.store.layout import StateDir
-from fleetmon.supervisor.render import STATE_STYLE, STATUS_STYLE, fleet_counts, sort_agents, supervisor_alive
+from fleetmon.supervisor.render import STATE_STYLE, STATUS_STYLE, daemon_state, fleet_counts, sort_agents
 from fleetmon.units import format_size, parse_rfc3339
 
 SORT_KEYS = {"c": "cpu", "m": "memory", "f": "fds"}
@@ -52,8 +52,8 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
-def health_lines(status, now: float) -> list[Text]:
-    """The header: the daemon and its pool, then the fleet's counts."""
+def health_lines(status, now: float, run_dir=None) -> list[Text]:
+    """The header: the daemon and its pool (its state as ``status`` says it), then the fleet's counts."""
     d = status.daemon
     agents = status.agents
     lines: list[Text] = []
@@ -62,13 +62,8 @@ def health_lines(status, now: float) -> list[Text]:
     else:
         interval = d.interval or 60.0
         age = now - parse_rfc3339(d.updated)
-        if not d.running:
-            state, style = "stopped", "dim"
-        elif age > 3 * interval + 5:
-            # its supervisor there: it cannot write the state dir (a full disk?); else it was killed
-            state, style = ("not recording", "bold red") if supervisor_alive(d) else ("not running (killed?)", "bold red")
-        else:
-            state, style = "running", "green"
+        state = daemon_state(d, run_dir, now)
+        style = {"running": "green", "not recording": "bold red"}.get(state, "dim")
         persisted = d.persisted_tick if d.persisted_tick is not None else 0
         lag = max(0, d.tick - persisted)
         line = Text("daemon: ")
@@ -97,11 +92,11 @@ def health_lines(status, now: float) -> list[Text]:
     return lines
 
 
-def render(status, sort_key: str = "cpu", height: int = 40, now: float | None = None) -> Group:
+def render(status, sort_key: str = "cpu", height: int = 40, now: float | None = None, run_dir=None) -> Group:
     """The whole screen for ``status`` (a ``queries.StatusJSON``) in ``height`` lines: the health
     header, then the busiest agents by ``sort_key`` (``cpu``, ``memory``, ``fds``) that fit."""
     now = time.time() if now is None else now
-    header = health_lines(status, now)
+    header = health_lines(status, now, run_dir)
     rows = max(0, height - len(header) - 1 - FOOTER_LINES)  # 1: the table's column header
     agents = sort_agents(status.agents, sort_key)
     shown = agents[:rows]
@@ -176,7 +171,7 @@ def run(state: StateDir, refresh: float, console: Console | None = None) -> int:
                 if status is None or now >= next_read:
                     status = queries.status(state)
                     next_read = now + refresh
-                live.update(render(status, sort_key, console.size.height), refresh=True)
+                live.update(render(status, sort_key, console.size.height, run_dir=state.run), refresh=True)
                 quit_now = False
                 for key in read_keys(fd, next_read - time.monotonic()):
                     sort_key, quit_now = handle_key(key, sort_key)

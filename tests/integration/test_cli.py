@@ -364,27 +364,46 @@ def test_status_exit_code_fails_on_a_status_json_the_daemon_no_longer_writes(sta
 def test_status_tells_a_daemon_that_cannot_write_from_one_that_stopped(procs, state_dir):
     """daemon.json 10 minutes old and saying it runs: killed, or alive but unable to write the state
     dir (a full disk). An SRE on a full disk was told 'stopped' by status and the check while the
-    daemon ran on; the supervisor's pid tells them apart."""
+    daemon ran on; a daemon holds the state dir's lock as long as it runs."""
+    import subprocess
     import sys
 
     import msgspec
 
+    from fleetmon.store import queries
+    from fleetmon.store.layout import StateDir
     from fleetmon.store.records import DaemonJSON
+    from fleetmon.supervisor import top
     from fleetmon.units import rfc3339
 
     register(state_dir, "a", os.getpid())
-    alive = procs.start([sys.executable, "-c", "import time; time.sleep(120)", "fleetmon", "run"])
-    gone = procs.sleeper()
-    gone.kill()
-    gone.wait(timeout=10)
-    for pid, state, why in ((alive.pid, "not recording", f"its supervisor (pid {alive.pid}) runs: can it write"),
-                            (gone.pid, "stopped", "daemon stopped?")):
-        daemon = DaemonJSON(pid, pid, [], 10, rfc3339(time.time() - 600), True, 10.0, 10)
-        (state_dir / "daemon.json").write_bytes(msgspec.json.encode(daemon))
+    (state_dir / "run").mkdir(mode=0o700, exist_ok=True)
+    lock = state_dir / "run" / "lock"
+    holder = procs.start([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(120)\n"
+    )], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    daemon = DaemonJSON(holder.pid, holder.pid, [], 10, rfc3339(time.time() - 600), True, 10.0, 10)
+    (state_dir / "daemon.json").write_bytes(msgspec.json.encode(daemon))
+
+    def told() -> tuple[str, str]:
         out = cli("status", state_dir=state_dir, check=True).stdout
-        assert out.startswith(f"daemon: {state} - supervisor {pid}") and why in out, out
         proc = cli("status", "--exit-code", state_dir=state_dir)
-        assert proc.returncode == 1 and ("can it write there?" in proc.stderr) == (state == "not recording")
+        assert proc.returncode == 1
+        return out, proc.stderr
+
+    out, err = told()
+    assert out.startswith(f"daemon: not recording - supervisor {holder.pid}") and "can it write there?" in out, out
+    assert "can it write there?" in err
+    st = queries.status(StateDir(state_dir))  # top says the same
+    assert "not recording" in "".join(str(t) for t in top.health_lines(st, time.time(), state_dir / "run"))
+    holder.kill()
+    holder.wait(timeout=10)
+    out, err = told()
+    assert out.startswith(f"daemon: stopped - supervisor {holder.pid}") and "daemon stopped?" in out, out
+    assert "can it write" not in err
 
 
 def test_run_check_validates_and_starts_nothing(state_dir, tmp_path):
