@@ -131,7 +131,7 @@ def read_points(path: Path) -> list[Point]:
 class Ring:
     """An open ring file: ``append`` writes one record in place."""
 
-    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts", "map", "page")
+    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts", "map", "page", "counted")
 
     def __init__(
         self, path: Path, fd: int, capacity: int, head: int, seq: int, last_ts: float = 0.0, mapped: bool = False
@@ -140,6 +140,7 @@ class Ring:
         self.last_ts = last_ts  # timestamp of the newest record (0.0: none)
         self.map: mmap.mmap | None = None  # the whole file, shared, when written through a map
         self.page = -1  # the page of the map written to last: the only one left mapped in
+        self.counted = False  # counted among the RingStore's mapped rings (as it was when opened)
         if mapped:
             self._map()
 
@@ -257,8 +258,9 @@ class Ring:
 
     def _renumber(self) -> None:
         """The ring's points numbered again from 1 (4 billion records in: 1.4 years at a 10 ms
-        interval): written to a new file renamed into place, as a migration is, so that a crash
-        leaves the old numbering or the new one, never a mix whose highest number is not the newest."""
+        interval): written to a new file renamed into place, as a migration is, so that a crash of
+        the writer leaves the old numbering or the new one, never a mix whose highest number is not
+        the newest (not synced: after a power loss the file may be the old one, or empty)."""
         if self.map is not None:
             data = bytes(self.map[RECORD_SIZE:])
         else:
@@ -384,7 +386,8 @@ class RingStore:
             )
             ring = Ring.open(path, self.capacity, self._map_next())
         self._open[agent_id] = ring
-        self.mapped_open += ring.mapped
+        ring.counted = ring.mapped  # (what it was opened as: a renumbering may leave it unmapped)
+        self.mapped_open += ring.counted
         return ring
 
     @property
@@ -425,7 +428,7 @@ class RingStore:
             self._close(ring)
 
     def _close(self, ring: Ring) -> None:
-        self.mapped_open -= ring.mapped
+        self.mapped_open -= ring.counted
         ring.close()
 
     def _evict(self, count: int) -> None:

@@ -131,7 +131,7 @@ def start_worker(
 
 def _worker_entry(index, control, writer_address, token, parent_pid, hook, close_fds, reader, boot_time, heartbeat) -> None:
     _close_inherited(close_fds)
-    set_process_name("fleetmon-quarant" if index < 0 else f"fleetmon-w{index}")
+    set_process_name("fleetmon-quar" if index < 0 else f"fleetmon-w{index}")
     worker_mod.run(index, control, heartbeat, writer_address, token, parent_pid, hook, reader=reader, boot_time=boot_time)
 
 

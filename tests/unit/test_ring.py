@@ -107,6 +107,21 @@ def test_a_ring_whose_seq_reaches_u32_is_numbered_again_and_keeps_its_order(tmp_
     assert [p.timestamp for p in read_points(path)] == [5.0, 6.0, 7.0, 8.0]
 
 
+def test_a_renumbered_ring_that_cannot_be_mapped_again_is_counted_out_as_it_was_counted_in(tmp_path, monkeypatch):
+    from fleetmon.store import ring as ring_mod
+
+    store = RingStore(tmp_path, capacity=4, mapped=True)
+    store.append("a", Point(1.0, 1.0, 1, 1, 1, 1, 1, 1))
+    assert store.mapped_open == 1
+    store.ring("a").seq = ring_mod.SEQ_MAX
+    monkeypatch.setattr(ring_mod.mmap, "mmap", lambda *a, **k: (_ for _ in ()).throw(OSError(12, "ENOMEM")))
+    store.append("a", Point(2.0, 1.0, 2, 2, 2, 2, 2, 2))  # renumbered: the new file falls back to pwrite
+    assert not store.ring("a").mapped
+    store.close_all()
+    assert store.mapped_open == 0
+    assert [p.timestamp for p in read_points(tmp_path / "a.ring")] == [1.0, 2.0]
+
+
 def test_mapped_writes_match_pwrite_byte_for_byte_across_pages_and_reopens(tmp_path):
     """Written through memory maps, a ring is the same file as one written with pwrite: across page
     boundaries (64 records a page), the short last page, wrap-arounds, and reopening anywhere."""
