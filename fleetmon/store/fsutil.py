@@ -187,7 +187,13 @@ def atomic_write_many(directory: Path, files: Iterable[tuple[str, bytes]]) -> in
         for name, data in items:
             temps.append((_write_temp(directory, name, data, sync=not bulk), directory / name))
         if bulk:
-            _syncfs(dfd)
+            try:
+                _syncfs(dfd)
+            except OSError as exc:  # there, but refused (seccomp: ENOSYS, EPERM): a sync per file
+                if exc.errno not in (errno.ENOSYS, errno.EPERM):
+                    raise
+                for tmp, _ in temps:
+                    _fsync_path(tmp)
         for tmp, final in temps:
             os.replace(tmp, final)
         temps.clear()
@@ -197,6 +203,14 @@ def atomic_write_many(directory: Path, files: Iterable[tuple[str, bytes]]) -> in
             _unlink_quietly(tmp)
         os.close(dfd)
     return len(items)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _syncfs_ok(fd: int) -> bool:

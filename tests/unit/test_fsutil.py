@@ -119,6 +119,15 @@ def test_write_many_syncs_the_filesystem_once(tmp_path, monkeypatch):
     assert fsutil.atomic_write_many(tmp_path, [(f"a{i}.json", b"{}") for i in range(10)]) == 10
     assert calls == {"syncfs": 1, "fsync": 1}  # the one fsync: the directory, after the renames
 
+    def refused(fd):  # a seccomp filter: the call is there, and refused
+        calls["syncfs"] += 1
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fsutil, "_syncfs", refused)
+    calls.update(syncfs=0, fsync=0)
+    assert fsutil.atomic_write_many(tmp_path, [(f"b{i}.json", b"{}") for i in range(10)]) == 10
+    assert calls == {"syncfs": 1, "fsync": 11}  # then a sync per file, and the directory's
+
 
 def test_ensure_dir_mode_and_refuses_symlinks(tmp_path):
     old_umask = os.umask(0)
