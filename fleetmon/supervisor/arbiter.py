@@ -282,11 +282,17 @@ class Arbiter:
             # beats to show they are alive before judging.
             self.judge_after = now + 3 * W.IDLE_BEAT
         self.checked_at = now
+        if self.link is not None and not self.writer.alive and self.writer.proc is not None:
+            # What a writer that just died said last (a tick it persisted: it was in service) is
+            # read before it is reaped, and so never taken for its successor's word.
+            self._pump_writer()
         for w in self.workers + [self.quarantine_worker, self.writer]:
             how = w.reap()
             if how is not None:
                 level = "INFO" if self.stopping else "ERROR"
-                logger.log(level, "{} exited ({})", w.name, how)
+                delay = w.respawn_at - now
+                later = f"; restarting it in {delay:.1f}s (it failed at boot)" if delay > 0.1 and not self.stopping else ""
+                logger.log(level, "{} exited ({}){}", w.name, how, later)
                 if w is self.quarantine_worker:
                     self._quarantine_failed()
             if w.alive and now >= self.judge_after:

@@ -158,3 +158,28 @@ def test_a_stop_while_the_writer_is_down_starts_one_to_drain(daemons, procs, sta
     final = daemon_json(state_dir)
     assert final["running"] is False and final["writer_pid"] != writer
     assert "writer restarted" in d.log() and "fleetmon stopped" in d.log()
+
+
+def test_a_young_writer_that_had_persisted_is_restarted_without_backoff(daemons, procs, state_dir, tmp_path):
+    """Backoff is for a writer that cannot boot. One killed a few seconds after it was started, once
+    it had persisted a tick (the supervisor learns that from its Persisted message), is restarted at
+    once; one killed before it persisted anything waits."""
+    for i, pid in enumerate(sleepers(procs, 4)):
+        register_direct(state_dir, f"s{i}", pid)
+    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
+    d = daemons(state_dir, "--config", str(cfg))
+    first = d.wait_tick(3, timeout=20)["writer_pid"]
+    os.kill(first, signal.SIGKILL)
+    info = wait_until(lambda: (j := daemon_json(state_dir)) and j["writer_pid"] not in (0, first) and j,
+                      10, 0.02, what="a second writer recording")
+    second = info["writer_pid"]
+    d.wait_tick(info["persisted_tick"] + 2, timeout=10)  # it persisted: in service, seconds old
+    os.kill(second, signal.SIGKILL)
+    wait_until(lambda: "writer exited" in d.log().split(f"writer restarted (pid {second})")[-1], 10, 0.02,
+               what="the second writer's death logged")
+    after = d.log().split(f"writer restarted (pid {second})")[-1]
+    line = next(x for x in after.splitlines() if "writer exited" in x)
+    assert "restarting it in" not in line, line
+    third = wait_until(lambda: (j := daemon_json(state_dir)) and j["writer_pid"] not in (0, first, second) and j,
+                       10, 0.02, what="a third writer recording")
+    assert third["writer_restarts"] == 2
