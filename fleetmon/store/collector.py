@@ -24,11 +24,11 @@ from prometheus_client.utils import floatToGoString
 
 from fleetmon import wire
 from fleetmon.store.fleet import Agent, Fleet
+from fleetmon.store.records import AGENT_STATUSES
 
 ALERT_LEVEL = {"ok": 0, "warning": 1, "error": 2}
 TICK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UP_STATUSES = ("running", "stalled")  # the agent's process exists (a stalled one is read apart)
-AGENT_STATUSES = ("running", "stalled", "exited", "not_running")
 AGENT_LABELS = ["agent_id", "agent_type"]
 
 

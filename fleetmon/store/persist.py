@@ -16,6 +16,7 @@ from fleetmon.store import thresholds as th
 from fleetmon.store.fleet import Agent, Fleet
 from fleetmon.store.layout import StateDir
 from fleetmon.store.records import (
+    AGENT_STATUSES,
     AgentRecord,
     AlertState,
     AlertStateFile,
@@ -361,13 +362,10 @@ def _load_records(state: StateDir) -> tuple[list[AgentRecord], set[str] | None]:
     return list(by_id.values()), in_status
 
 
-_STATUSES = ("running", "exited", "not_running", "stalled")
-
-
 def _check_record(rec: AgentRecord) -> None:
     """What the types alone do not check, and loading would trip over (a writer that failed at every
     start): the times parse, the status is one of ours. ValueError says what is wrong."""
-    if rec.status not in _STATUSES:
+    if rec.status not in AGENT_STATUSES:
         raise ValueError(f"{rec.id}: unknown status {rec.status!r}")
     try:
         for text in (rec.start_time, rec.last_sample.timestamp if rec.last_sample else None, *(b.since for b in rec.alerts)):

@@ -33,6 +33,9 @@ class AlertBrief(msgspec.Struct, gc=False):
     since: str
 
 
+AGENT_STATUSES = ("running", "stalled", "exited", "not_running")  # an agent's ``status`` (contract)
+
+
 class AgentRecord(msgspec.Struct, gc=False):
     """One agent's metadata: ``agents/<id>.json`` and an entry of ``status --json``."""
 
