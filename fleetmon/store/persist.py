@@ -69,8 +69,9 @@ class AlertLog:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % self.MAX_PENDING == 0:
                 logger.error(
-                    "{} cannot be written and {} alert changes wait: the oldest are dropped ({} so far); "
-                    "the log and the threshold state still have them", self.path.name, self.MAX_PENDING, self.dropped,
+                    "{} cannot be written and {} alert changes wait: the oldest are dropped from it ({} so far); "
+                    "this log has each of them, and thresholds.json the state they led to",
+                    self.path.name, self.MAX_PENDING, self.dropped,
                 )
 
     def write(self) -> None:

@@ -281,4 +281,4 @@ def test_changes_dropped_past_the_pending_bound_are_logged(state, monkeypatch):
         logger.remove(sink)
     assert [msgspec.json.decode(x)["agent_id"] for x in log.pending] == ["a5", "a6", "a7"]
     assert log.dropped == 5
-    assert len(lines) == 2 and "the oldest are dropped (1 so far)" in lines[0] and "(3 so far)" in lines[1]
+    assert len(lines) == 2 and "the oldest are dropped from it (1 so far)" in lines[0] and "(3 so far)" in lines[1]
