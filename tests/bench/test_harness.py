@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from benchmarks import baselines, fleet, pipeline, scaling, storage
+from benchmarks import baselines, fleet, pipeline, scaling, scrapes, storage
 from tests.helpers import children_of
 
 pytestmark = pytest.mark.slow
@@ -232,3 +232,19 @@ def test_writer_paths_small_run(tmp_path):
     assert result["today"]["min_us"] > 0 and result["prototype"]["min_us"] > 0 and result["prototype_vs_today"] > 0
     assert len(result["today"]["runs_us"]) == 2 and result["worker_encode"]["msgpack"]["min_us"] > 0
     assert result["today"]["flush"]["min_us"] >= 0
+
+
+@pytest.mark.timeout(300)
+def test_scrapes_benchmark_small_run(tmp_path):
+    out = tmp_path / "scrapes.json"
+    result = scrapes.main(["--agents", "50", "--duration", "3", "--warmup", "1", "--scrapers", "3", "--pollers", "1",
+                           "--out", str(out)])
+    assert json.loads(out.read_text())["benchmark"] == "scrapes"
+    quiet, storm = result["windows"]
+    assert (quiet["window"], storm["window"]) == ("quiet", "storm")
+    for w in (quiet, storm):
+        assert w["ticks"] >= 2 and w["missed_ticks"] == 0 and w["tick_latency_p99_s"] is not None
+        assert set(w["healthz"]) == {"200"}
+    assert quiet["metrics"] is None and storm["metrics"]["served"] > 0 and storm["status"]["served"] > 0
+    assert result["storm_over_quiet_tick_p99"] is not None
+    _no_children_left()
