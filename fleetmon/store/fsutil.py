@@ -112,6 +112,14 @@ def _write_temp(directory: Path, name: str, data: bytes, sync: bool, size: int |
     return tmp
 
 
+def inode(path: Path) -> int | None:
+    """The inode at ``path`` (a symlink's own, not followed), or None when nothing is there."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        return None
+
+
 def remove_stale_temps(directories: list[Path]) -> tuple[int, int]:
     """Delete the temporary files (``.<name>.<hex>.tmp``, see ``_write_temp``) that a writer killed in
     the middle of an atomic write left in ``directories``: a copy of status.json, or a new ring

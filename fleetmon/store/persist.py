@@ -243,7 +243,7 @@ def _replay_alert_log(state: StateDir, fleet: Fleet, position: LogPosition) -> i
     or a corrupt one): both files whole. Returns how many episodes it opened, closed or changed."""
     from fleetmon.store import queries
 
-    current, previous = _inode(state.alerts), _inode(state.alerts_previous)
+    current, previous = fsutil.inode(state.alerts), fsutil.inode(state.alerts_previous)
     if position.inode == 0:
         reads = [(state.alerts_previous, 0), (state.alerts, 0)]
     elif position.inode == current:
@@ -280,13 +280,6 @@ def _replay_alert_log(state: StateDir, fleet: Fleet, position: LogPosition) -> i
         elif old is not None:
             a.alerts[resource] = old  # the same episode: keep what thresholds.json had (its ``logged``)
     return changed
-
-
-def _inode(path) -> int | None:
-    try:
-        return os.stat(path, follow_symlinks=False).st_ino
-    except FileNotFoundError:
-        return None
 
 
 def _lines_from(path, offset: int):

@@ -147,7 +147,7 @@ def alerts_window(
     stop_before = (rfc3339(cutoff) or "").encode() if cutoff > 0 else b""  # (b"": never)
     files = (state.alerts, state.alerts_previous)
     for _ in range(5):
-        before = [_inode(f) for f in files]
+        before = [fsutil.inode(f) for f in files]
         events: list[EventJSON] = []  # newest first
         ended = False  # by the stop rule or the limit, before the start of what is kept
         first_kept = None  # alerts.jsonl.1's first line (False: older than the window and the slack)
@@ -173,7 +173,7 @@ def alerts_window(
                         break
             if ended:
                 break
-        if [_inode(f) for f in files] == before:
+        if [fsutil.inode(f) for f in files] == before:
             break
     events.reverse()
     oldest = None
@@ -219,9 +219,3 @@ def _lines_back(path, stop_before: bytes):
     finally:
         os.close(fd)
 
-
-def _inode(path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except FileNotFoundError:
-        return None
