@@ -193,12 +193,18 @@ class Ring:
         if file_capacity != capacity:
             os.close(fd)
             _log_resize(file_capacity, capacity)
-            records = decode_records(memoryview(data)[RECORD_SIZE:])
-            records.sort(key=lambda r: r[0])
-            return cls._create(path, capacity, [p for _, p in records[-capacity:]], mapped)
+            return cls._rewrite(path, capacity, memoryview(data)[RECORD_SIZE:], mapped)
         head, seq = _find_head(memoryview(data)[RECORD_SIZE:], capacity)
         last_ts = struct.unpack_from("<d", data, RECORD_SIZE * (1 + (head - 1) % capacity))[0] if seq else 0.0
         return cls(path, fd, capacity, head, seq, last_ts, mapped)
+
+    @classmethod
+    def _rewrite(cls, path: Path, capacity: int, records: bytes | memoryview, mapped: bool) -> Ring:
+        """A new file in place of ``path``: the newest ``capacity`` valid points of ``records`` (a
+        record area), in order, numbered from 1 (a migration to another capacity, a renumbering)."""
+        found = decode_records(records)
+        found.sort(key=lambda r: r[0])
+        return cls._create(path, capacity, [p for _, p in found[-capacity:]], mapped)
 
     @classmethod
     def _create(cls, path: Path, capacity: int, points: list[Point], mapped: bool = False) -> Ring:
@@ -265,9 +271,7 @@ class Ring:
             data = bytes(self.map[RECORD_SIZE:])
         else:
             data = os.pread(self.fd, RECORD_SIZE * self.capacity, RECORD_SIZE)
-        records = decode_records(data)
-        records.sort(key=lambda r: r[0])
-        new = Ring._create(self.path, self.capacity, [p for _, p in records[-self.capacity :]], self.map is not None)
+        new = Ring._rewrite(self.path, self.capacity, data, self.map is not None)
         self.close()
         self.fd, self.map, self.page = new.fd, new.map, new.page
         self.head, self.seq, self.last_ts = new.head, new.seq, new.last_ts
