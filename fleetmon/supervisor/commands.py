@@ -204,13 +204,15 @@ def cmd_status(args) -> int:
     if args.limit:
         agents = agents[: args.limit]
         how.append(f"--limit {args.limit}")
+    # (once, and only for what shows it: it may look at the state dir's lock)
+    daemon = render.daemon_state(st.daemon, state.run) if not args.json or args.exit_code else None
     if args.json:
         print_json(queries.StatusJSON(st.daemon, agents))
     else:
-        render.status_view(st, shown=agents, how=" ".join(how), run_dir=state.run)
+        render.status_view(st, shown=agents, how=" ".join(how), state=daemon)
     if args.exit_code:  # a check must not pass on stale rows
-        if not render.daemon_running(st.daemon):
-            why = render.stale_note(st.daemon, state.run) if st.daemon is not None else "none ever ran there"
+        if daemon != "running":
+            why = render.stale_note(st.daemon, daemon) if st.daemon is not None else "none ever ran there"
             print(f"fleetmon: status: no daemon is recording in {state.root} ({why}): exit 1", file=sys.stderr)
             return EXIT_FAILURE
         if not render.recent(as_of, st.daemon.interval):

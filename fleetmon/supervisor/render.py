@@ -142,17 +142,17 @@ def daemon_state(d, run_dir=None, now: float | None = None) -> str:
     return "stopped"
 
 
-def stale_note(d, run_dir=None) -> str:
-    """Why a daemon's files stopped changing, as far as can be told."""
-    if daemon_state(d, run_dir) == "not recording":
+def stale_note(d, state: str) -> str:
+    """Why a daemon's files stopped changing, as far as can be told (``state``: its ``daemon_state``)."""
+    if state == "not recording":
         return f"its supervisor (pid {d.supervisor_pid}) still holds the state dir: can it write there? see its log"
     return "daemon stopped?"
 
 
-def daemon_line(d, run_dir=None) -> str:
+def daemon_line(d, state: str) -> str:
+    """``state``: the daemon's ``daemon_state``."""
     if d is None:
         return "daemon: none has run on this state dir"
-    state = daemon_state(d, run_dir)
     workers = ", ".join(f"{w.index}:{w.pid}({w.agents})" for w in d.workers)
     return (
         f"daemon: {state} - supervisor {d.supervisor_pid}, writer {d.writer_pid}, workers [{workers}], "
@@ -160,12 +160,13 @@ def daemon_line(d, run_dir=None) -> str:
     )
 
 
-def status_view(st, console: Console | None = None, shown=None, how: str = "", run_dir=None) -> None:
+def status_view(st, console: Console | None = None, shown=None, how: str = "", state: str | None = None) -> None:
     """The daemon's line, a row per agent of ``shown`` (default: all of ``st.agents``), then the
-    whole fleet's counts, with how many rows were shown and ``how`` they were chosen. ``run_dir``:
-    the state dir's, to tell a daemon that cannot write from one that stopped."""
+    whole fleet's counts, with how many rows were shown and ``how`` they were chosen. ``state``: the
+    daemon's ``daemon_state`` as the caller found it (default: without looking at the lock)."""
     console = console or _console()
-    console.print(daemon_line(st.daemon, run_dir))
+    state = state or daemon_state(st.daemon)
+    console.print(daemon_line(st.daemon, state))
     rows = st.agents if shown is None else shown
     table = []
     for a in rows:
@@ -186,9 +187,9 @@ def status_view(st, console: Console | None = None, shown=None, how: str = "", r
     if not st.agents:
         console.print("no agents registered: fleetmon agents add ID --pid PID")
         return
-    if st.daemon is not None and not daemon_running(st.daemon):
+    if st.daemon is not None and state != "running":
         console.print(
-            f"[yellow]no tick recorded for {_age(st.daemon.updated).removesuffix(' ago')} ({stale_note(st.daemon, run_dir)}): "
+            f"[yellow]no tick recorded for {_age(st.daemon.updated).removesuffix(' ago')} ({stale_note(st.daemon, state)}): "
             "statuses and alerts are as of then[/]"
         )
     console.print(summary_line(st.agents, len(rows), how))
