@@ -88,6 +88,9 @@ class Sample(msgspec.Struct, frozen=True, array_like=True, gc=False):
     open_files: int | None
     num_threads: int | None
     denied: tuple[str, ...] = ()
+    # CPU seconds (user + system) the process has used since it started: the counter behind ``cpu``,
+    # exported to Prometheus (``fleetmon_agent_cpu_seconds_total``), not kept in the history.
+    cpu_seconds: float | None = None
 
 
 class Gone(msgspec.Struct, frozen=True, array_like=True, gc=False):

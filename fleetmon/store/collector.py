@@ -114,6 +114,9 @@ class FleetCollector:
     def collect_agents(self) -> Iterator[Metric]:
         L = AGENT_LABELS
         cpu = GaugeMetricFamily("fleetmon_agent_cpu_percent", "CPU use in percent of one CPU since the previous sample (may exceed 100).", labels=L)
+        cpu_s = CounterMetricFamily(
+            "fleetmon_agent_cpu_seconds", "CPU time (user + system) the agent's process has used since it started.", labels=L,
+        )
         rss = GaugeMetricFamily("fleetmon_agent_memory_rss_bytes", "Resident set size.", labels=L)
         vms = GaugeMetricFamily("fleetmon_agent_memory_vms_bytes", "Virtual memory size.", labels=L)
         rd = CounterMetricFamily("fleetmon_agent_disk_read_bytes", "Bytes read from storage by the agent's process (/proc/PID/io).", labels=L)
@@ -134,6 +137,7 @@ class FleetCollector:
             "fleetmon_agent_threshold_duration_seconds", "How long over a threshold before error (absent when no threshold is on).", labels=L,
         )
         restarts_name, rd_name, wr_name = restarts.name + "_total", rd.name + "_total", wr.name + "_total"
+        cpu_s_name = cpu_s.name + "_total"
         level = ALERT_LEVEL
         for a in snapshot(self.fleet.agents.values):
             a: Agent
@@ -166,6 +170,7 @@ class FleetCollector:
             seen.samples.append(Sample(seen.name, labels, p.timestamp))
             for family, name, value in (
                 (cpu, cpu.name, p.cpu),
+                (cpu_s, cpu_s_name, getattr(p, "cpu_seconds", None)),  # (a Point loaded from disk has none)
                 (rss, rss.name, p.memory_rss),
                 (vms, vms.name, p.memory_vms),
                 (rd, rd_name, p.disk_read_bytes),
@@ -175,7 +180,7 @@ class FleetCollector:
             ):
                 if value is not None:  # null: left out, never a fake 0
                     family.samples.append(Sample(name, labels, value))
-        yield from (cpu, rss, vms, rd, wr, fds, thr, seen, up, restarts, alert, cpu_t, mem_t, fds_t, dur_t)
+        yield from (cpu, cpu_s, rss, vms, rd, wr, fds, thr, seen, up, restarts, alert, cpu_t, mem_t, fds_t, dur_t)
 
     def collect_self(self) -> Iterator[Metric]:
         fleet, w = self.fleet, self.writer

@@ -223,7 +223,8 @@ class Fleet:
         if a.status != "running" and a.status != "stalled":
             a.status = "running"
             a.meta_dirty = True
-        a.last = point = _as_point(s)
+        a.last = s  # (not the Point: a Sample also carries cpu_seconds, for /metrics)
+        point = _as_point(s)
         self.samples_total += 1
         try:
             self.rings.append(a.id, point)

@@ -247,7 +247,7 @@ class Sampler:
             denied.append("open_files")
         if denied:
             self._warn_denied(agent_id, t, denied)
-        return Sample(agent_id, pid, t.create_time, now, cpu, rss, vms, rd, wr, fds, threads, tuple(denied))
+        return Sample(agent_id, pid, t.create_time, now, cpu, rss, vms, rd, wr, fds, threads, tuple(denied), total)
 
     def _warn_denied(self, agent_id: str, t: Tracked, denied: list[str]) -> None:
         if not t.warned_denied:
@@ -269,7 +269,7 @@ class Sampler:
                 return Gone(agent_id, t.pid, now, "reused")
             if zombie:
                 return Gone(agent_id, t.pid, now, "no_process")
-            cpu = None
+            cpu = total = None
             try:
                 times = proc.cpu_times()
                 total = times.user + times.system
@@ -309,5 +309,5 @@ class Sampler:
                 denied.append("num_threads")
         if denied:
             self._warn_denied(agent_id, t, denied)
-        return Sample(agent_id, t.pid, t.create_time, now, cpu, rss, vms, rd, wr, fds, threads, tuple(denied))
+        return Sample(agent_id, t.pid, t.create_time, now, cpu, rss, vms, rd, wr, fds, threads, tuple(denied), total)
 

@@ -24,8 +24,11 @@ class NullRings:
         pass
 
 
-def sample(agent_id: str, pid: int, ts: float = T0, cpu=1.5, rss=1 << 20, vms=1 << 22, rd=10, wr=20, fds=5, threads=2, denied=()):
-    return wire.Sample(agent_id, pid, CT, ts, cpu, rss, vms, rd, wr, fds, threads, tuple(denied))
+def sample(
+    agent_id: str, pid: int, ts: float = T0, cpu=1.5, rss=1 << 20, vms=1 << 22, rd=10, wr=20, fds=5, threads=2, denied=(),
+    cpu_seconds=12.5,
+):
+    return wire.Sample(agent_id, pid, CT, ts, cpu, rss, vms, rd, wr, fds, threads, tuple(denied), cpu_seconds)
 
 
 def big_fleet(n: int, now: float | None = None) -> Fleet:

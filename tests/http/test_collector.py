@@ -14,11 +14,12 @@ from fleetmon.store import thresholds as th
 from fleetmon.store.collector import BatchStats, FleetCollector, render_text
 from fleetmon.store.fleet import Agent, Fleet
 from fleetmon.store.http import health
-from fleetmon.store.ring import Point
+from fleetmon.store.ring import Point, RingStore
 from tests.http._fakes import T0, NullRings, big_fleet, daemon_info, fake_writer, sample
 
 AGENT_METRICS = {
     "fleetmon_agent_cpu_percent": "gauge",
+    "fleetmon_agent_cpu_seconds": "counter",
     "fleetmon_agent_memory_rss_bytes": "gauge",
     "fleetmon_agent_memory_vms_bytes": "gauge",
     "fleetmon_agent_disk_read_bytes": "counter",  # the parser names counter families without _total
@@ -30,8 +31,8 @@ AGENT_METRICS = {
     "fleetmon_agent_alert_state": "gauge",
 }
 USAGE = [
-    "fleetmon_agent_cpu_percent", "fleetmon_agent_memory_rss_bytes", "fleetmon_agent_memory_vms_bytes",
-    "fleetmon_agent_disk_read_bytes_total", "fleetmon_agent_disk_write_bytes_total", "fleetmon_agent_open_files",
+    "fleetmon_agent_cpu_percent", "fleetmon_agent_cpu_seconds_total", "fleetmon_agent_memory_rss_bytes",
+    "fleetmon_agent_memory_vms_bytes", "fleetmon_agent_disk_read_bytes_total", "fleetmon_agent_disk_write_bytes_total", "fleetmon_agent_open_files",
     "fleetmon_agent_threads",
 ]
 
@@ -52,7 +53,7 @@ def five_agents() -> Fleet:
     ]
     fleet.set_registry(entries, T0)
     fleet.on_sample(sample("full", 101, T0, cpu=3.25, rss=5000, vms=9000, rd=123, wr=456, fds=7, threads=3))
-    fleet.on_sample(sample("full", 201, T0 + 1, cpu=3.25, rss=5000, vms=9000, rd=123, wr=456, fds=7, threads=3))  # new pid
+    fleet.on_sample(sample("full", 201, T0 + 1, cpu=3.25, rss=5000, vms=9000, rd=123, wr=456, fds=7, threads=3, cpu_seconds=7.75))  # new pid
     fleet.on_sample(sample("nulls", 102, T0, cpu=None, rss=2000, fds=None, denied=("open_files",)))
     fleet.on_sample(sample("gone", 104, T0, fds=5))
     fleet.on_gone(wire.Gone("gone", 104, T0 + 1, "no_process"))
@@ -91,6 +92,7 @@ def test_per_agent_names_types_labels_and_values():
         assert types.get(name) == kind, name
     full = {"agent_id": "full", "agent_type": "web"}
     assert series(values, "fleetmon_agent_cpu_percent", **full) == 3.25
+    assert series(values, "fleetmon_agent_cpu_seconds_total", **full) == 7.75
     assert series(values, "fleetmon_agent_memory_rss_bytes", **full) == 5000
     assert series(values, "fleetmon_agent_memory_vms_bytes", **full) == 9000
     assert series(values, "fleetmon_agent_disk_read_bytes_total", **full) == 123
@@ -124,8 +126,26 @@ def test_null_metrics_are_left_out_not_zero():
     nulls = {"agent_id": "nulls", "agent_type": "batch"}
     assert series(values, "fleetmon_agent_memory_rss_bytes", **nulls) == 2000
     assert series(values, "fleetmon_agent_cpu_percent", **nulls) is None
+    # a first sample has no cpu percent yet, but the counter: its series does not come and go
+    assert series(values, "fleetmon_agent_cpu_seconds_total", **nulls) == 12.5
     assert series(values, "fleetmon_agent_open_files", **nulls) is None
     assert series(values, "fleetmon_agent_up", **nulls) == 1
+
+
+def test_cpu_seconds_from_the_inline_path_and_absent_for_a_point_loaded_from_disk(tmp_path):
+    fleet = Fleet(RingStore(tmp_path, 10), lambda event: None)
+    fleet.set_registry([wire.RegisteredAgent(a, "default", 100 + i, None, wire.Thresholds()) for i, a in enumerate("ab")], T0)
+    fleet.on_sample(sample("a", 100, T0))  # the first sample of each goes the slow way (identity learnt) ...
+    fleet.on_sample(sample("b", 101, T0))
+    taken = fleet.samples_total
+    fleet.on_samples([sample("a", 100, T0 + 1, cpu_seconds=40.5)])  # ... the next one inline
+    b = fleet.agents["b"]
+    assert fleet.samples_total == taken + 1 and fleet.agents["a"].last.cpu_seconds == 40.5
+    b.last = Point(T0 + 1, 2.0, 1, 2, 3, 4, 5, 6)  # as loaded from its metadata file after a restart
+    _, values = scrape(FleetCollector(fleet))
+    assert series(values, "fleetmon_agent_cpu_seconds_total", agent_id="a", agent_type="default") == 40.5
+    assert series(values, "fleetmon_agent_cpu_seconds_total", agent_id="b", agent_type="default") is None
+    assert series(values, "fleetmon_agent_cpu_percent", agent_id="b", agent_type="default") == 2.0
 
 
 def test_agents_not_running_have_no_usage_and_unregistered_agents_nothing():

@@ -89,6 +89,8 @@ def test_metrics_parse_and_pass_promtool(fleet):
         assert rss[0].value == pytest.approx(psutil.Process(pid).memory_info().rss, rel=0.5)
         up = [s.value for s in families["fleetmon_agent_up"].samples if s.labels["agent_id"] == agent_id]
         assert up == [1.0]
+        cpu_s = [s.value for s in families["fleetmon_agent_cpu_seconds"].samples if s.labels["agent_id"] == agent_id]
+        assert len(cpu_s) == 1 and 0 <= cpu_s[0] <= sum(psutil.Process(pid).cpu_times()[:2]) + 0.02
     states = {(s.labels["agent_id"], s.labels["resource"]): s.value for s in families["fleetmon_agent_alert_state"].samples}
     assert states == {("web-1", "memory"): 2.0, ("batch.2", "cpu"): 0.0}
     assert families["fleetmon_workers"].samples[0].value == 2

@@ -55,6 +55,7 @@ def test_sample_reads_every_metric_and_cpu_starts_null(reader, child):
     assert isinstance(first, Sample)
     assert first.pid == child.pid and first.create_time == pytest.approx(psutil.Process(child.pid).create_time(), abs=0.05)
     assert first.cpu is None  # never psutil's meaningless first 0.0
+    assert first.cpu_seconds is not None and first.cpu_seconds >= 0.0  # the counter is there from the start
     assert first.memory_rss > 0 and first.memory_vms >= first.memory_rss
     assert first.open_files >= 3 and first.num_threads >= 1
     assert first.disk_read_bytes is not None and first.disk_write_bytes is not None
@@ -77,6 +78,7 @@ def test_cpu_is_percent_of_one_cpu_since_the_previous_sample(reader):
         t2, m2 = sum(proc.cpu_times()[:2]), time.monotonic()
         expected = (t2 - t1) / (m2 - m1) * 100
         assert r.cpu == pytest.approx(expected, abs=5), (r.cpu, expected)
+        assert t1 - 0.02 <= r.cpu_seconds <= t2 + 0.02, (t1, r.cpu_seconds, t2)  # its user + system time
         assert r.cpu > 20  # a busy loop, even on a crowded host
     finally:
         busy.kill()
@@ -104,7 +106,7 @@ def only_these_denied(results, logs, method, denied, fields) -> None:
         assert r.denied == (denied,)
         for f in fields:
             assert getattr(r, f) is None, f
-        others = ["cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
+        others = ["cpu", "cpu_seconds", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
         for f in others:
             if f not in fields:
                 assert getattr(r, f) is not None, f"{f} was lost because {method} was denied"
@@ -116,7 +118,7 @@ def only_these_denied(results, logs, method, denied, fields) -> None:
 @pytest.mark.parametrize(
     "method, denied, fields",
     [
-        ("cpu_times", "cpu", ["cpu"]),
+        ("cpu_times", "cpu", ["cpu", "cpu_seconds"]),
         ("memory_info", "memory", ["memory_rss", "memory_vms"]),
         ("io_counters", "disk", ["disk_read_bytes", "disk_write_bytes"]),
         ("num_fds", "open_files", ["open_files"]),
@@ -170,7 +172,7 @@ def test_procfs_stat_refused_is_all_denied(child, monkeypatch):
     monkeypatch.setattr(procfs.Reader, "stat", refuse)
     r = encodable(Sampler(reader="procfs").sample(AgentRef("a", child.pid)))
     assert isinstance(r, Sample) and r.denied == ("all",)
-    assert (r.cpu, r.memory_rss, r.open_files, r.num_threads) == (None, None, None, None)
+    assert (r.cpu, r.cpu_seconds, r.memory_rss, r.open_files, r.num_threads) == (None, None, None, None, None)
 
 
 def test_both_readers_agree_on_a_real_process(tmp_path):
@@ -196,6 +198,7 @@ def test_both_readers_agree_on_a_real_process(tmp_path):
         b = Sampler(reader="psutil").sample(AgentRef("x", p.pid))
         assert isinstance(a, Sample) and isinstance(b, Sample)
         assert a.create_time == pytest.approx(b.create_time, abs=0.02)
+        assert a.cpu_seconds == pytest.approx(b.cpu_seconds, abs=0.05) and a.cpu_seconds > 0  # it wrote 4 MiB of urandom
         assert a.memory_rss == b.memory_rss and a.memory_rss >= 64 << 20
         assert a.memory_vms == b.memory_vms
         assert a.num_threads == b.num_threads == 8
