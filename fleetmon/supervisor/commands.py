@@ -68,6 +68,7 @@ def _check(args, config, state: StateDir) -> int:
     """``run --check``: the config (and flags) are valid, if we got here; say what they amount to and
     what the registry holds, and start nothing."""
     from fleetmon.supervisor import registry as reg
+    from fleetmon.supervisor import render
     from fleetmon.units import format_duration, format_size
 
     where = f"config {args.config}" if args.config else "config (no file)"
@@ -89,31 +90,14 @@ def _check(args, config, state: StateDir) -> int:
         f"{format_duration(float(config.alert_repeat)) if config.alert_repeat else 'every sample'}, http {http}, "
         f"reader {resolve_reader(config.reader)}, log {config.log_level.upper()} {config.log_format}"
     )
-    print(f"  thresholds: default {_limits(config.default_thresholds())}")
+    print(f"  thresholds: default {render.limits_text(config.default_thresholds()) or 'none set'}")
     for name in sorted(config.thresholds.types):
-        print(f"  thresholds: type {name} {_limits(config.thresholds.types[name].to_wire())} (the rest from default)")
+        print(f"  thresholds: type {name} {render.limits_text(config.thresholds.types[name].to_wire()) or 'none set'} (the rest from default)")
     entries, errors = reg.read_all(state.registry)
     print(f"registry: {len(entries)} agent{'s' if len(entries) != 1 else ''}" + (f", {len(errors)} invalid (skipped by the daemon):" if errors else ""))
     for name, why in sorted(errors.items()):
         print(f"  {name}: {why}")
     return EXIT_OK
-
-
-def _limits(t) -> str:
-    """``cpu > 80%, memory > 1.0GiB for 5m`` for one source of thresholds (unset: 'none set')."""
-    from fleetmon.units import format_duration, format_size
-
-    parts = []
-    if t.cpu_threshold is not None:
-        parts.append(f"cpu > {t.cpu_threshold:g}%" if t.cpu_threshold else "cpu off")
-    if t.memory_threshold is not None:
-        parts.append(f"memory > {format_size(t.memory_threshold)}" if t.memory_threshold else "memory off")
-    if t.open_files_threshold is not None:
-        parts.append(f"open files > {t.open_files_threshold}" if t.open_files_threshold else "open files off")
-    text = ", ".join(parts) or "none set"
-    if t.threshold_duration is not None:
-        text += f" for {format_duration(float(t.threshold_duration))}"
-    return text
 
 
 def _refuse_run(args, message: str) -> int:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from fleetmon.supervisor import lock
-from fleetmon.units import format_size, parse_rfc3339
+from fleetmon.units import format_duration, format_size, parse_rfc3339
 
 STATE_STYLE = {"warning": "yellow", "error": "bold red", "ok": "green"}
 STATUS_STYLE = {"running": "green", "exited": "dim", "not_running": "yellow", "stalled": "bold red"}
@@ -236,25 +236,30 @@ def alerts_table(events) -> None:
     )
 
 
+def limits_text(t) -> str:
+    """``cpu > 80%, memory off for 5m``: what one source of thresholds (a registry entry's, a type's,
+    the default) sets, an explicit 0 as off (it turns a less specific source's limit off); "" when it
+    sets nothing."""
+    parts = []
+    if t.cpu_threshold is not None:
+        parts.append(f"cpu > {t.cpu_threshold:g}%" if t.cpu_threshold else "cpu off")
+    if t.memory_threshold is not None:
+        parts.append(f"memory > {format_size(t.memory_threshold)}" if t.memory_threshold else "memory off")
+    if t.open_files_threshold is not None:
+        parts.append(f"open files > {t.open_files_threshold}" if t.open_files_threshold else "open files off")
+    text = ", ".join(parts)
+    if t.threshold_duration is not None:
+        text = f"{text} for {format_duration(float(t.threshold_duration))}".lstrip()
+    return text
+
+
 def agents_table(entries, errors) -> None:
     console = _console()
     table = []
     for agent_id in sorted(entries):
         e = entries[agent_id]
-        t = e.thresholds
-        limits = "-"
-        if t is not None:
-            parts = []
-            if t.cpu_threshold:
-                parts.append(f"cpu>{t.cpu_threshold:g}%")
-            if t.memory_threshold:
-                parts.append(f"rss>{format_size(t.memory_threshold)}")
-            if t.open_files_threshold:
-                parts.append(f"fds>{t.open_files_threshold}")
-            if t.threshold_duration is not None:
-                parts.append(f"for {t.threshold_duration:g}s")
-            limits = " ".join(parts) or "-"
-        table.append((e.id, e.type, str(e.pid) if e.pid else e.pidfile, limits))
+        limits = limits_text(e.thresholds) if e.thresholds is not None else ""
+        table.append((e.id, e.type, str(e.pid) if e.pid else e.pidfile, limits or "-"))
     write_table(console, ("ID", "TYPE", "PID / PIDFILE", "THRESHOLDS"), table)
     for name, why in sorted(errors.items()):
         console.print(f"[red]invalid registry file {name}: {escape(why)}[/]")

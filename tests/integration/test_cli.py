@@ -531,3 +531,14 @@ def test_default_state_dir_is_fleetmon_state_dir_then_xdg_then_home(tmp_path):
         assert (where / "registry" / f"a{i}.json").is_file(), (extra, where)
         listed = json.loads(cli("agents", "ls", "--json", env=env, check=True).stdout)["agents"]
         assert [a["id"] for a in listed] == [f"a{i}"]
+
+
+def test_agents_ls_shows_an_explicit_zero_as_off(state_dir):
+    """An entry's 0 turns its type's limit off: the table must say so, not hide it as if unset."""
+    for args in (["a1", "--cpu", "0", "--memory", "1GiB", "--for", "5m"], ["a2"], ["a3", "--open-files", "100"]):
+        proc = cli("agents", "add", *args, "--pid", str(os.getpid()), state_dir=state_dir)
+        assert proc.returncode == 0, proc.stderr
+    proc = cli("agents", "ls", state_dir=state_dir)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split(None, 3)[3] for line in proc.stdout.splitlines()[1:]}
+    assert rows == {"a1": "cpu off, memory > 1.0GiB for 5m", "a2": "-", "a3": "open files > 100"}
