@@ -224,6 +224,9 @@ class Server(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: Server
     timeout = REQUEST_TIMEOUT
+    # A request line without a version, or one too broken to tell, is answered as HTTP/1.0 (a status
+    # line and headers), not as the base class's HTTP/0.9 (a bare body that no client can read).
+    default_request_version = "HTTP/1.0"
 
     def version_string(self) -> str:
         return "fleetmon"

@@ -154,7 +154,10 @@ def test_methods_and_malformed_requests_get_json(endpoint):
     head, _, body = raw(b"GET /a b HTTP/1.0\r\n\r\n").partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 400") and b"application/json" in head
     assert "Bad request syntax" in json.loads(body)["error"]
-    assert "error" in json.loads(raw(b"GARBAGE\r\n\r\n"))  # HTTP/0.9: a body without headers
+    head, _, body = raw(b"GARBAGE\r\n\r\n").partition(b"\r\n\r\n")  # no version: answered as HTTP/1.0, not 0.9
+    assert head.startswith(b"HTTP/1.0 400") and "error" in json.loads(body)
+    head, _, body = raw(b"GET /api\r\n\r\n").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and "/metrics" in json.loads(body)["endpoints"]
 
 
 def test_metrics_content_types_and_gzip(endpoint):
