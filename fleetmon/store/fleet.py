@@ -17,6 +17,8 @@ from fleetmon.units import format_duration, rfc3339
 from fleetmon.wire import Gone, RegisteredAgent, Sample, Thresholds
 
 IDENTITY_TOLERANCE = 0.05  # seconds; create times are jiffies (10 ms) since a fixed boot time
+UNKNOWN_MAX = 50_000  # samples of agents not in the registry yet, held for its next update (Fleet._unknown)
+UNKNOWN_MAX_AGE = 60.0  # seconds: older ones are not applied when it comes
 _point = tuple.__new__  # Point(*values) without the Python-level __new__ of a NamedTuple
 
 
@@ -106,15 +108,24 @@ class Fleet:
         self.history_errors = 0  # of them, samples a ring could not take (see _history_error)
         self._last_write_error = -1e9
         self._registry: dict[str, RegisteredAgent] = {}
+        # The newest sample of each agent the writer has never heard of: the supervisor's Registry
+        # naming a new agent and the first batch of the worker it gave the agent to come on
+        # different connections, and the batch can win. Applied when the Registry comes (if recent).
+        self._unknown: dict[str, Sample] = {}
 
     # --- registry and config ------------------------------------------------------------------
 
     def set_registry(self, entries: list[RegisteredAgent], now: float) -> None:
         self._registry = {e.id: e for e in entries}
+        unknown, self._unknown = self._unknown, {}
+        early = []
         for e in entries:
             a = self.agents.get(e.id)
             if a is None:
                 a = self.agents[e.id] = Agent(e.id, e.type)
+                s = unknown.get(e.id)
+                if s is not None and s.timestamp >= now - UNKNOWN_MAX_AGE:
+                    early.append(s)
             if not a.registered or a.type != e.type or a.registered_pid != e.pid:
                 a.meta_dirty = True
             a.registered = True
@@ -132,6 +143,8 @@ class Fleet:
                 a.registered = False
                 self._close_alerts(a, now, "removed")
                 self.rings.close(a.id)
+        for s in early:
+            self.on_sample(s)
 
     def removed_before(self, cutoff: float) -> list[str]:
         """Agents out of the registry since ``cutoff`` or earlier. One loaded from disk that the
@@ -212,7 +225,11 @@ class Fleet:
 
     def on_sample(self, s: Sample) -> None:
         a = self.agents.get(s.agent_id)
-        if a is None or not a.registered:
+        if a is None:  # new: its Registry may still be on the way (kept until the next one comes)
+            if len(self._unknown) < UNKNOWN_MAX or s.agent_id in self._unknown:
+                self._unknown[s.agent_id] = s
+            return
+        if not a.registered:
             return  # removed from the registry while the sample was in flight
         if a.pid != s.pid or a.create_time is None or not s.create_time:
             if not self._identify(a, s):

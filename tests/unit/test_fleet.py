@@ -217,6 +217,26 @@ def test_removed_from_registry_closes_alerts(rings, events):
     assert len(read_points(rings.path("a1"))) == 1
 
 
+def test_a_sample_that_beats_the_registry_naming_its_agent_is_applied_when_it_comes(rings, events):
+    """The Registry (from the supervisor) and the first batch of the new agent's worker come on
+    different connections: the batch can win. Its sample is kept, and applied (thresholds too)."""
+    fleet = make_fleet(rings, events)
+    fleet.on_sample(sample(T0 + 1, pid=200, cpu=99, agent="new"))
+    fleet.on_sample(sample(T0 + 1, pid=300, agent="never"))  # a worker's, for an agent not registered after all
+    assert "new" not in fleet.agents and not rings.path("new").exists()
+    new = RegisteredAgent("new", "default", 200, None, Thresholds(cpu_threshold=50, threshold_duration=0))
+    fleet.set_registry([RegisteredAgent("a1", "default", 100, None, Thresholds()), new], T0 + 1.5)
+    a = fleet.agents["new"]
+    assert a.status == "running" and a.pid == 200 and a.last.cpu == 99
+    assert [p.timestamp for p in read_points(rings.path("new"))] == [T0 + 1]
+    assert [(e.agent_id, e.state) for e in events] == [("new", "error")]
+    assert "never" not in fleet.agents and fleet._unknown == {}  # not kept past the update
+    # one that was kept too long is not applied: the registry took over a minute to name it
+    fleet.on_sample(sample(T0 + 2, pid=400, agent="late"))
+    fleet.set_registry([new, RegisteredAgent("late", "default", 400, None, Thresholds())], T0 + 2 + 61)
+    assert fleet.agents["late"].last is None and not rings.path("late").exists()
+
+
 def test_threshold_sources_type_then_default(rings, events):
     fleet = Fleet(
         rings, events.append,
