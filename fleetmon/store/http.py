@@ -238,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
         self._respond(head=True)
 
     def _not_allowed(self) -> None:
-        self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed; use GET"}, extra=[("Allow", "GET, HEAD")])
+        self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed; use GET or HEAD"}, extra=[("Allow", "GET, HEAD")])
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 

@@ -25,7 +25,7 @@ class TickLine(msgspec.Struct):
 
 class TickTiming:
     def __init__(self, path: str):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self.walls: dict[int, float] = {}
         self.samples: dict[int, int] = {}
         self.done = 0  # highest tick written

@@ -62,7 +62,9 @@ def run(state: StateDir | None, agents: int, duration: float, interval: float, c
             procs.append(p)
             reg.write_entry(state.registry, reg.RegistryEntry(name, agent_type, p.pid, None, limits))
         log_path = state.root / "demo.log"
-        with open(log_path, "ab") as log:
+        # (0600 as every file of the state dir; the directory is new, but a link is never followed)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "ab") as log:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "fleetmon", "run", "--state-dir", str(state.root), "--interval", f"{interval}s",
                  "--workers", "2", "--log-level", "INFO"],
