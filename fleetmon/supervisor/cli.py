@@ -155,6 +155,19 @@ def build_parser() -> Parser:
         "An id already registered is replaced.",
     )
     imp.add_argument("file", metavar="FILE", help="the entries; - reads standard input")
+    sv = asub.add_parser(
+        "supervisord-listener", parents=[state_parent], help="a supervisord event listener that registers its programs as they start",
+        description="Run by supervisord as an [eventlistener:...] with events=PROCESS_STATE_RUNNING (contrib/supervisord/"
+        "fleetmon-agents.conf): each time a process of a program matching --program starts, its registry entry is "
+        "written with its pid, as `agents add` would (a new pid is a restart). The id is the program's name (web-1), "
+        "or GROUP.PROCESS for a process of a group with numprocs (agents.agents_00). Speaks supervisord's listener "
+        "protocol on stdin/stdout; logs to stderr.",
+    )
+    sv.add_argument(
+        "--program", action="append", required=True, metavar="GLOB",
+        help="programs to register, matched against the group, the process name or GROUP:PROCESS, e.g. 'agent-*' (repeat for several)",
+    )
+    sv.add_argument("--type", help="agent type for the entries (default: the entry's own, else default)")
     ls = asub.add_parser("ls", parents=[state_parent], help="list registered agents")
     ls.add_argument("--json", action="store_true", help='print {"agents": [ENTRY, ...]}')
 

@@ -154,6 +154,8 @@ def cmd_agents(args) -> int:
         return EXIT_OK
     if args.agents_command == "import":
         return _import(args)
+    if args.agents_command == "supervisord-listener":
+        return _supervisord_listener(args)
     if args.agents_command == "rm":
         state = _state(args)
         if not reg.remove_entry(state.registry, args.id):
@@ -168,6 +170,24 @@ def cmd_agents(args) -> int:
 
         render.agents_table(entries, errors)
     return EXIT_OK
+
+
+def _supervisord_listener(args) -> int:
+    from fleetmon.supervisor import registry as reg
+    from fleetmon.supervisor import supervisord_events as sv
+
+    if args.type is not None:
+        try:
+            reg.RegistryEntry("x", args.type, 1)  # the same check as any entry's type
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+    if sys.stdin.isatty():
+        raise BadInput("agents supervisord-listener is run by supervisord as an [eventlistener] "
+                       "(see contrib/supervisord/fleetmon-agents.conf), not from a terminal")
+    state = _state(args, create=True)
+    registrar = sv.Registrar(state.registry, args.program, args.type)
+    registrar.log(f"registering programs matching {', '.join(args.program)} in {state.registry}")
+    return sv.listen(registrar, sys.stdin.buffer, sys.stdout.buffer)
 
 
 def cmd_status(args) -> int:
