@@ -99,7 +99,10 @@ def _prog() -> str:
     on_path = shutil.which("fleetmon")
     if on_path and (not here.endswith("fleetmon") or os.path.realpath(on_path) == here):
         return "fleetmon"
-    return os.path.relpath(here) if here.endswith("fleetmon") else f"{sys.executable} -m fleetmon"
+    if not here.endswith("fleetmon"):
+        return f"{sys.executable} -m fleetmon"
+    rel = os.path.relpath(here)  # below the working directory (not /): shorter, and still a path to the shell
+    return rel if os.getcwd() != "/" and not rel.startswith("..") else here
 
 
 def _view(state: StateDir) -> Group:
