@@ -50,6 +50,9 @@ class Assign(msgspec.Struct, frozen=True, tag=True):
     """The worker's whole shard. Sent when it changes; replaces the previous one."""
 
     agents: list[AgentRef]
+    # Counts the shards sent to one slot: the worker puts the one it is reading in its heartbeat,
+    # so that the supervisor knows which agent it holds even after sending it a newer shard.
+    generation: int = 0
 
 
 class Tick(msgspec.Struct, frozen=True, tag=True):

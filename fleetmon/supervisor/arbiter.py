@@ -6,6 +6,7 @@ Every wait has a deadline on ``time.monotonic()``.
 
 from __future__ import annotations
 
+import collections
 import os
 import secrets
 import signal
@@ -25,14 +26,18 @@ from fleetmon.workers import worker as W
 from fleetmon.workers.sampler import boot_clock, resolve_reader
 
 DRAIN_TIMEOUT = 10.0
+MAX_ABANDONED = 16  # workers left behind stuck in the kernel at once (each holds its memory until it ends)
 
 
-def _agent_in_hand(shard: list[wire.AgentRef], index: int, pid: int) -> str | None:
-    """The agent a stalled worker was reading: the one at its heartbeat's index, unless the shard
-    was reassigned since the worker began its pass (then the one whose pid is in hand, if unique)."""
-    if (shard[index].pid or -1) == pid:
-        return shard[index].id
-    held = [ref.id for ref in shard if ref.pid == pid] if pid > 0 else []
+def _agent_in_hand(sent, generation: int, index: int, pid: int, current: list[wire.AgentRef]) -> str | None:
+    """The agent a stalled worker was reading: the one at its heartbeat's index in the shard it was
+    reading (``sent``: the (generation, shard) pairs last sent to its slot), else, that one gone
+    from memory, the one in ``current`` whose pid is in hand, if unique (never for a pidfile agent:
+    its pid in the heartbeat is -1, like every other pidfile agent's)."""
+    for g, refs in sent:
+        if g == generation:
+            return refs[index].id if 0 <= index < len(refs) else None
+    held = [ref.id for ref in current if ref.pid == pid] if pid > 0 else []
     return held[0] if len(held) == 1 else None
 
 
@@ -69,6 +74,12 @@ class Arbiter:
         self.quarantine_worker = children.Child("quarantine", -2)
         self.writer = children.Child("writer", -1)
         self.shards: dict[int, list[wire.AgentRef]] = {}
+        self.generation = 0  # of the last shard sent (wire.Assign.generation)
+        self.sent_shards: dict[int, collections.deque] = {}  # slot -> the last (generation, shard) sent to it
+        # Children SIGKILL did not end (blocked in the kernel: a read on a dead mount), given up on
+        # and replaced: (process, name, the quarantined agents it held), reaped when they end.
+        self.abandoned: list[tuple[object, str, list[str]]] = []
+        self.abandon_full_logged = False
         self.sent_tick: dict[int, int] = {}
         self.busy_since: dict[int, float] = {}
         self.checked_at = time.monotonic()  # when _check_children last ran
@@ -262,9 +273,14 @@ class Arbiter:
         child_end.close()
         w.ctl = channel.FramedConn(parent_end)
         self.sent_tick[w.index] = 0
-        self._send(w, wire.Assign(self.shards.get(w.index, [])))
+        self._assign(w, self.shards.get(w.index, []))
         if w.restarts:
             logger.warning("{} restarted (pid {}), restart {}", w.name, w.pid, w.restarts)
+
+    def _assign(self, w: children.Child, refs: list[wire.AgentRef]) -> None:
+        self.generation += 1
+        self.sent_shards.setdefault(w.index, collections.deque(maxlen=8)).append((self.generation, refs))
+        self._send(w, wire.Assign(refs, self.generation))
 
     def _send(self, w: children.Child, msg) -> None:
         if w.ctl is None:
@@ -297,6 +313,9 @@ class Arbiter:
                     self._quarantine_failed()
             if w.alive and now >= self.judge_after:
                 self._check_stall(w, now)
+            if w is not self.writer and w.unkillable(now):
+                self._abandon(w)
+        self._reap_abandoned()
         # Restart only what was reaped above (proc None): a child that died since then is reaped,
         # logged and counted on the next pass, not replaced behind the supervisor's back.
         if self.writer.proc is None and now >= self.writer.respawn_at:
@@ -329,11 +348,12 @@ class Arbiter:
         stuck_for = max(silent, waited)
         agent_id = None
         index = int(hb[W.HB_INDEX])
-        shard = self.shards.get(w.index, [])
-        mid_read = hb[W.HB_TICK_STARTED] > hb[W.HB_TICK_DONE] and 0 <= index < len(shard)
+        mid_read = hb[W.HB_TICK_STARTED] > hb[W.HB_TICK_DONE] and index >= 0
         state = w.proc_state()
         if mid_read and state != "T":  # a stopped worker is not blocked on the agent it holds
-            agent_id = _agent_in_hand(shard, index, int(hb[W.HB_PID]))
+            agent_id = _agent_in_hand(
+                self.sent_shards.get(w.index, ()), int(hb[W.HB_GEN]), index, int(hb[W.HB_PID]), self.shards.get(w.index, []),
+            )
         logger.bind(worker=w.index).error(
             "{} (pid {}, state {}) made no progress for {:.1f}s{}: replacing it",
             w.name, w.pid, state, stuck_for, f" while reading agent {agent_id}" if agent_id else "",
@@ -342,6 +362,34 @@ class Arbiter:
         w.failures = 0
         if agent_id is not None:
             self._quarantine_agent(agent_id, int(hb[W.HB_PID]), w)
+
+    def _abandon(self, w: children.Child) -> None:
+        """A worker SIGKILL has not ended: replaced now (its shard would go unsampled for as long as
+        the kernel holds it), and reaped when it ends. Not the writer: a new one could not take the
+        state dir's lock from it, nor write where it is stuck."""
+        if len(self.abandoned) >= MAX_ABANDONED:
+            if not self.abandon_full_logged:
+                self.abandon_full_logged = True
+                logger.error("{} workers are stuck in the kernel past SIGKILL: no more are replaced until one ends", MAX_ABANDONED)
+            return
+        held = list(self.q_batch) if w is self.quarantine_worker else []
+        logger.bind(worker=w.index).error(
+            "{} (pid {}, state {}) did not die {:g}s after SIGKILL (blocked in the kernel: a dead NFS or FUSE mount?): "
+            "left behind and replaced; it is reaped when it ends", w.name, w.pid, w.proc_state(), children.KILL_GRACE,
+        )
+        self.abandoned.append((w.abandon(), w.name, held))
+        if w is self.quarantine_worker:
+            self._quarantine_failed()
+
+    def _reap_abandoned(self) -> None:
+        for entry in list(self.abandoned):
+            proc, name, _held = entry
+            if proc.exitcode is not None:
+                logger.warning("{} (pid {}), left behind stuck in the kernel, has ended", name, proc.pid)
+                proc.join(0)
+                proc.close()
+                self.abandoned.remove(entry)
+                self.abandon_full_logged = False
 
     # --- quarantine ---------------------------------------------------------------------------
 
@@ -375,7 +423,8 @@ class Arbiter:
             self._reshard()
         if self.q_batch:
             return
-        due = sorted(a for a, q in self.quarantine.items() if q.retry_at <= now and a in self.registry.entries)
+        stuck = {a for _, _, held in self.abandoned for a in held}  # still blocking a left-behind quarantine worker
+        due = sorted(a for a, q in self.quarantine.items() if q.retry_at <= now and a in self.registry.entries and a not in stuck)
         if not due:
             return
         if qw.proc is None and now < qw.respawn_at:
@@ -387,7 +436,7 @@ class Arbiter:
         if qw.proc is None:
             self._start_worker(qw)
         else:
-            self._send(qw, wire.Assign(self.shards[qw.index]))
+            self._assign(qw, self.shards[qw.index])
         for a in due:
             self.quarantine[a].retry_at = now + sharding.quarantine_delay(self.quarantine[a].strikes + 1, float(self.config.interval))
         self._send_tick(qw)
@@ -414,7 +463,7 @@ class Arbiter:
             if self.shards.get(i) != refs:
                 self.shards[i] = refs
                 if i < len(self.workers):
-                    self._send(self.workers[i], wire.Assign(refs))
+                    self._assign(self.workers[i], refs)
         logger.debug("shards: {}", ", ".join(f"worker {i} {len(refs)}" for i, refs in shards.items()))
 
     def tick(self) -> None:

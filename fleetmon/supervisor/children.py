@@ -19,6 +19,10 @@ from fleetmon.supervisor import sharding
 from fleetmon.workers import worker as worker_mod
 
 MP = multiprocess.get_context("fork")
+# Seconds a child may take to die after SIGKILL. Past that it is blocked in the kernel (state D: a
+# read on a dead NFS or FUSE mount), where no signal reaches it until the read returns: it is given
+# up on (``Child.abandon``) so that a new one takes its place.
+KILL_GRACE = 3.0
 
 
 class Child:
@@ -80,6 +84,23 @@ class Child:
                 self.failures = sharding.next_failures(self.failures, lived)
         self.respawn_at = time.monotonic() + sharding.restart_delay(self.failures)
         return f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
+
+    def unkillable(self, now: float) -> bool:
+        """SIGKILLed over ``KILL_GRACE`` ago and still there."""
+        return self.killing_since is not None and now - self.killing_since > KILL_GRACE and self.alive
+
+    def abandon(self):
+        """Give up on a child that SIGKILL has not ended: the slot is free for a new one at once.
+        Returns its process, to be reaped when it ends (``reap_abandoned``); multiprocess no longer
+        waits for it at exit (the supervisor would hang there)."""
+        proc, self.proc = self.proc, None
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        self.killing_since = None
+        self.respawn_at = 0.0  # (no backoff: it did not fail, it was given up on)
+        getattr(multiprocess.process, "_children", set()).discard(proc)
+        return proc
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.exitcode is None:
@@ -172,18 +193,28 @@ def _close_inherited(fds: list[int]) -> None:
 
 
 def stop_all(children: list[Child], grace: float) -> None:
-    """TERM, then KILL after ``grace`` seconds; waits until every child is reaped."""
+    """TERM, then KILL after ``grace`` seconds; waits until every child is reaped, or left behind
+    when SIGKILL does not end it either within ``KILL_GRACE`` (blocked in the kernel)."""
     deadline = time.monotonic() + grace
     for c in children:
         c.kill(signal.SIGTERM)
+    killed = False
     while any(c.alive for c in children):
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline and not killed:
             for c in children:
                 if c.alive:
                     logger.warning("{} (pid {}) did not stop within {:.0f}s: killing it", c.name, c.pid, grace)
+                    c.killing_since = None  # (counts from the SIGKILL now)
                     c.kill(signal.SIGKILL)
-            deadline = float("inf")
-        mp_connection.wait([c.proc.sentinel for c in children if c.alive], timeout=0.1)
+            killed = True
+        for c in children:
+            if killed and c.unkillable(now):
+                logger.error("{} (pid {}, state {}) did not die after SIGKILL: left behind", c.name, c.pid, c.proc_state())
+                c.abandon()
+        live = [c.proc.sentinel for c in children if c.alive]
+        if live:
+            mp_connection.wait(live, timeout=0.1)
     for c in children:
         if c.proc is not None:
             c.proc.join(0)

@@ -23,7 +23,7 @@ from fleetmon import channel, logs, wire
 from fleetmon.workers.sampler import Sampler
 
 # Heartbeat slots (a multiprocess RawArray of doubles, written only by the worker).
-HB_TICK_STARTED, HB_TICK_DONE, HB_PROGRESS, HB_PID, HB_INDEX, HB_SIZE = 0, 1, 2, 3, 4, 5
+HB_TICK_STARTED, HB_TICK_DONE, HB_PROGRESS, HB_PID, HB_INDEX, HB_GEN, HB_SIZE = 0, 1, 2, 3, 4, 5, 6
 IDLE_BEAT = 1.0  # seconds: between ticks, HB_PROGRESS is refreshed at least this often
 
 def load_hook(spec: str | None) -> Callable[[str, int | None], None] | None:
@@ -114,6 +114,7 @@ def run(
             msg = decoder.decode(frame)
             if isinstance(msg, wire.Assign):
                 agents = msg.agents
+                heartbeat[HB_GEN] = msg.generation  # (HB_INDEX indexes this shard from now on)
                 sampler.forget_except({a.id for a in agents})
             elif isinstance(msg, wire.Tick):
                 tick = msg  # ticks that queued up while we were busy coalesce into the newest
