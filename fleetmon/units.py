@@ -29,6 +29,18 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 MAX_LIMIT = 2**63 - 1  # the largest size or count a limit may be (a signed 64-bit int on the wire and on disk)
 
 
+_WHOLE_RE = re.compile(r"\s*\+?[0-9]+\s*")
+_WHOLE_RE_B = re.compile(rb"\s*\+?[0-9]+\s*")
+
+
+def whole_number(text: str | bytes) -> int:
+    """A whole number written as pids and counts are: ASCII digits, an optional +, blanks around.
+    ``int`` also takes ``1_000`` and other scripts' digits, which no pidfile means."""
+    if not (_WHOLE_RE_B if isinstance(text, bytes) else _WHOLE_RE).fullmatch(text):
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
+
+
 def parse_duration(value: str | int | float) -> float:
     """``250ms``, ``30s``, ``5m``, ``1h``, ``1d`` or plain seconds -> seconds (float, >= 0)."""
     if isinstance(value, bool):

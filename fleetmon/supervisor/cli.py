@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from fleetmon import __version__
-from fleetmon.units import LOG_LEVELS, MAX_LIMIT, check_agent_id, parse_duration, parse_size
+from fleetmon.units import LOG_LEVELS, MAX_LIMIT, check_agent_id, parse_duration, parse_size, whole_number
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -50,7 +50,7 @@ def _size(text: str) -> int:
 
 def _pid(text: str) -> int:
     try:
-        pid = int(text)
+        pid = whole_number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"pid must be a positive integer, not {text!r}") from None
     if pid <= 0:
@@ -60,7 +60,7 @@ def _pid(text: str) -> int:
 
 def _count(text: str) -> int:
     try:
-        n = int(text)
+        n = whole_number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if not 0 <= n <= MAX_LIMIT:

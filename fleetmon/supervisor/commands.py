@@ -113,12 +113,46 @@ def _refuse_run(args, message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+PIDFILE_CHECK_TIMEOUT = 2.0
+
+
+def _check_pidfile_briefly(path: str, timeout: float = PIDFILE_CHECK_TIMEOUT) -> tuple[int | None, str | None]:
+    """``check_pidfile`` in a child process, given up on after ``timeout``: a file on a dead NFS or
+    FUSE mount blocks its reader in the kernel, where no signal reaches it (``timeout`` could not
+    end the command); the child is left to end when the read does."""
+    import json
+    import select
+    import signal
+
+    from fleetmon.workers.sampler import check_pidfile
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.write(w, json.dumps(check_pidfile(path)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        if not select.select([r], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)  # (it dies when the read returns; its parent will be gone by then)
+            return None, f"could not be read within {timeout:g}s (on a stalled mount?)"
+        data = b""
+        while chunk := os.read(r, 65536):
+            data += chunk
+    finally:
+        os.close(r)
+    os.waitpid(pid, 0)
+    found, problem = json.loads(data)
+    return found, problem
+
+
 def _warn_pidfile(agent_id: str, path: str) -> None:
     """Tell on stderr what the workers would log of this pidfile now (missing, empty, garbage, no
     such process): it is registered anyway, since the agent may write it later."""
-    from fleetmon.workers.sampler import check_pidfile
-
-    pid, problem = check_pidfile(path)
+    pid, problem = _check_pidfile_briefly(path)
     if problem is not None:
         hint = " (a typo?)" if problem == "is missing" else ""
         print(f"fleetmon: warning: the pidfile {path} {problem}{hint}: {agent_id} shows as not running "

@@ -18,6 +18,7 @@ import time
 import psutil
 from loguru import logger
 
+from fleetmon.units import whole_number
 from fleetmon.wire import AgentRef, BootClock, Gone, Sample
 from fleetmon.workers import procfs
 
@@ -100,7 +101,7 @@ def check_pidfile(path: str) -> tuple[int | None, str | None]:
     finally:
         os.close(fd)
     try:
-        pid = int(text)
+        pid = whole_number(text)
     except ValueError:
         return None, f"does not hold a pid: {text[:32]!r}" if text else "is empty"
     if not 0 < pid <= MAX_PID:  # a larger number is no pid (and would not fit the wire)

@@ -16,7 +16,7 @@ from tests.helpers import cli, cli_json, pid_alive, register, wait_until
 from tests.integration.common import exits_2_and_writes_nothing, history, parse_ts, snapshot, wait_points
 
 BAD_IDS = ["", "a/b", "../etc", "x" * 129, "a b", "é", "a\n", ".hidden", "_x", "a:b"]
-BAD_PIDS = ["0", "-1", "abc", "1.5", "", "true", "99999999999999999999", "0x10"]
+BAD_PIDS = ["0", "-1", "abc", "1.5", "", "true", "99999999999999999999", "0x10", "1_0", "١٢"]
 FIELDS = ["timestamp", "cpu", "memory_rss", "memory_vms", "disk_read_bytes", "disk_write_bytes", "open_files", "num_threads"]
 
 

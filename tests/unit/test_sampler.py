@@ -267,7 +267,9 @@ def test_pidfile_followed_to_a_new_process(reader, child, tmp_path):
         other.wait(timeout=10)
 
 
-@pytest.mark.parametrize("content", [None, "", "abc", "0", "-5", "99999999999999999999", "2147483648"])
+@pytest.mark.parametrize(
+    "content", [None, "", "abc", "0", "-5", "99999999999999999999", "2147483648", "1_234", "0x10", "12abc", "١٢"],
+)
 def test_bad_pidfile_is_gone_and_fits_the_wire(tmp_path, content):
     pidfile = tmp_path / "agent.pid"
     if content is not None:
@@ -281,6 +283,8 @@ def test_pidfile_takes_the_first_line(tmp_path):
     pidfile = tmp_path / "agent.pid"
     pidfile.write_text(" 123 \nsomething else\n")
     assert check_pidfile(str(pidfile)) == (123, None)
+    pidfile.write_text("+124\r\n")
+    assert check_pidfile(str(pidfile)) == (124, None)
 
 
 def test_has_num_fds_detected_on_linux():
@@ -340,3 +344,21 @@ def test_a_pidfile_holding_other_garbage_each_tick_is_named_once(tmp_path):
         f"agent a: pidfile {pidfile} does not hold a pid: b'garbage-0': not sampled until it holds a pid",
         f"agent a: pidfile {pidfile} is missing: not sampled until it holds a pid",  # another kind of problem
     ]
+
+
+def test_agents_add_gives_up_on_a_pidfile_it_cannot_read_in_time(tmp_path, monkeypatch):
+    """A pidfile on a dead NFS or FUSE mount blocks its reader in the kernel: `agents add` checks it
+    in a child process and says so after a while instead of hanging for good."""
+    from fleetmon.supervisor import commands
+
+    def blocked(path):
+        time.sleep(60)
+
+    monkeypatch.setattr(sampler_mod, "check_pidfile", blocked)
+    t0 = time.monotonic()
+    pid, problem = commands._check_pidfile_briefly(str(tmp_path / "x.pid"), timeout=0.3)
+    print(f"\ngave up after {time.monotonic() - t0:.2f}s")
+    assert pid is None and problem == "could not be read within 0.3s (on a stalled mount?)"
+    monkeypatch.undo()
+    (tmp_path / "x.pid").write_text("77\n")
+    assert commands._check_pidfile_briefly(str(tmp_path / "x.pid")) == (77, None)
