@@ -150,7 +150,12 @@ class Sampler:
         wrong), and again only when the kind of problem changes; one that gives a pid again, once."""
         log = logger.bind(agent_id=ref.id, pidfile=ref.pidfile)
         if problem is not None:
-            log.warning("agent {}: pidfile {} {}: not sampled until it holds a pid", ref.id, ref.pidfile, problem)
+            t = self.tracked.get(ref.id)
+            then = (
+                f"still sampling pid {t.pid}, the process it named last, while that runs" if t is not None
+                else "not sampled until it holds a pid"
+            )
+            log.warning("agent {}: pidfile {} {}: {}", ref.id, ref.pidfile, problem, then)
             self.pidfile_problems[ref.id] = problem
         else:
             log.info("agent {}: pidfile {} holds a pid again ({})", ref.id, ref.pidfile, pid)
@@ -165,7 +170,17 @@ class Sampler:
             if _kind(problem) != _kind(self.pidfile_problems.get(ref.id)):
                 self._pidfile_changed(ref, pid, problem)
             if pid is None:
-                return Gone(ref.id, None, now, "no_pidfile")
+                # Rewritten in place (caught empty), or removed before its process exits: the process
+                # it named last is still the agent while it runs (the same start time); its alerts
+                # stay open. Once it is gone, so is the agent.
+                held = self.tracked.get(ref.id)
+                if held is None:
+                    return Gone(ref.id, None, now, "no_pidfile")
+                result = self.sample(AgentRef(ref.id, held.pid, None, ref.known_pid, ref.known_start))
+                if type(result) is Gone:
+                    del self.tracked[ref.id]
+                    return Gone(ref.id, None, now, "no_pidfile")
+                return result
         t = self.tracked.get(ref.id)
         if t is not None and t.pid != pid:
             t = None  # the agent moved to a new process (pidfile rewritten or re-registered)

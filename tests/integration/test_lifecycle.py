@@ -135,8 +135,11 @@ def test_pidfile_appearing_later_is_followed(procs, state_dir, tmp_path, daemons
     pidfile.write_text(f"{p.pid}\n")
     a = wait_status(state_dir, "late", lambda a: a["status"] == "running", what="running")
     assert a["pid"] == p.pid and a["restart_count"] == 0  # the first process seen is no restart
-    pidfile.unlink()
-    wait_status(state_dir, "late", lambda a: a["status"] == "exited", what="exited once the pidfile is gone")
+    pidfile.unlink()  # removed before its process exits (or caught mid-rewrite): still the agent while it runs
+    d.wait_tick(d.daemon_json()["tick"] + 3)
+    assert agent(state_dir, "late")["status"] == "running"
+    p.kill()
+    wait_status(state_dir, "late", lambda a: a["status"] == "exited", what="exited with its process")
     assert d.stop() == 0
 
 

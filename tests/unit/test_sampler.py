@@ -267,6 +267,37 @@ def test_pidfile_followed_to_a_new_process(reader, child, tmp_path):
         other.wait(timeout=10)
 
 
+def test_a_pidfile_caught_empty_or_removed_keeps_the_process_it_named_while_that_runs(reader, tmp_path, logs):
+    """Daemons that rewrite their pidfile in place leave it empty for a moment, and some remove it
+    before they exit: the agent's process is still there and still the agent (its alerts must not
+    close as exited)."""
+    p = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        pidfile = tmp_path / "agent.pid"
+        pidfile.write_text(f"{p.pid}\n")
+        s = Sampler(reader=reader)
+        ref = AgentRef("a", None, str(pidfile))
+        assert s.sample(ref).pid == p.pid
+        pidfile.write_text("")
+        r = s.sample(ref)
+        assert isinstance(r, Sample) and r.pid == p.pid and r.memory_rss > 0
+        pidfile.unlink()
+        assert s.sample(ref).pid == p.pid
+        warned = [m["message"] for m in logs if m["level"].name == "WARNING"]
+        assert warned == [
+            f"agent a: pidfile {pidfile} is empty: still sampling pid {p.pid}, the process it named last, while that runs",
+            f"agent a: pidfile {pidfile} is missing: still sampling pid {p.pid}, the process it named last, while that runs",
+        ]
+        p.kill()
+        p.wait(timeout=10)
+        g = s.sample(ref)
+        assert isinstance(g, Gone) and g.reason == "no_pidfile" and "a" not in s.tracked  # gone with its process
+        assert isinstance(s.sample(ref), Gone)
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+
+
 @pytest.mark.parametrize(
     "content", [None, "", "abc", "0", "-5", "99999999999999999999", "2147483648", "1_234", "0x10", "12abc", "١٢"],
 )
