@@ -146,6 +146,16 @@ def listen_unix(path: str) -> socket.socket:
     return sock
 
 
+def answers(path: str) -> bool:
+    """Whether something accepts connections on the unix socket at ``path`` (a stale socket file
+    of a process that died refuses them)."""
+    try:
+        connect_unix(path, timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
 def connect_unix(path: str, timeout: float = 1.0) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)

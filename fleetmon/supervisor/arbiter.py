@@ -109,6 +109,17 @@ class Arbiter:
         except lock.StateDirBusy as exc:
             logger.error("{}", exc)
             return 1
+        if channel.answers(self.state.writer_socket()):
+            # The lock is ours, yet a writer serves this state dir: a fleetmon from before the lock
+            # (or on a filesystem without locks). Two daemons on one state dir lose samples silently.
+            logger.error(
+                "state dir {} is in use by another fleetmon: a writer answers on {} (an older version, which does "
+                "not take run/lock?): stop it first, or give this one another --state-dir",
+                self.state.root, self.state.writer_socket(),
+            )
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+            return 1
         try:
             return self._serve()
         except BaseException as exc:

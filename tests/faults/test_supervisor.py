@@ -56,6 +56,33 @@ def test_supervisor_killed_takes_children_down_and_restart_recovers_state(daemon
     assert d2.stop() == 0
 
 
+def test_a_writer_answering_without_the_lock_refuses_the_start(state_dir, procs):
+    """A fleetmon from before run/lock (an upgrade started next to the old daemon) serves the state
+    dir without holding the lock: the new one used to take its socket and lose samples silently."""
+    import subprocess
+    import sys
+
+    from tests.helpers import CLI
+
+    (state_dir / "run").mkdir(parents=True)
+    sock = state_dir / "run" / "writer.sock"
+    old = procs.start([sys.executable, "-c", (
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)\n"
+        "print('listening', flush=True)\n"
+        "while True: s.accept()[0].close()\n"
+    ), str(sock)], stdout=subprocess.PIPE)
+    assert old.stdout.readline().strip() == b"listening"
+    second = subprocess.run(
+        [*CLI, "run", "--state-dir", str(state_dir), "--interval", "250ms"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 1, second.stderr
+    assert "is in use by another fleetmon: a writer answers on" in second.stderr
+    assert sock.exists() and old.poll() is None  # its socket left to it
+    assert not (state_dir / "daemon.json").exists()
+
+
 def test_a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_keeps_working(daemons, procs, state_dir, tmp_path):
     """Two daemons on one state dir would be two writers, and the second's socket took the first's
     restarted workers away from its writer (nothing saved, no error). The second one is refused
