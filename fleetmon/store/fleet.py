@@ -295,7 +295,9 @@ class Fleet:
             new, change = th.step(alert, value, threshold, limits.duration, s.timestamp)
             if change is not None:
                 self._change(a, resource, new, change, value, s.timestamp, previous=alert)
-            elif new is not None and s.timestamp - new.logged >= self.alert_repeat:
+            elif new is not None and value is not None and s.timestamp - new.logged >= self.alert_repeat:
+                # (a null reading keeps the episode but is no reading over the limit: "cpu null over
+                # 10% (still)" said nothing, after every restart, where a first cpu is null)
                 new.logged = s.timestamp
                 self._log(a, resource, new.state, value, threshold, new.since, s.timestamp, repeat=True)
 

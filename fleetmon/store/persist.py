@@ -210,6 +210,7 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
             alerts, replay_from = saved.open, saved.alerts_log
         except (msgspec.DecodeError, msgspec.ValidationError):
             alerts, replay_from = _old_alert_state_decoder.decode(raw), None  # where the log was: not known
+            fleet.alerts_dirty = True  # written in today's format (with the position) at the first flush
     except FileNotFoundError:
         alerts = {}
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:

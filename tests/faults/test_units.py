@@ -264,6 +264,7 @@ def test_thresholds_json_of_an_earlier_version_still_loads(tmp_path):
     alert = fleet.agents["a"].alerts["cpu"]
     assert (alert.state, alert.since, alert.logged) == ("error", 1000.0, 1200.0)
     assert not list(state.root.glob("thresholds.json.corrupt-*"))
+    assert fleet.alerts_dirty  # rewritten at the first flush with where alerts.jsonl ends, not at the next change
 
 
 def test_reading_a_planted_fifo_does_not_block(tmp_path):

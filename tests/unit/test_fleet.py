@@ -237,6 +237,17 @@ def test_a_sample_that_beats_the_registry_naming_its_agent_is_applied_when_it_co
     assert fleet.agents["late"].last is None and not rings.path("late").exists()
 
 
+def test_a_null_reading_keeps_the_episode_without_repeating_its_log_line(rings, events, logs):
+    fleet = Fleet(rings, events.append, alert_repeat=0.0)  # the seed's every-sample repeat
+    fleet.set_registry([RegisteredAgent("a1", "default", 100, None, Thresholds(cpu_threshold=50, threshold_duration=60))], T0)
+    fleet.on_sample(sample(T0, cpu=80))
+    fleet.on_sample(sample(T0 + 1, cpu=None))  # e.g. the first reading after a restart of fleetmon
+    fleet.on_sample(sample(T0 + 2, cpu=90))
+    lines = [r["message"] for r in logs if r["level"].name == "WARNING"]
+    assert lines == ["agent a1 cpu 80.0% over 50.0% for 0ms", "agent a1 cpu 90.0% over 50.0% for 2s (still)"]
+    assert [e.state for e in events] == ["warning"] and fleet.agents["a1"].alerts["cpu"].since == T0
+
+
 def test_threshold_sources_type_then_default(rings, events):
     fleet = Fleet(
         rings, events.append,
