@@ -123,6 +123,10 @@ _TS = slice(len(_TS_PREFIX), len(_TS_PREFIX) + len("2026-01-01T00:00:00.000000Z"
 _CHUNK = 1 << 20
 
 
+def _timestamp_of(ev: EventJSON) -> str:
+    return ev.timestamp
+
+
 def alerts(state: StateDir, since: float, now: float | None = None) -> AlertsJSON:
     """Alert state changes with ``timestamp >= now - since``, oldest first."""
     return alerts_window(state, since, now)[0]
@@ -176,6 +180,10 @@ def alerts_window(
         if [fsutil.inode(f) for f in files] == before:
             break
     events.reverse()
+    # Oldest first by time: the file is in the order the writer applied batches, and two workers'
+    # batches of one tick interleave (the same timestamp format throughout: sorted as text; stable,
+    # so changes of one sample stay in their order). ``limit`` took the last lines logged.
+    events.sort(key=_timestamp_of)
     oldest = None
     if not ended and first_kept:  # alerts.jsonl.1 read to its start, and it starts inside the window
         first = first_kept[_TS].decode(errors="replace")

@@ -195,6 +195,12 @@ def test_a_change_appended_out_of_order_does_not_end_the_search(state):
     assert [e.agent_id for e in queries.alerts(state, since=300.0, now=NOW).events] == ["before", "after"]
 
 
+def test_changes_are_listed_oldest_first_by_time_not_by_line(state):
+    """Two workers' batches of one tick reach the writer in either order: the file is not sorted."""
+    state.alerts.write_bytes(_at(NOW - 30, "w0-a") + _at(NOW - 29.5, "w0-b") + _at(NOW - 29.9, "w1-a") + _at(NOW - 29.9, "w1-b"))
+    assert [e.agent_id for e in queries.alerts(state, since=300.0, now=NOW).events] == ["w0-a", "w1-a", "w1-b", "w0-b"]
+
+
 def test_a_window_longer_than_the_epoch_is_everything(state):
     state.alerts.write_bytes(_at(NOW - 60, "a") + _at(NOW - 30, "b"))
     for since in (NOW + 1e6, 400_000 * 86400.0, 1e15):
