@@ -12,11 +12,14 @@ from fleetmon.store import fsutil
 
 
 def default_state_dir() -> Path:
-    """``$FLEETMON_STATE_DIR``, else ``$XDG_STATE_HOME/fleetmon``, else ``~/.local/state/fleetmon``."""
+    """``$FLEETMON_STATE_DIR`` (a leading ``~`` is the home directory: quoted in a unit file or a
+    config, no shell expands it), else ``$XDG_STATE_HOME/fleetmon`` when that is an absolute path
+    (the XDG spec: a relative one is invalid, ignored), else ``~/.local/state/fleetmon``."""
     if os.environ.get("FLEETMON_STATE_DIR"):
-        return Path(os.environ["FLEETMON_STATE_DIR"])
-    if os.environ.get("XDG_STATE_HOME"):
-        return Path(os.environ["XDG_STATE_HOME"]) / "fleetmon"
+        return Path(os.environ["FLEETMON_STATE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "fleetmon"
     return Path.home() / ".local" / "state" / "fleetmon"
 
 

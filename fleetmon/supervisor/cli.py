@@ -48,6 +48,11 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _path(text: str) -> Path:
+    """A leading ~ is the home directory, also where no shell expanded it (--state-dir=~/x)."""
+    return Path(text).expanduser()
+
+
 def _pid(text: str) -> int:
     try:
         pid = whole_number(text)
@@ -99,7 +104,7 @@ def build_parser() -> Parser:
     # --state-dir goes after the command (the contract) or before it; after wins. The subcommands'
     # copy has no default, so that it does not overwrite one given before the command.
     state_parent = Parser(add_help=False)
-    state_parent.add_argument("--state-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS, help=STATE_DIR_HELP)
+    state_parent.add_argument("--state-dir", type=_path, metavar="DIR", default=argparse.SUPPRESS, help=STATE_DIR_HELP)
     p = Parser(
         prog="fleetmon",
         description="Watch the resource usage of a fleet of long-running agent processes on this host, keep a "
@@ -108,7 +113,7 @@ def build_parser() -> Parser:
         "Sizes: 512MiB, 1GiB, 100MB or bytes. Exit codes: 0 ok, 1 runtime failure, 2 bad input.",
     )
     p.add_argument("--version", action="version", version=f"fleetmon {__version__}")
-    p.add_argument("--state-dir", type=Path, metavar="DIR", help=STATE_DIR_HELP)
+    p.add_argument("--state-dir", type=_path, metavar="DIR", help=STATE_DIR_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     run = sub.add_parser(

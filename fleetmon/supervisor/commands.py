@@ -55,7 +55,7 @@ def cmd_run(args) -> int:
 
     from fleetmon.store.layout import default_state_dir
 
-    root = Path(config.state_dir) if config.state_dir else default_state_dir()
+    root = Path(config.state_dir).expanduser() if config.state_dir else default_state_dir()
     if args.check:
         return _check(args, config, StateDir(root))
     logs.configure(config.log_level, config.log_format)

@@ -524,13 +524,15 @@ def test_default_state_dir_is_fleetmon_state_dir_then_xdg_then_home(tmp_path):
          tmp_path / "explicit"),
         ({"XDG_STATE_HOME": str(tmp_path / "xdg")}, tmp_path / "xdg" / "fleetmon"),
         ({}, home / ".local" / "state" / "fleetmon"),
+        ({"XDG_STATE_HOME": "relative/xdg"}, home / ".local" / "state" / "fleetmon"),  # invalid (XDG): ignored
+        ({"FLEETMON_STATE_DIR": "~/fm"}, home / "fm"),  # quoted: no shell expanded it
     ]
     for i, (extra, where) in enumerate(cases):
         env = {**base, "HOME": str(home), **extra}
         cli("agents", "add", f"a{i}", "--pid", str(os.getpid()), env=env, check=True)
         assert (where / "registry" / f"a{i}.json").is_file(), (extra, where)
         listed = json.loads(cli("agents", "ls", "--json", env=env, check=True).stdout)["agents"]
-        assert [a["id"] for a in listed] == [f"a{i}"]
+        assert [a["id"] for a in listed] == sorted(f"a{j}" for j, (_, w) in enumerate(cases[: i + 1]) if w == where)
 
 
 def test_agents_ls_shows_an_explicit_zero_as_off(state_dir):
