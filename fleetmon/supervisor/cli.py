@@ -149,7 +149,13 @@ def build_parser() -> Parser:
     add.add_argument("--memory", type=_size, metavar="SIZE", help="RSS threshold, e.g. 512MiB (0 = off)")
     add.add_argument("--open-files", type=_count, metavar="N", help="open file descriptor threshold (0 = off)")
     add.add_argument("--for", dest="duration", type=_duration, metavar="DUR", help="how long over before error (0 = at once)")
-    rm = asub.add_parser("rm", parents=[state_parent], help="unregister an agent (its history is kept for keep_removed, default 7d)")
+    rm = asub.add_parser(
+        "rm", parents=[state_parent], help="unregister an agent (its history is kept for keep_removed, default 7d)",
+        description="Delete <state>/registry/ID.json: the daemon stops sampling the agent at its next registry scan "
+        "and closes its open alerts (reason removed). Its history and metadata stay queryable (history, alerts) for "
+        "keep_removed (default 7d), then the daemon deletes them; registered again before then, it goes on with its "
+        "history. Exit 2 if the id is not registered.",
+    )
     rm.add_argument("id", type=_agent_id, metavar="ID")
     imp = asub.add_parser(
         "import", parents=[state_parent], help="register many agents from a file (JSON Lines, or agents ls --json)",
@@ -225,7 +231,13 @@ def build_parser() -> Parser:
     )
     al.add_argument("--limit", type=_count, default=0, metavar="N", help="only the newest N changes (default 0: all)")
 
-    top = sub.add_parser("top", parents=[state_parent], help="live full-screen view of the fleet")
+    top = sub.add_parser(
+        "top", parents=[state_parent], help="live full-screen view of the fleet",
+        description="A live view of the fleet, read from the state dir (while the daemon runs or after): the daemon's "
+        "health (workers, restarts, tick lag, stalled pids), the fleet's counts, and the busiest agents first, as "
+        "many as fit the terminal, alerts in yellow (warning) and red (error). Keys: c sort by cpu, m by memory, f "
+        "by open fds, q quit. Needs a terminal: for scripts use status --json.",
+    )
     top.add_argument("--refresh", type=_positive_duration, default=1.0, metavar="DUR", help="redraw every DUR (default 1s)")
 
     demo = sub.add_parser(

@@ -153,7 +153,10 @@ def _warn_pidfile(agent_id: str, path: str) -> None:
     """Tell on stderr what the workers would log of this pidfile now (missing, empty, garbage, no
     such process): it is registered anyway, since the agent may write it later."""
     pid, problem = _check_pidfile_briefly(path)
-    if problem is not None:
+    if problem is not None and problem.startswith("cannot be") and os.geteuid() != 0:
+        print(f"fleetmon: warning: the pidfile {path} {problem} by you: the daemon must be able to read it "
+              "(under the shipped units it runs as root)", file=sys.stderr)
+    elif problem is not None:
         hint = " (a typo?)" if problem == "is missing" else ""
         print(f"fleetmon: warning: the pidfile {path} {problem}{hint}: {agent_id} shows as not running "
               "until it holds the agent's pid", file=sys.stderr)

@@ -153,6 +153,7 @@ class Sampler:
             t = self.tracked.get(ref.id)
             then = (
                 f"still sampling pid {t.pid}, the process it named last, while that runs" if t is not None
+                else "not sampled until fleetmon can read it" if problem.startswith("cannot be")
                 else "not sampled until it holds a pid"
             )
             log.warning("agent {}: pidfile {} {}: {}", ref.id, ref.pidfile, problem, then)
