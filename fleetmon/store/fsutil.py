@@ -80,7 +80,13 @@ def ensure_dir(path: Path) -> Path:
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, f"{path} is not a directory (symlinks are not followed)")
     if stat.S_IMODE(st.st_mode) != DIR_MODE:
-        os.chmod(path, DIR_MODE)
+        try:
+            os.chmod(path, DIR_MODE)
+        except PermissionError:
+            raise PermissionError(
+                errno.EPERM, f"{path} is mode {stat.S_IMODE(st.st_mode):04o} and belongs to uid {st.st_uid}, not to "
+                f"uid {os.geteuid()}: it cannot be made private (0700); chown it to this user, or use another state dir",
+            ) from None
     return path
 
 
@@ -92,10 +98,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(directory: Path, name: str, data: bytes, sync: bool, size: int | None = None) -> Path:
+def _write_temp(
+    directory: Path, name: str, data: bytes, sync: bool, size: int | None = None, owner: tuple[int, int] | None = None,
+) -> Path:
     tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
@@ -166,10 +176,13 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def atomic_write(path: Path, data: bytes, *, sync: bool = True, size: int | None = None) -> None:
+def atomic_write(
+    path: Path, data: bytes, *, sync: bool = True, size: int | None = None, owner: tuple[int, int] | None = None,
+) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix.
-    ``size``: the new file is ``size`` bytes, zeros after ``data``, with its blocks allocated."""
-    tmp = _write_temp(path.parent, path.name, data, sync, size)
+    ``size``: the new file is ``size`` bytes, zeros after ``data``, with its blocks allocated.
+    ``owner``: (uid, gid) of the new file (see ``owner_for``)."""
+    tmp = _write_temp(path.parent, path.name, data, sync, size, owner)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -179,7 +192,16 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True, size: int | None
         fsync_dir(path.parent)
 
 
-def atomic_write_many(directory: Path, files: Iterable[tuple[str, bytes]]) -> int:
+def owner_for(directory: Path) -> tuple[int, int] | None:
+    """For root writing into a directory another user owns (``sudo fleetmon agents add`` into that
+    user's state dir): that user, so that their daemon can read the file. Else None (as created)."""
+    if os.geteuid() != 0:
+        return None
+    st = os.stat(directory)
+    return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
+
+
+def atomic_write_many(directory: Path, files: Iterable[tuple[str, bytes]], owner: tuple[int, int] | None = None) -> int:
     """Atomically replace many files of one directory, with one filesystem sync for all of them.
 
     Returns how many were written. On an error the files already renamed stay valid (each is whole)
@@ -193,7 +215,7 @@ def atomic_write_many(directory: Path, files: Iterable[tuple[str, bytes]]) -> in
     try:
         bulk = len(items) > 4 and _syncfs_ok(dfd)
         for name, data in items:
-            temps.append((_write_temp(directory, name, data, sync=not bulk), directory / name))
+            temps.append((_write_temp(directory, name, data, sync=not bulk, owner=owner), directory / name))
         if bulk:
             try:
                 _syncfs(dfd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -277,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        print(f"fleetmon: error: {exc}", file=sys.stderr)
+        hint = ""
+        if exc.errno == errno.EACCES and getattr(exc, "filename", None):
+            hint = f" (fleetmon runs as uid {os.geteuid()}: does the state dir, or this file in it, belong to another user?)"
+        print(f"fleetmon: error: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -81,7 +81,7 @@ def encode_entry(entry: RegistryEntry) -> bytes:
 def write_entry(directory: Path, entry: RegistryEntry) -> Path:
     fsutil.ensure_dir(directory)
     path = directory / f"{entry.id}.json"
-    fsutil.atomic_write(path, encode_entry(entry))
+    fsutil.atomic_write(path, encode_entry(entry), owner=fsutil.owner_for(directory))
     return path
 
 
@@ -140,7 +140,7 @@ def write_entries(directory: Path, entries: list[RegistryEntry]) -> None:
     sync, then the renames (a full disk fails before any entry changes; a sync per file would take
     minutes for thousands)."""
     fsutil.ensure_dir(directory)
-    fsutil.atomic_write_many(directory, [(f"{e.id}.json", encode_entry(e)) for e in entries])
+    fsutil.atomic_write_many(directory, [(f"{e.id}.json", encode_entry(e)) for e in entries], owner=fsutil.owner_for(directory))
 
 
 def remove_entry(directory: Path, agent_id: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import pytest
 from loguru import logger
@@ -233,3 +234,19 @@ def test_import_writes_all_or_none_on_a_full_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil, "_write_temp", real)
     reg.write_entries(d, entries)
     assert sorted(p.name for p in d.iterdir()) == [f"e{i}.json" for i in range(6)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: it is what root does in another user's state dir")
+def test_root_writes_entries_owned_by_the_registry_s_owner(tmp_path):
+    """sudo fleetmon agents add into a user's state dir wrote a root-owned 0600 file that the user's
+    daemon could not read (the agent was skipped with an error)."""
+    registry = tmp_path / "registry"
+    registry.mkdir(mode=0o700)
+    os.chown(registry, 4242, 4343)
+    path = reg.write_entry(registry, reg.RegistryEntry("one", None, 5))
+    reg.write_entries(registry, [reg.RegistryEntry(f"m{i}", None, 5) for i in range(6)])  # (the bulk path)
+    for p in [path, *registry.glob("m*.json")]:
+        st = os.stat(p)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600), p
+    os.chown(registry, 0, 0)
+    assert os.stat(reg.write_entry(registry, reg.RegistryEntry("two", None, 5))).st_uid == 0
