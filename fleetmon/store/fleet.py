@@ -5,7 +5,6 @@ goes through the ``RingStore`` and the alert sink given to it, so it is testable
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 from loguru import logger
@@ -26,7 +25,7 @@ class Agent:
     __slots__ = (
         "id", "type", "registered_pid", "pid", "create_time", "status", "restart_count",
         "last", "alerts", "limits", "cpu_max", "rss_max", "fds_max", "meta_dirty", "meta_written", "registered",
-        "removed_at",
+        "removed_at", "start_text", "start_of",
     )
 
     def __init__(self, agent_id: str, agent_type: str = "default"):
@@ -49,19 +48,25 @@ class Agent:
         # When it left the registry (its metadata file says: written then), for ``keep_removed``;
         # None while registered (or, loaded from disk, not known yet).
         self.removed_at: float | None = None
+        # start_time as status.json writes it, for every agent after every tick: formatted once per
+        # process (``start_of``: the create time it is for), not kept for processes long gone.
+        self.start_text: str | None = None
+        self.start_of: float | None = None
 
     def record(self, now: float, updated: str | None = None) -> AgentRecord:
         """The agent's metadata; ``updated``: ``rfc3339(now)`` when the caller formatted it already.
         Built for one encode (status.json repeats it for every agent after every tick): positional
         arguments, and the shared empty list for no alerts, which nothing appends to."""
         p = self.last
+        if self.start_of != self.create_time:
+            self.start_text, self.start_of = rfc3339(self.create_time), self.create_time
         return AgentRecord(
             self.id,
             self.type,
             self.pid if self.pid is not None else self.registered_pid,
             self.status,
             self.restart_count,
-            _start_time(self.create_time),
+            self.start_text,
             PointJSON(
                 rfc3339(p.timestamp), p.cpu, p.memory_rss, p.memory_vms, p.disk_read_bytes, p.disk_write_bytes,
                 p.open_files, p.num_threads,
@@ -76,11 +81,6 @@ class Agent:
 _NO_ALERTS: list[AlertBrief] = []
 _OFF = float("inf")
 
-
-@functools.lru_cache(maxsize=1 << 16)
-def _start_time(create_time: float | None) -> str | None:
-    """A process's start time, formatted once (status.json repeats it for every agent every tick)."""
-    return rfc3339(create_time)
 
 
 EventSink = Callable[[th.Event], None]

@@ -248,6 +248,16 @@ def test_a_null_reading_keeps_the_episode_without_repeating_its_log_line(rings, 
     assert [e.state for e in events] == ["warning"] and fleet.agents["a1"].alerts["cpu"].since == T0
 
 
+def test_the_start_time_in_the_record_follows_the_agent_s_process(rings, events):
+    fleet = make_fleet(rings, events)
+    a = fleet.agents["a1"]
+    assert a.record(T0).start_time is None  # no process seen yet
+    fleet.on_sample(sample(T0))
+    assert parse_rfc3339(a.record(T0).start_time) == pytest.approx(CT)
+    fleet.on_sample(sample(T0 + 1, pid=101, create_time=CT + 500))  # restarted: a new process
+    assert parse_rfc3339(a.record(T0 + 1).start_time) == pytest.approx(CT + 500)
+
+
 def test_threshold_sources_type_then_default(rings, events):
     fleet = Fleet(
         rings, events.append,
