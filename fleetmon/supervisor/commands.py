@@ -180,6 +180,8 @@ def cmd_agents(args) -> int:
             entry = reg.RegistryEntry(args.id, args.type, args.pid, pidfile, thresholds)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
+        if entry.pid is not None:
+            _refuse_a_thread(entry.pid)
         state = _state(args, create=True)  # only once the input is valid: bad input writes nothing
         path = reg.write_entry(state.registry, entry)
         print(f"registered {entry.id} ({'pid ' + str(entry.pid) if entry.pid else 'pidfile ' + str(entry.pidfile)}) in {path}")
@@ -332,6 +334,21 @@ def _import(args) -> int:
         print(f"fleetmon: warning: no process has the pid of {len(missing)} of them now: {', '.join(missing[:10])}"
               + (" ..." if len(missing) > 10 else ""), file=sys.stderr)
     return EXIT_OK
+
+
+def _refuse_a_thread(pid: int) -> None:
+    """A thread id answers in /proc like a process, with the whole process's figures, and ends with
+    its thread: never what an agent's pid should be (exit 2, nothing written)."""
+    from fleetmon.workers import procfs
+
+    if not procfs.available():
+        return
+    try:
+        group = procfs.tgid(pid)
+    except (OSError, ValueError):
+        return  # no such process now: warned about below
+    if group != pid:
+        raise BadInput(f"pid {pid} is a thread of process {group}, not a process: register --pid {group}")
 
 
 def _pid_exists(pid: int) -> bool:

@@ -74,6 +74,18 @@ def parse_io(data: bytes) -> tuple[int, int]:
     return _field(data, b"\nread_bytes: "), _field(data, b"\nwrite_bytes: ")
 
 
+def tgid(pid: int, root: str = "/proc") -> int:
+    """The process (thread group) that ``pid`` belongs to: ``pid`` itself for a process, another
+    number for one of its threads (/proc/<tid>/ answers for a thread id too, with the process's
+    figures). Raises FileNotFoundError when nothing has that id."""
+    data = _read(f"{root}/{pid}/status")
+    at = data.find(b"\nTgid:")
+    if at < 0:
+        raise ValueError(f"no Tgid in {root}/{pid}/status")
+    end = data.find(b"\n", at + 6)
+    return int(data[at + 6 : end if end >= 0 else len(data)])
+
+
 class Reader:
     """The three reads of one sample, against a procfs mounted at ``root`` (tests use a fake tree)."""
 

@@ -138,12 +138,15 @@ class Sampler:
         self._boot = boot_time
         self._parse_error_logged = False
         self.pidfile_problems: dict[str, str] = {}  # agent id -> what is wrong with its pidfile (logged)
+        self._tgids = procfs.available()  # /proc/<pid>/status says whose thread a pid is (Linux)
+        self.threads_named: set[tuple[str, int]] = set()  # (agent, thread id) logged as not a process
 
     def forget_except(self, agent_ids: set[str]) -> None:
         for agent_id in [a for a in self.tracked if a not in agent_ids]:
             del self.tracked[agent_id]
         for agent_id in [a for a in self.pidfile_problems if a not in agent_ids]:
             del self.pidfile_problems[agent_id]
+        self.threads_named = {(a, tid) for a, tid in self.threads_named if a in agent_ids}
 
     def _pidfile_changed(self, ref: AgentRef, pid: int | None, problem: str | None) -> None:
         """A pidfile that does not give a pid is logged once (WARNING, naming the file and what is
@@ -189,6 +192,10 @@ class Sampler:
             t = None  # the writer says the agent was another process at this pid: check again below
         try:
             if t is None:
+                group = self._thread_group(pid)
+                if group is not None:
+                    self._not_a_process(ref, pid, group)
+                    return Gone(ref.id, pid, now, "no_process")
                 t = self._first_sight(pid)
                 if ref.known_pid == pid and ref.known_start is not None and abs(t.create_time - ref.known_start) > 0.05:
                     # The writer told us who this pid belonged to; the process there now is a stranger.
@@ -213,6 +220,26 @@ class Sampler:
                     ref.id, pid, exc, self.reader,
                 )
             return Sample(ref.id, pid, 0.0, now, None, None, None, None, None, None, None, ("all",))
+
+    def _thread_group(self, pid: int) -> int | None:
+        """The process whose thread ``pid`` is, or None: a process, gone, or no way to tell. A
+        thread id answers in /proc like a process (the process's figures), and ends with the thread."""
+        if not self._tgids:
+            return None
+        try:
+            group = procfs.tgid(pid, self.proc.root if self.proc is not None else "/proc")
+        except (OSError, ValueError):
+            return None  # (gone, refused: the first sight says)
+        return group if group != pid else None
+
+    def _not_a_process(self, ref: AgentRef, tid: int, group: int) -> None:
+        if (ref.id, tid) not in self.threads_named:
+            self.threads_named.add((ref.id, tid))
+            where = f"its pidfile {ref.pidfile} holds pid" if ref.pidfile else "registered pid"
+            logger.bind(agent_id=ref.id, pid=tid).warning(
+                "agent {}: {} {}, a thread of process {}, not a process: not sampled (register pid {}, or a "
+                "pidfile holding it)", ref.id, where, tid, group, group,
+            )
 
     def _first_sight(self, pid: int) -> Tracked:
         """Who is at ``pid`` now: its start time as the kernel states it, and as seconds since the

@@ -393,3 +393,58 @@ def test_agents_add_gives_up_on_a_pidfile_it_cannot_read_in_time(tmp_path, monke
     monkeypatch.undo()
     (tmp_path / "x.pid").write_text("77\n")
     assert commands._check_pidfile_briefly(str(tmp_path / "x.pid")) == (77, None)
+
+
+THREADED = (
+    "import threading, time\n"
+    "ready = threading.Event()\n"
+    "def spin():\n"
+    "    print(threading.get_native_id(), flush=True)\n"
+    "    time.sleep(120)\n"
+    "threading.Thread(target=spin, daemon=True).start()\n"
+    "time.sleep(120)\n"
+)
+
+
+@pytest.fixture
+def thread_of_child():
+    """(pid of a child, the id of one of its other threads)."""
+    p = subprocess.Popen([sys.executable, "-c", THREADED], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        tid = int(p.stdout.readline())
+        yield p.pid, tid
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def test_a_thread_id_is_not_sampled_as_an_agent(reader, thread_of_child, logs, tmp_path):
+    """/proc/<tid> answers like a process, with the whole process's figures: an agent registered by a
+    thread id counted its process again, and exited when the thread did. Not sampled, logged once."""
+    pid, tid = thread_of_child
+    assert procfs.tgid(tid) == pid and procfs.tgid(pid) == pid
+    s = Sampler(reader=reader)
+    for _ in range(2):
+        g = s.sample(AgentRef("t", tid))
+        assert isinstance(g, Gone) and g.reason == "no_process" and g.pid == tid
+    pidfile = tmp_path / "t.pid"
+    pidfile.write_text(f"{tid}\n")
+    assert isinstance(s.sample(AgentRef("tp", None, str(pidfile))), Gone)
+    warned = [m["message"] for m in logs if m["level"].name == "WARNING"]
+    assert warned == [
+        f"agent t: registered pid {tid}, a thread of process {pid}, not a process: not sampled (register pid {pid}, or a pidfile holding it)",
+        f"agent tp: its pidfile {pidfile} holds pid {tid}, a thread of process {pid}, not a process: not sampled "
+        f"(register pid {pid}, or a pidfile holding it)",
+    ]
+    assert isinstance(s.sample(AgentRef("p", pid)), Sample)  # the process itself is fine
+
+
+def test_agents_add_refuses_a_thread_id(thread_of_child, tmp_path):
+    from tests.helpers import cli
+
+    pid, tid = thread_of_child
+    state_dir = tmp_path / "state"
+    proc = cli("agents", "add", "t", "--pid", str(tid), state_dir=state_dir)
+    assert proc.returncode == 2 and f"pid {tid} is a thread of process {pid}, not a process: register --pid {pid}" in proc.stderr
+    assert not (state_dir / "registry" / "t.json").exists()
+    assert cli("agents", "add", "t", "--pid", str(pid), state_dir=state_dir).returncode == 0
