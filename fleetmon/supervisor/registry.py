@@ -232,7 +232,7 @@ class RegistryScanner:
             old = self._files.get(name)
             if old is not None and old[0] == key:
                 continue
-            entry = self._load(path, name, st)
+            entry = self._load(path, name, st, old[1] if old is not None else None)
             self._files[name] = (key, entry)
             if old is None or old[1] != entry:
                 changed = True
@@ -240,18 +240,22 @@ class RegistryScanner:
             self.entries = {e.id: e for _, e in self._files.values() if e is not None}
         return changed
 
-    def _load(self, path: Path, name: str, st: os.stat_result) -> RegistryEntry | None:
+    def _load(self, path: Path, name: str, st: os.stat_result, had: RegistryEntry | None) -> RegistryEntry | None:
+        """The file's entry; if it is not valid, None (skipped), or, when it was valid before
+        (``had``), that entry: a file written in place and caught half-written, or an edit gone
+        wrong, must not remove the agent (its alerts closed as removed, reopened with a new since)."""
         log = logger.bind(file=str(path))
+        then = "its agent keeps its last valid entry until the file is fixed (or removed)" if had is not None else "skipped"
         if stat.S_ISLNK(st.st_mode):
-            log.error("registry file {} is a symlink: skipped (symlinks are not followed)", path)
-            return None
+            log.error("registry file {} is a symlink: {} (symlinks are not followed)", path, then)
+            return had
         if not stat.S_ISREG(st.st_mode):  # a directory, FIFO or device: never opened
-            log.error("registry file {} is not a regular file: skipped", path)
-            return None
+            log.error("registry file {} is not a regular file: {}", path, then)
+            return had
         try:
             return parse_entry(fsutil.read_private(path, MAX_ENTRY_BYTES), name)
         except OSError as exc:
-            log.error("registry file {} cannot be read: {}: skipped", path, exc.strerror or exc)
+            log.error("registry file {} cannot be read: {}: {}", path, exc.strerror or exc, then)
         except InvalidEntry as exc:
-            log.error("registry file {} is invalid: {}: skipped", path, exc)
-        return None
+            log.error("registry file {} is invalid: {}: {}", path, exc, then)
+        return had

@@ -161,6 +161,30 @@ def test_scanner_skips_an_invalid_file_with_one_error_and_picks_up_changes(tmp_p
         logger.remove(sink)
 
 
+def test_a_file_that_was_valid_and_is_not_now_keeps_its_last_entry(tmp_path):
+    """A file written in place, caught half-written, or an edit gone wrong: the agent must not be
+    removed (its open alerts closed as removed and reopened with a new since)."""
+    d = tmp_path / "registry"
+    d.mkdir()
+    records = []
+    sink = logger.add(lambda m: records.append(m.record["message"]), level="ERROR")
+    try:
+        (d / "a.json").write_bytes(entry_bytes(id="a", pid=1))
+        scanner = reg.RegistryScanner(d)
+        scanner.scan(force=True)
+        for bad in (b"", b'{"id": "a", "pi', entry_bytes(id="a", pid=-4)):
+            (d / "a.json").write_bytes(bad)
+            scanner.scan(force=True)
+            assert scanner.entries["a"].pid == 1, bad
+        assert len(records) == 3 and all("keeps its last valid entry" in r for r in records)
+        (d / "a.json").write_bytes(entry_bytes(id="a", pid=2))
+        assert scanner.scan(force=True) is True and scanner.entries["a"].pid == 2
+        (d / "a.json").unlink()
+        assert scanner.scan(force=True) is True and scanner.entries == {}
+    finally:
+        logger.remove(sink)
+
+
 def test_scanner_does_not_follow_symlinks(tmp_path):
     d = tmp_path / "registry"
     d.mkdir()
