@@ -26,6 +26,7 @@ from fleetmon.workers import worker as W
 from fleetmon.workers.sampler import boot_clock, resolve_reader
 
 DRAIN_TIMEOUT = 10.0
+MAX_SENT_SHARDS = 256  # shards remembered per slot (see _assign)
 MAX_ABANDONED = 16  # workers left behind stuck in the kernel at once (each holds its memory until it ends)
 
 
@@ -290,7 +291,14 @@ class Arbiter:
 
     def _assign(self, w: children.Child, refs: list[wire.AgentRef]) -> None:
         self.generation += 1
-        self.sent_shards.setdefault(w.index, collections.deque(maxlen=8)).append((self.generation, refs))
+        sent = self.sent_shards.setdefault(w.index, collections.deque())
+        # Kept: the shard its worker says it reads (the heartbeat's generation) and every one after;
+        # the older ones it will never read again. (Bounded anyway: a worker that stops taking them
+        # is replaced within stall_timeout.)
+        taken = w.heartbeat[W.HB_GEN] if w.heartbeat is not None and w.alive else 0
+        while sent and (sent[0][0] < taken or len(sent) >= MAX_SENT_SHARDS):
+            sent.popleft()
+        sent.append((self.generation, refs))
         self._send(w, wire.Assign(refs, self.generation))
 
     def _send(self, w: children.Child, msg) -> None:
@@ -371,6 +379,7 @@ class Arbiter:
         )
         w.kill()
         w.failures = 0
+        w.holding = agent_id
         if agent_id is not None:
             self._quarantine_agent(agent_id, int(hb[W.HB_PID]), w)
 
@@ -383,7 +392,9 @@ class Arbiter:
                 self.abandon_full_logged = True
                 logger.error("{} workers are stuck in the kernel past SIGKILL: no more are replaced until one ends", MAX_ABANDONED)
             return
-        held = list(self.q_batch) if w is self.quarantine_worker else []
+        # The agent it is stuck on (known when it was killed for a stall), else, for the quarantine
+        # worker, its whole batch: not tried again until it ends (each try would leave one more).
+        held = [w.holding] if w.holding else list(self.q_batch) if w is self.quarantine_worker else []
         logger.bind(worker=w.index).error(
             "{} (pid {}, state {}) did not die {:g}s after SIGKILL (blocked in the kernel: a dead NFS or FUSE mount?): "
             "left behind and replaced; it is reaped when it ends", w.name, w.pid, w.proc_state(), children.KILL_GRACE,

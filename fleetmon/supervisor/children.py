@@ -41,6 +41,7 @@ class Child:
         self.killing_since: float | None = None
         self.ever_started = False
         self.in_service = False  # the writer persisted a tick since it started (the arbiter says)
+        self.holding: str | None = None  # the agent it was reading when it was killed for a stall
 
     @property
     def pid(self) -> int:
@@ -56,6 +57,7 @@ class Child:
         self.proc.start()
         self.started_at = time.monotonic()
         self.killing_since = None
+        self.holding = None
         self.in_service = False
         if self.ever_started:
             self.restarts += 1
@@ -192,9 +194,11 @@ def _close_inherited(fds: list[int]) -> None:
             pass
 
 
-def stop_all(children: list[Child], grace: float) -> None:
+def stop_all(children: list[Child], grace: float) -> list:
     """TERM, then KILL after ``grace`` seconds; waits until every child is reaped, or left behind
-    when SIGKILL does not end it either within ``KILL_GRACE`` (blocked in the kernel)."""
+    when SIGKILL does not end it either within ``KILL_GRACE`` (blocked in the kernel). Returns the
+    processes left behind (``Child.abandon``), for the caller to reap when they end."""
+    left: list = []
     deadline = time.monotonic() + grace
     for c in children:
         c.kill(signal.SIGTERM)
@@ -211,16 +215,17 @@ def stop_all(children: list[Child], grace: float) -> None:
         for c in children:
             if killed and c.unkillable(now):
                 logger.error("{} (pid {}, state {}) did not die after SIGKILL: left behind", c.name, c.pid, c.proc_state())
-                c.abandon()
+                left.append((c.abandon(), c.name, []))
         live = [c.proc.sentinel for c in children if c.alive]
         if live:
             mp_connection.wait(live, timeout=0.1)
     for c in children:
         if c.proc is not None:
             c.proc.join(0)
+    return left
 
 
-def drain(workers: list[Child], timeout: float) -> None:
+def drain(workers: list[Child], timeout: float) -> list:
     """Wait up to ``timeout`` for workers that were sent Stop to finish their tick and exit, keeping
     their control channels flowing; then TERM/KILL whatever is left (``stop_all``)."""
     deadline = time.monotonic() + timeout
@@ -234,4 +239,4 @@ def drain(workers: list[Child], timeout: float) -> None:
                     pass
         mp_connection.wait([w.proc.sentinel for w in live], timeout=0.1)
         live = [w for w in live if w.alive]
-    stop_all(workers, grace=1.0)
+    return stop_all(workers, grace=1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import time
 
 from fleetmon.store import queries
 from fleetmon.store.layout import StateDir
@@ -94,7 +95,9 @@ def _check(args, config, state: StateDir) -> int:
     for name in sorted(config.thresholds.types):
         print(f"  thresholds: type {name} {render.limits_text(config.thresholds.types[name].to_wire()) or 'none set'} (the rest from default)")
     entries, errors = reg.read_all(state.registry)
-    print(f"registry: {len(entries)} agent{'s' if len(entries) != 1 else ''}" + (f", {len(errors)} invalid (skipped by the daemon):" if errors else ""))
+    print(f"registry: {len(entries)} agent{'s' if len(entries) != 1 else ''}" + (
+        f", {len(errors)} invalid (skipped by the daemon; a running one keeps an entry it read valid before):" if errors else ""
+    ))
     for name, why in sorted(errors.items()):
         print(f"  {name}: {why}")
     return EXIT_OK
@@ -138,6 +141,11 @@ def _check_pidfile_briefly(path: str, timeout: float = PIDFILE_CHECK_TIMEOUT) ->
     try:
         if not select.select([r], [], [], timeout)[0]:
             os.kill(pid, signal.SIGKILL)  # (it dies when the read returns; its parent will be gone by then)
+            time.sleep(0.05)
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reaped if it could die at once
+            except ChildProcessError:
+                pass
             return None, f"could not be read within {timeout:g}s (on a stalled mount?)"
         data = b""
         while chunk := os.read(r, 65536):
@@ -145,7 +153,10 @@ def _check_pidfile_briefly(path: str, timeout: float = PIDFILE_CHECK_TIMEOUT) ->
     finally:
         os.close(r)
     os.waitpid(pid, 0)
-    found, problem = json.loads(data)
+    try:
+        found, problem = json.loads(data)
+    except ValueError:  # the child ended without an answer (killed, or failed)
+        return None, "could not be checked"
     return found, problem
 
 
@@ -319,6 +330,12 @@ def _import(args) -> int:
     relative = [e.id for e in entries if e.pidfile is not None and not os.path.isabs(e.pidfile)]
     if relative:  # (agents add makes it absolute from where it runs; a file may come from elsewhere)
         raise BadInput(f"{args.file}: pidfile of {relative[0]!r} is relative: use an absolute path (nothing imported)")
+    for e in entries:
+        if e.pid is not None:
+            try:
+                _refuse_a_thread(e.pid)
+            except BadInput as exc:
+                raise BadInput(f"{args.file}: {e.id!r}: {exc} (nothing imported)") from None
     state = _state(args, create=True)
     known = {name[:-5] for name in os.listdir(state.registry) if name.endswith(".json")}
     try:
@@ -341,13 +358,8 @@ def _refuse_a_thread(pid: int) -> None:
     its thread: never what an agent's pid should be (exit 2, nothing written)."""
     from fleetmon.workers import procfs
 
-    if not procfs.available():
-        return
-    try:
-        group = procfs.tgid(pid)
-    except (OSError, ValueError):
-        return  # no such process now: warned about below
-    if group != pid:
+    group = procfs.thread_group(pid)
+    if group is not None:
         raise BadInput(f"pid {pid} is a thread of process {group}, not a process: register --pid {group}")
 
 

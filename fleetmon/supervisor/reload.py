@@ -182,12 +182,16 @@ def resize_pool(arbiter, n: int) -> None:
         arbiter.shards.pop(w.index, None)
         arbiter.sent_tick.pop(w.index, None)
         arbiter.busy_since.pop(w.index, None)
+    for w in surplus:
+        arbiter.sent_shards.pop(w.index, None)
     arbiter._reshard()  # the remaining workers take over the surplus workers' agents at once
-    _stop_workers(surplus)
+    arbiter.abandoned.extend(_stop_workers(surplus))
     logger.info("workers: stopped {} ({} in the pool)", ", ".join(w.name for w in surplus), n)
 
 
-def _stop_workers(surplus: list[children.Child]) -> None:
-    children.drain(surplus, STOP_GRACE)
+def _stop_workers(surplus: list[children.Child]) -> list:
+    """Stop them; returns those left behind stuck in the kernel (for the arbiter to reap)."""
+    left = children.drain(surplus, STOP_GRACE)
     for w in surplus:
         w.reap()
+    return left

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from fleetmon.store import fsutil
 from fleetmon.supervisor import registry as reg
-from fleetmon.units import check_agent_id
+from fleetmon.units import check_agent_id, whole_number
 
 SUBSCRIBED = "PROCESS_STATE_RUNNING"
 MAX_PAYLOAD = 1 << 20  # supervisord's process state payloads are a line of tokens
@@ -64,7 +64,9 @@ class Registrar:
         if not group or not process or not self.matches(group, process):
             return None
         try:
-            pid = int(t["pid"])
+            pid = whole_number(t["pid"])
+            if not 0 < pid <= reg.MAX_PID:
+                raise ValueError(f"pid {pid} out of range")
             aid = check_agent_id(agent_id(group, process))
         except (KeyError, ValueError) as exc:
             self.log(f"{group}:{process} not registered: {exc}")
@@ -74,7 +76,7 @@ class Registrar:
             self.log(f"{aid} is registered by pidfile ({old.pidfile}), which follows its restarts: left as it is")
             return None
         if old is not None and old.pid == pid and (self.agent_type is None or old.type == self.agent_type):
-            return None  # (supervisord sends RUNNING again to a listener that restarted)
+            return None  # (nothing changed: not written again)
         entry = reg.RegistryEntry(
             aid, self.agent_type or (old.type if old is not None else None), pid, None, old.thresholds if old is not None else None,
         )

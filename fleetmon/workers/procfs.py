@@ -86,6 +86,17 @@ def tgid(pid: int, root: str = "/proc") -> int:
     return int(data[at + 6 : end if end >= 0 else len(data)])
 
 
+def thread_group(pid: int, root: str = "/proc") -> int | None:
+    """The process whose thread ``pid`` is, or None: a process, gone, unreadable, or not Linux."""
+    if not available(root):
+        return None
+    try:
+        group = tgid(pid, root)
+    except (OSError, ValueError):
+        return None
+    return group if group != pid else None
+
+
 class Reader:
     """The three reads of one sample, against a procfs mounted at ``root`` (tests use a fake tree)."""
 

@@ -226,11 +226,7 @@ class Sampler:
         thread id answers in /proc like a process (the process's figures), and ends with the thread."""
         if not self._tgids:
             return None
-        try:
-            group = procfs.tgid(pid, self.proc.root if self.proc is not None else "/proc")
-        except (OSError, ValueError):
-            return None  # (gone, refused: the first sight says)
-        return group if group != pid else None
+        return procfs.thread_group(pid, self.proc.root if self.proc is not None else "/proc")
 
     def _not_a_process(self, ref: AgentRef, tid: int, group: int) -> None:
         if (ref.id, tid) not in self.threads_named:

@@ -148,6 +148,38 @@ def test_blocking_read_quarantines_the_agent_and_releases_it_when_it_reads_again
     assert len(log_lines(log, "agent stuck-1 (pid")) == 1  # quarantined once, retries are not re-announced
 
 
+def test_a_stalled_pidfile_agent_is_named_right_after_its_shard_changed(daemons, procs, state_dir, tmp_path):
+    """Every pidfile agent's heartbeat pid is -1: the supervisor used to name the agent at the
+    heartbeat's index in its newest shard. An agent added in front of the stuck one meanwhile moved
+    an innocent one to that index, and it was quarantined in the culprit's place. The heartbeat now
+    says which shard (generation) the worker was reading."""
+    from fleetmon.supervisor import registry as reg
+
+    flag = tmp_path / "block"
+    flag.touch()
+    env = daemon_env(FLEETMON_TEST_BLOCK=str(flag))
+
+    def add(agent_id: str) -> None:
+        pidfile = tmp_path / f"{agent_id}.pid"
+        pidfile.write_text(f"{procs.sleeper(900).pid}\n")
+        reg.write_entry(state_dir / "registry", reg.RegistryEntry(agent_id, pidfile=str(pidfile)))
+
+    for agent_id in ("p0", "p1", "p2", "p3"):
+        add(agent_id)
+    write_config(tmp_path / "fleetmon.toml", workers=1, interval=f"{INTERVAL}s", stall_timeout=f"{STALL}s", sampler_hook=BLOCK_HOOK)
+    d = daemons(state_dir, "--config", str(tmp_path / "fleetmon.toml"), env=env)
+    d.wait_tick(2, timeout=20)
+    add("stuck-1")  # the shard p0 p1 p2 p3 stuck-1: the worker blocks at index 4
+    wait_until(lambda: "stuck-1" in agent_status(state_dir), 10, 0.1, what="stuck-1 registered")
+    time.sleep(INTERVAL)  # the next tick reaches it, and the worker blocks there
+    add("a-new")  # the shard a-new p0 p1 p2 p3 stuck-1: p3 is at index 4 now
+    wait_until(lambda: agent_status(state_dir).get("stuck-1") == "stalled", STALL + 10, 0.2, what="stuck-1 to be stalled")
+    flag.unlink()
+    log = d.log()
+    assert log_lines(log, "while reading agent stuck-1"), log
+    assert not log_lines(log, "while reading agent p3") and agent_status(state_dir)["p3"] == "running"
+
+
 # A real-time signal (its default action ends the process too) has no name in signal.Signals: naming
 # it in the log used to raise in the supervisor's loop, which then stopped the whole daemon.
 @pytest.mark.parametrize("sig", [signal.SIGKILL, getattr(signal, "SIGRTMIN", 34) + 6], ids=["SIGKILL", "SIGRTMIN+6"])

@@ -420,7 +420,7 @@ def test_run_check_validates_and_starts_nothing(state_dir, tmp_path):
     assert lines[1].startswith("  stall_timeout 10s, alert_repeat 10m, http 127.0.0.1:9464, reader ")
     assert lines[2] == "  thresholds: default cpu > 80% for 5m"
     assert lines[3] == "  thresholds: type web memory > 1.0GiB (the rest from default)"
-    assert lines[4] == "registry: 1 agent, 1 invalid (skipped by the daemon):" and lines[5].startswith("  broken.json: ")
+    assert lines[4] == "registry: 1 agent, 1 invalid (skipped by the daemon; a running one keeps an entry it read valid before):" and lines[5].startswith("  broken.json: ")
     assert not (state_dir / "run" / "lock").exists() and not (state_dir / "daemon.json").exists()  # nothing started
     config.write_text("workers = -2\n")
     proc = cli("run", "--check", "--config", str(config), state_dir=state_dir, timeout=30)

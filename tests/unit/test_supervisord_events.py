@@ -66,10 +66,13 @@ def test_what_cannot_be_registered_is_logged_and_answered_ok(tmp_path):
         running("agent-x", "agent-x:1", 101),  # a name that is no valid id
         event("PROCESS_STATE_RUNNING", "processname:agent-2 groupname:agent-2 from_state:STARTING"),  # no pid
         running("agent-3", "agent-3", 103),  # over a file that does not parse: replaced
+        event("PROCESS_STATE_RUNNING", "processname:agent-4 groupname:agent-4 from_state:STARTING pid:0"),
+        event("PROCESS_STATE_RUNNING", "processname:agent-5 groupname:agent-5 from_state:STARTING pid:1_0"),
     ])
-    assert rc == 0 and out.count(b"RESULT 2\nOK") == 3
+    assert rc == 0 and out.count(b"RESULT 2\nOK") == 5
     assert "invalid agent id" in said[0] and "'pid'" in said[1] and "is replaced" in said[2]
     assert said[3] == "registered agent-3 (pid 103)"
+    assert "agent-4:agent-4 not registered: pid 0 out of range" == said[4] and "not a whole number" in said[5]
     assert entries(registry) == {"agent-3": ("default", 103, None, None)}
 
 
