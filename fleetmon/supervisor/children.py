@@ -93,7 +93,7 @@ class Child:
 
     def abandon(self):
         """Give up on a child that SIGKILL has not ended: the slot is free for a new one at once.
-        Returns its process, to be reaped when it ends (``reap_abandoned``); multiprocess no longer
+        Returns its process, to be reaped when it ends (``Arbiter._reap_abandoned``); multiprocess no longer
         waits for it at exit (the supervisor would hang there)."""
         proc, self.proc = self.proc, None
         if self.ctl is not None:
