@@ -251,14 +251,20 @@ def test_known_start_refuses_a_stranger(reader, child):
     assert isinstance(ok, Sample)
 
 
+def _sampled_by_pidfile(tmp_path, reader, pid: int):
+    """(the pidfile, a Sampler, the agent's ref) after a first sample of ``pid`` through the pidfile."""
+    pidfile = tmp_path / "agent.pid"
+    pidfile.write_text(f"{pid}\n")
+    s = Sampler(reader=reader)
+    ref = AgentRef("a", None, str(pidfile))
+    assert s.sample(ref).pid == pid
+    return pidfile, s, ref
+
+
 def test_pidfile_followed_to_a_new_process(reader, child, tmp_path):
     other = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
     try:
-        pidfile = tmp_path / "agent.pid"
-        pidfile.write_text(f"{child.pid}\n")
-        s = Sampler(reader=reader)
-        ref = AgentRef("a", None, str(pidfile))
-        assert s.sample(ref).pid == child.pid
+        pidfile, s, ref = _sampled_by_pidfile(tmp_path, reader, child.pid)
         pidfile.write_text(f"{other.pid}\n")
         r = s.sample(ref)
         assert isinstance(r, Sample) and r.pid == other.pid and r.cpu is None
@@ -273,11 +279,7 @@ def test_a_pidfile_caught_empty_or_removed_keeps_the_process_it_named_while_that
     close as exited)."""
     p = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
     try:
-        pidfile = tmp_path / "agent.pid"
-        pidfile.write_text(f"{p.pid}\n")
-        s = Sampler(reader=reader)
-        ref = AgentRef("a", None, str(pidfile))
-        assert s.sample(ref).pid == p.pid
+        pidfile, s, ref = _sampled_by_pidfile(tmp_path, reader, p.pid)
         pidfile.write_text("")
         r = s.sample(ref)
         assert isinstance(r, Sample) and r.pid == p.pid and r.memory_rss > 0
