@@ -187,7 +187,10 @@ def test_status_json_daemon_object(procs, state_dir, daemons):
     d = daemons(state_dir, "--interval", "250ms", "--workers", "2")
     d.wait_tick(3)
     started = time.time()
-    st = cli_json("status", state_dir=state_dir)
+    # (status.json, which status reads, is rewritten at most once a second at a 250ms interval: it
+    # may still show an earlier tick than daemon.json, which wait_tick reads)
+    st = wait_until(lambda: (j := cli_json("status", state_dir=state_dir))["daemon"]["tick"] >= 3 and j, 10,
+                    what="status.json to show tick 3")
     daemon = st["daemon"]
     assert {"supervisor_pid", "writer_pid", "workers", "tick", "updated", "running"} <= set(daemon)
     assert daemon["supervisor_pid"] == d.pid and daemon["running"] is True
