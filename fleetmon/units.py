@@ -79,6 +79,14 @@ def check_agent_id(agent_id: str) -> str:
     return agent_id
 
 
+def check_agent_type(agent_type: str) -> str:
+    """1-128 printable characters (control characters would reach terminals through status and
+    top, and break their rows)."""
+    if not isinstance(agent_type, str) or not agent_type or len(agent_type) > 128 or not agent_type.isprintable():
+        raise ValueError(f"type must be 1-128 printable characters, not {agent_type!r}")
+    return agent_type
+
+
 _DIGITS3 = [f"{i:03d}" for i in range(1000)]
 _SECONDS: dict[int, str] = {}  # "YYYY-MM-DDTHH:MM:SS" of recent whole seconds (the writer formats many per tick)
 

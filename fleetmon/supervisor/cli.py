@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from fleetmon import __version__
-from fleetmon.units import LOG_LEVELS, MAX_LIMIT, check_agent_id, parse_duration, parse_size, whole_number
+from fleetmon.units import LOG_LEVELS, MAX_LIMIT, check_agent_id, check_agent_type, parse_duration, parse_size, whole_number
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -87,6 +87,13 @@ def _percent(text: str) -> float:
 def _agent_id(text: str) -> str:
     try:
         return check_agent_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _agent_type(text: str) -> str:
+    try:
+        return check_agent_type(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -179,7 +186,7 @@ def build_parser() -> Parser:
         "--program", action="append", required=True, metavar="GLOB",
         help="programs to register, matched against the group, the process name or GROUP:PROCESS, e.g. 'agent-*' (repeat for several)",
     )
-    sv.add_argument("--type", help="agent type for the entries (default: the entry's own, else default)")
+    sv.add_argument("--type", type=_agent_type, help="agent type for the entries (default: the entry's own, else default)")
     ls = asub.add_parser("ls", parents=[state_parent], help="list registered agents")
     ls.add_argument("--json", action="store_true", help='print {"agents": [ENTRY, ...]}')
 

@@ -223,14 +223,8 @@ def cmd_agents(args) -> int:
 
 
 def _supervisord_listener(args) -> int:
-    from fleetmon.supervisor import registry as reg
     from fleetmon.supervisor import supervisord_events as sv
 
-    if args.type is not None:
-        try:
-            reg.RegistryEntry("x", args.type, 1)  # the same check as any entry's type
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
     if sys.stdin.isatty():
         raise BadInput("agents supervisord-listener is run by supervisord as an [eventlistener] "
                        "(see contrib/supervisord/fleetmon-agents.conf), not from a terminal")

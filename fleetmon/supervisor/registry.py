@@ -19,7 +19,7 @@ import msgspec
 from loguru import logger
 
 from fleetmon.store import fsutil
-from fleetmon.units import MAX_LIMIT, check_agent_id
+from fleetmon.units import MAX_LIMIT, check_agent_id, check_agent_type
 from fleetmon.wire import Thresholds
 
 MAX_ENTRY_BYTES = 64 * 1024
@@ -44,9 +44,7 @@ class RegistryEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
             raise ValueError(f"pid must be a positive integer up to {MAX_PID}, not {self.pid!r}")
         if self.pidfile is not None and (not self.pidfile or "\0" in self.pidfile):
             raise ValueError("pidfile must be a non-empty path")
-        if not self.type or len(self.type) > 128 or not self.type.isprintable():
-            # (control characters would reach terminals through status and top, and break their rows)
-            raise ValueError(f"type must be 1-128 printable characters, not {self.type!r}")
+        check_agent_type(self.type)
         t = self.thresholds
         if t is not None:
             for key in ("cpu_threshold", "memory_threshold", "open_files_threshold", "threshold_duration"):
