@@ -138,7 +138,6 @@ class Sampler:
         self._boot = boot_time
         self._parse_error_logged = False
         self.pidfile_problems: dict[str, str] = {}  # agent id -> what is wrong with its pidfile (logged)
-        self._tgids = procfs.available()  # /proc/<pid>/status says whose thread a pid is (Linux)
         self.threads_named: set[tuple[str, int]] = set()  # (agent, thread id) logged as not a process
 
     def forget_except(self, agent_ids: set[str]) -> None:
@@ -224,8 +223,6 @@ class Sampler:
     def _thread_group(self, pid: int) -> int | None:
         """The process whose thread ``pid`` is, or None: a process, gone, or no way to tell. A
         thread id answers in /proc like a process (the process's figures), and ends with the thread."""
-        if not self._tgids:
-            return None
         return procfs.thread_group(pid, self.proc.root if self.proc is not None else "/proc")
 
     def _not_a_process(self, ref: AgentRef, tid: int, group: int) -> None:
