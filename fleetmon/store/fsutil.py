@@ -292,7 +292,29 @@ def read_private(path: Path, limit: int = 64 * 1024 * 1024) -> bytes:
 
 
 def move_aside(path: Path) -> Path:
-    """Rename a corrupt file to ``<name>.corrupt-<timestamp>`` so it can be inspected and rebuilt."""
-    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}")
+    """Rename a corrupt file to ``<name>.corrupt-<UTC time>-<random>`` so it can be inspected and
+    rebuilt. Only the newest ``CORRUPT_KEEP`` copies of a name are kept: a file that is found corrupt
+    at every start (a failing disk, a tool that keeps writing garbage there) does not fill the disk."""
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(2)}")
     os.replace(path, target)
+    _prune_aside(path, target)
     return target
+
+
+CORRUPT_KEEP = 3
+
+
+def _prune_aside(path: Path, newest: Path) -> None:
+    prefix = path.name + ".corrupt-"
+    try:
+        with os.scandir(path.parent) as it:
+            aside = [e.name for e in it if e.name.startswith(prefix) and e.name != newest.name]
+    except OSError:
+        return
+    # Oldest first by name: the UTC time sorts (copies named in local time by older versions come
+    # first; within a second, the order is the random part's, but ``newest`` is always kept).
+    for name in sorted(aside, key=lambda n: (n[len(prefix) :][15:16] == "Z", n))[: max(0, len(aside) - CORRUPT_KEEP + 1)]:
+        try:
+            os.unlink(path.parent / name)
+        except OSError:
+            pass  # (gone already, or not ours to remove: kept)

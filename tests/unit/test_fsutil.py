@@ -188,3 +188,23 @@ def test_mapped_writes_only_on_filesystems_that_cannot_fail_them(tmp_path):
             assert fsutil.mapped_writes_safe(path) == safe.get(_mount_type(path)), path
     assert fsutil.mapped_writes_safe(Path("/proc")) is None
     assert fsutil.mapped_writes_safe(tmp_path / "missing") is None
+
+
+def test_move_aside_keeps_the_newest_copies_of_a_name_only(tmp_path):
+    """A file found corrupt at every start must not fill the disk with copies of itself."""
+    older_version = tmp_path / "status.json.corrupt-20200101T000000-abcd"  # local time, no Z
+    older_version.write_text("oldest")
+    other = tmp_path / "thresholds.json.corrupt-20200101T000000-abcd"
+    other.write_text("another file's copy")
+    path = tmp_path / "status.json"
+    moved = []
+    for i in range(fsutil.CORRUPT_KEEP + 2):
+        path.write_text(f"garbage {i}")
+        moved.append(fsutil.move_aside(path))
+        assert moved[-1].read_text() == f"garbage {i}"  # the copy just moved aside is always kept
+    left = sorted(tmp_path.glob("status.json.corrupt-*"))
+    assert len(left) == fsutil.CORRUPT_KEEP
+    assert not older_version.exists()
+    assert other.exists()
+    assert moved[-1] in left
+    assert all(p.name.split(".corrupt-")[1][15] == "Z" for p in left)
