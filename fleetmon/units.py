@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# ASCII digits only (``\d`` also takes other scripts' digits, which ``float`` then reads).
+_DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1,
     "kb": 10**3,
@@ -27,6 +28,7 @@ _SIZE_UNITS = {
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")  # loguru's, for log_level
 MAX_LIMIT = 2**63 - 1  # the largest size or count a limit may be (a signed 64-bit int on the wire and on disk)
+MAX_DURATION = 100 * 365 * 86400.0  # 100 years: longer is a typo (and past what sleeps, timeouts and dates take)
 
 
 _WHOLE_RE = re.compile(r"\s*\+?[0-9]+\s*")
@@ -41,18 +43,26 @@ def whole_number(text: str | bytes) -> int:
     return int(text)
 
 
+def _shown(value) -> str:
+    """``value`` for an error message: its repr, cut short (a message stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:36] + "...'"
+
+
 def parse_duration(value: str | int | float) -> float:
     """``250ms``, ``30s``, ``5m``, ``1h``, ``1d`` or plain seconds -> seconds (float, >= 0)."""
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
-        if not 0 <= value < math.inf:  # (nan fails it too)
-            raise ValueError(f"invalid duration {value!r}: must be a finite number, not negative")
-        return float(value)
-    m = _DURATION_RE.match(value)
-    if not m:
-        raise ValueError(f"invalid duration {value!r} (use e.g. 250ms, 30s, 5m, 1h, 1d)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.fullmatch(value)
+        if not m:
+            raise ValueError(f"invalid duration {_shown(value)} (use e.g. 250ms, 30s, 5m, 1h, 1d)")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not 0 <= seconds <= MAX_DURATION:  # (nan and inf, which float() makes of 400 nines, fail it too)
+        raise ValueError(f"invalid duration {_shown(value)}: must be from 0 to 36500d")
+    return seconds
 
 
 def parse_size(value: str | int | float) -> int:
@@ -62,12 +72,12 @@ def parse_size(value: str | int | float) -> int:
     if isinstance(value, int | float):
         size = value
     else:
-        m = _SIZE_RE.match(value)
+        m = _SIZE_RE.fullmatch(value)
         if not m:
-            raise ValueError(f"invalid size {value!r} (use e.g. 512MiB, 1GiB, 100MB or bytes)")
+            raise ValueError(f"invalid size {_shown(value)} (use e.g. 512MiB, 1GiB, 100MB or bytes)")
         size = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
     if not 0 <= size <= MAX_LIMIT:  # (nan and inf fail it too)
-        raise ValueError(f"invalid size {value!r}: must be from 0 to {MAX_LIMIT} bytes")
+        raise ValueError(f"invalid size {_shown(value)}: must be from 0 to {MAX_LIMIT} bytes")
     return int(size)
 
 

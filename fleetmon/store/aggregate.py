@@ -16,8 +16,11 @@ def window(points: Iterable[Point], since: float, now: float) -> list[Point]:
 
 def bucket_start(ts: float, every: float) -> float:
     """Start of the ``every``-wide bucket holding ``ts``, aligned to multiples of ``every`` since the
-    Unix epoch (Go's ``time.Truncate``)."""
-    return math.floor(ts / every) * every
+    Unix epoch (Go's ``time.Truncate``). Counted in whole microseconds, the precision timestamps are
+    shown with: in binary floats, ``floor(ts / every)`` put a point shown at ``...59.600000`` into
+    the bucket of ``...59.500000`` at ``every`` = 0.1 s (``every`` under 1 us counts as 1 us)."""
+    us = round(ts * 1e6)
+    return (us - us % max(1, round(every * 1e6))) / 1e6
 
 
 def aggregate(points: Sequence[Point], every: float) -> list[Point]:

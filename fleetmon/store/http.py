@@ -35,7 +35,7 @@ from prometheus_client.exposition import choose_encoder
 from fleetmon.store import queries
 from fleetmon.store.collector import TEXT_CONTENT_TYPE, BatchStats, FleetCollector, render_text
 from fleetmon.supervisor.httpaddr import parse_http
-from fleetmon.units import check_agent_id, parse_duration
+from fleetmon.units import check_agent_id, parse_duration, whole_number
 
 DEFAULT_SINCE = 3600.0  # as the CLI's --since
 ALERTS_LIMIT = 100_000  # /api/alerts: the newest this many changes at most (a reply of ~25 MB)
@@ -364,7 +364,7 @@ def _alerts(endpoint: Endpoint, params: dict[str, str]):
         raise ApiError(HTTPStatus.BAD_REQUEST, "state: use warning, error or ok (comma-separated)")
     text = params.get("limit", str(ALERTS_LIMIT))
     try:
-        limit = int(text)
+        limit = whole_number(text)
     except ValueError:
         limit = -1
     if not 1 <= limit <= ALERTS_LIMIT:

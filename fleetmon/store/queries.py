@@ -170,7 +170,11 @@ def alerts_window(
                     continue  # a torn last line after a crash
                 if (agents and ev.agent_id not in agents) or (states and ev.state not in states):
                     continue
-                if parse_rfc3339(ev.timestamp) >= start:
+                try:
+                    at = parse_rfc3339(ev.timestamp)
+                except (ValueError, OverflowError):
+                    continue  # a line of another tool, or edited by hand: skipped as a torn one is
+                if at >= start:
                     events.append(ev)
                     if limit and len(events) >= limit:
                         ended = True

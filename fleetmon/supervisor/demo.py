@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from fleetmon.store import queries
@@ -70,7 +71,7 @@ def run(state: StateDir | None, agents: int, duration: float, interval: float, c
                  "--workers", "2", "--log-level", "INFO"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )
-        console.print(f"fleetmon demo: {agents} agents, daemon pid {daemon.pid}, state dir {state.root} (log: {log_path})")
+        console.print(f"fleetmon demo: {agents} agents, daemon pid {daemon.pid}, state dir {state.root} (log: {log_path})", markup=False)
         console.print(f"running for {duration:g}s; Ctrl-C stops earlier")
         _watch(state, daemon, duration, console)
     except KeyboardInterrupt:
@@ -85,7 +86,8 @@ def run(state: StateDir | None, agents: int, duration: float, interval: float, c
         f"  {prog} status --state-dir {state.root}\n"
         f"  {prog} alerts --state-dir {state.root}\n"
         f"  {prog} top --state-dir {state.root}\n"
-        f"  {prog} history cpu-hog --state-dir {state.root} --every 5s"
+        f"  {prog} history cpu-hog --state-dir {state.root} --every 5s",
+        markup=False,  # (a path may hold brackets)
     )
     return 0 if code == 0 else 1
 
@@ -131,7 +133,7 @@ def _watch(state: StateDir, daemon: subprocess.Popen, duration: float, console: 
                 console.print(f"{e.timestamp} {e.agent_id} {e.resource} -> {e.state}")
             seen = len(events)
     if daemon.poll() is not None:
-        console.print(f"[red]the daemon exited early ({daemon.returncode}); see {state.root / 'demo.log'}[/]")
+        console.print(f"[red]the daemon exited early ({daemon.returncode}); see {escape(str(state.root / 'demo.log'))}[/]")
 
 
 def _stop_daemon(daemon: subprocess.Popen | None) -> int | None:

@@ -106,8 +106,14 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
-def _num(v, fmt: str = "{:g}") -> str:
+def _num(v, fmt: str = "{:.0f}") -> str:
+    """``-`` for None; by default a whole number in full (a pid of 4 million is not ``4e+06``)."""
     return "-" if v is None else fmt.format(v)
+
+
+def _plain(v: float) -> str:
+    """A value or a limit as typed: ``1048000``, ``80``, ``80.5`` (``:g`` would print ``1.048e+06``)."""
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 def _age(ts: str | None) -> str:
@@ -204,7 +210,7 @@ def summary_line(agents, shown: int, how: str = "") -> str:
     alerts += f", [yellow]{warn} warning[/]" if warn else ", 0 warning"
     line = f"{len(agents)} agent{'s' if len(agents) != 1 else ''}: {by_status}; alerts: {alerts}"
     if shown != len(agents) or how:
-        line += f" ({shown} shown{': ' + how if how else ''})"
+        line += f" ({shown} shown{': ' + escape(how) if how else ''})"  # (``how`` holds the --type typed)
     return line
 
 
@@ -226,8 +232,8 @@ def history_table(agent_id: str, points) -> None:
 def alerts_table(events) -> None:
     rows = []
     for e in events:
-        value = "-" if e.value is None else (format_size(e.value) if e.resource == "memory" else f"{e.value:.1f}" if e.resource == "cpu" else f"{e.value:g}")
-        threshold = format_size(e.threshold) if e.resource == "memory" else f"{e.threshold:g}"
+        value = "-" if e.value is None else (format_size(e.value) if e.resource == "memory" else f"{e.value:.1f}" if e.resource == "cpu" else _plain(e.value))
+        threshold = format_size(e.threshold) if e.resource == "memory" else _plain(e.threshold)
         state = e.state + (f" ({e.reason})" if e.reason else "")
         rows.append((e.timestamp, e.agent_id, e.resource, (state, STATE_STYLE.get(e.state)), value, threshold, e.since))
     write_table(
@@ -242,7 +248,7 @@ def limits_text(t) -> str:
     sets nothing."""
     parts = []
     if t.cpu_threshold is not None:
-        parts.append(f"cpu > {t.cpu_threshold:g}%" if t.cpu_threshold else "cpu off")
+        parts.append(f"cpu > {_plain(t.cpu_threshold)}%" if t.cpu_threshold else "cpu off")
     if t.memory_threshold is not None:
         parts.append(f"memory > {format_size(t.memory_threshold)}" if t.memory_threshold else "memory off")
     if t.open_files_threshold is not None:

@@ -117,12 +117,12 @@ def render(status, sort_key: str = "cpu", height: int = 40, now: float | None = 
                 alerts.append(" ")
             alerts.append(f"{b.resource}:{b.state}", style=STATE_STYLE.get(b.state, ""))
         table.add_row(
-            a.id, a.type, "-" if a.pid is None else str(a.pid),
+            a.id, Text(a.type), "-" if a.pid is None else str(a.pid),  # (Text: a type like "[/x]" is no markup)
             Text(a.status, style=STATUS_STYLE.get(a.status, "")),
             "-" if s is None or s.cpu is None else f"{s.cpu:.1f}",
             format_size(s.memory_rss if s else None),
-            "-" if s is None or s.open_files is None else f"{s.open_files:g}",
-            "-" if s is None or s.num_threads is None else f"{s.num_threads:g}",
+            "-" if s is None or s.open_files is None else f"{s.open_files:.0f}",
+            "-" if s is None or s.num_threads is None else f"{s.num_threads:.0f}",
             alerts if alerts else "-",
             style=row_style,
         )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetmon.store.aggregate import aggregate, bucket_start, window
@@ -93,3 +94,29 @@ def test_aggregation_equals_the_mean(samples, every):
                 assert min(vals) - slack <= got <= max(vals) + slack
             else:
                 assert got is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 4_000_000_000 * 10**6),
+    st.sampled_from([1, 50_000, 100_000, 200_000, 250_000, 10**6, 5 * 10**6, 60 * 10**6, 86_400 * 10**6]),
+    st.booleans(),
+)
+def test_a_point_falls_in_the_bucket_its_shown_time_is_in(us, every_us, on_edge):
+    """Shown to the microsecond, a point is in [bucket start, bucket start + every), and the start is
+    a whole multiple of ``every`` since the epoch (Go's Truncate), whatever binary floats make of
+    the two (a float division put ...59.600000 in the .500000 bucket at 100ms)."""
+    from datetime import UTC, datetime
+
+    from fleetmon.units import rfc3339
+
+    def shown_us(ts: float) -> int:
+        d = datetime.strptime(rfc3339(ts), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return (d - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+    if on_edge:
+        us -= us % every_us
+    ts = us / 1e6
+    start = shown_us(bucket_start(ts, every_us / 1e6))
+    assert start % every_us == 0
+    assert start <= shown_us(ts) < start + every_us
