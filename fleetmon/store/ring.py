@@ -113,10 +113,25 @@ def decode_records(data: bytes | memoryview) -> list[tuple[int, Point]]:
             wr = None if mask & 16 else wr
             fds = None if mask & 32 else fds
             thr = None if mask & 64 else thr
-        if cpu is not None and not math.isfinite(cpu):
-            cpu = None
+        if cpu is not None:
+            cpu = _shortest_f32(cpu) if math.isfinite(cpu) else None
         out.append((seq, Point(ts, cpu, rss, vms, rd, wr, fds, thr)))
     return out
+
+
+_F32 = struct.Struct("<f")
+
+
+def _shortest_f32(value: float) -> float:
+    """A float32 read back as the shortest decimal that is the same float32: 12.3 is kept as
+    12.300000190734863 and shown as 12.3, as status and /metrics show the sample; nothing is lost
+    (packed as a float32 again, it is the same bits)."""
+    bits = _F32.pack(value)
+    for digits in (7, 8):
+        short = float(f"{value:.{digits}g}")
+        if _F32.pack(short) == bits:
+            return short
+    return float(f"{value:.9g}")  # (9 significant digits always name a float32 exactly)
 
 
 def read_points(path: Path) -> list[Point]:

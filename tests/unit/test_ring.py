@@ -13,11 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetmon.store.ring import RECORD_SIZE, CorruptRing, Point, Ring, RingStore, encode_record, read_points
+from fleetmon.store.ring import RECORD_SIZE, CorruptRing, Point, Ring, RingStore, _shortest_f32, encode_record, read_points
 
 I32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 I64 = st.integers(min_value=0, max_value=2**63 - 1)
-F32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+# cpu as a float32 read back: the shortest decimal of it (ring._shortest_f32), which is kept exactly
+F32 = st.floats(width=32, allow_nan=False, allow_infinity=False).map(_shortest_f32)
 
 
 def opt(s):
@@ -471,3 +472,14 @@ def test_a_new_mapped_ring_is_in_the_page_cache_whole(tmp_path):
         ring.close()
         full = os.path.getsize(path) // mmap.PAGESIZE  # (the kernel may leave a partial last page)
         assert full > 20 and all(resident[:full]), f"{capacity}: {resident.count(False)} of {full} pages not resident"
+
+
+@pytest.mark.parametrize("cpu", [12.3, 0.1, 99.9, 1234.5, 3.0e-5, 0.0])
+def test_cpu_comes_back_as_it_was_shown_not_as_its_float32(tmp_path, cpu):
+    """cpu is kept as a float32: read back, 12.3 must not become 12.300000190734863 in ``history``
+    while ``status`` shows 12.3 for the same sample."""
+    path = fresh(tmp_path)
+    ring = Ring.open(path, 4)
+    ring.append(Point(1_700_000_000.0, cpu, 1, 1, 1, 1, 1, 1))
+    ring.close()
+    assert read_points(path)[0].cpu == cpu
