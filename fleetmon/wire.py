@@ -34,13 +34,18 @@ class BootClock(msgspec.Struct, frozen=True):
 
 class AgentRef(msgspec.Struct, frozen=True, array_like=True):
     """One agent as a worker needs it: where to find its process. ``known_pid``/``known_start``:
-    the process at that pid that was this agent started then (so a stranger there is not it)."""
+    the process at that pid that was this agent started then (so a stranger there is not it).
+    ``last_pid``/``last_start``, for a pidfile agent: the process it ran as when the writer last
+    recorded it (status.json), followed while its pidfile names none by a worker that has not
+    sampled it yet (just started, or in a daemon started again)."""
 
     id: str
     pid: int | None = None
     pidfile: str | None = None
     known_pid: int | None = None
     known_start: float | None = None
+    last_pid: int | None = None
+    last_start: float | None = None
 
 
 # --- supervisor -> worker -------------------------------------------------------------------------

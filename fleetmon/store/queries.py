@@ -60,6 +60,24 @@ def read_daemon(state: StateDir) -> DaemonJSON | None:
         return None
 
 
+def last_processes(state: StateDir) -> dict[str, tuple[int, float]]:
+    """Agent id -> (pid, start time) of the process each agent ran as when the writer last wrote
+    status.json, for those running or stalled then. Empty when there is none or it cannot be read:
+    a hint, which the reader checks against the process's own start time before trusting it."""
+    try:
+        snap = _status.decode(fsutil.read_private(state.status, 1 << 30))
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return {}
+    out = {}
+    for r in snap.agents:
+        if r.pid is not None and r.start_time is not None and r.status in ("running", "stalled"):
+            try:
+                out[r.id] = (r.pid, parse_rfc3339(r.start_time))
+            except (ValueError, OverflowError):
+                continue
+    return out
+
+
 def status(state: StateDir) -> StatusJSON:
     """Every registered agent, with what the daemon last recorded of it."""
     return status_as_of(state)[0]

@@ -18,6 +18,7 @@ import msgspec
 from loguru import logger
 
 from fleetmon import channel, wire
+from fleetmon.store import queries
 from fleetmon.store.layout import StateDir
 from fleetmon.supervisor import children, lock, notify, sharding
 from fleetmon.supervisor.config import Config, warn_short_keep
@@ -89,6 +90,9 @@ class Arbiter:
         self.quarantine: dict[str, Quarantined] = {}
         self.q_batch: list[str] = []
         self.known: dict[str, tuple[int, float]] = {}  # agent -> (pid, start) from the writer's Retire
+        # agent -> (pid, start) it last ran as (status.json), read when workers start: what a new
+        # worker follows while a pidfile names no process (see wire.AgentRef)
+        self.last_seen: dict[str, tuple[int, float]] = {}
         self.persisted_tick = 0
         self.persisted_at = time.monotonic()
         self.started_at = time.monotonic()
@@ -148,9 +152,10 @@ class Arbiter:
         self.link = channel.Link(address, self._greeting)
         self._start_writer()
         self.registry.scan(force=True)
+        self.last_seen = queries.last_processes(self.state)
         self._reshard()
         for w in self.workers:
-            self._start_worker(w)
+            self._start_worker(w, fresh=False)
         logger.info(
             "fleetmon started (pid {}): {} worker{} reading {}, interval {}s, {} agents, state dir {}",
             os.getpid(), len(self.workers), "" if len(self.workers) == 1 else "s", resolve_reader(self.config.reader),
@@ -273,7 +278,13 @@ class Arbiter:
         if self.writer.restarts:
             logger.warning("writer restarted (pid {}), restart {}", self.writer.pid, self.writer.restarts)
 
-    def _start_worker(self, w: children.Child) -> None:
+    def _start_worker(self, w: children.Child, fresh: bool = True) -> None:
+        """``fresh``: read again where the writer last recorded each agent's process (the shard's
+        pidfile agents are followed from there by the new worker; ``last_seen``)."""
+        shard = self.shards.get(w.index, [])
+        if fresh and any(r.pidfile is not None for r in shard):
+            self.last_seen = queries.last_processes(self.state)
+            shard = self.shards[w.index] = [self._ref(r.id) if r.id in self.registry.entries else r for r in shard]
         parent_end, child_end = channel.pair()
         # The state dir's lock stays with the writer (the other process that writes there), not
         # with a worker: one stuck in a /proc read past SIGKILL must not keep a new daemon out.
@@ -285,7 +296,7 @@ class Arbiter:
         child_end.close()
         w.ctl = channel.FramedConn(parent_end)
         self.sent_tick[w.index] = 0
-        self._assign(w, self.shards.get(w.index, []))
+        self._assign(w, shard)
         if w.restarts:
             logger.warning("{} restarted (pid {}), restart {}", w.name, w.pid, w.restarts)
 
@@ -470,7 +481,11 @@ class Arbiter:
         known = self.known.get(agent_id)
         if known is not None and e.pid is not None and known[0] != e.pid:
             known = None
-        return wire.AgentRef(e.id, e.pid, e.pidfile, known[0] if known else None, known[1] if known else None)
+        last = self.last_seen.get(agent_id) if e.pidfile is not None else None
+        return wire.AgentRef(
+            e.id, e.pid, e.pidfile, known[0] if known else None, known[1] if known else None,
+            last[0] if last else None, last[1] if last else None,
+        )
 
     def _reshard(self) -> None:
         for agent_id in [a for a in self.quarantine if a not in self.registry.entries]:

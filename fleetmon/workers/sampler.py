@@ -155,6 +155,8 @@ class Sampler:
             t = self.tracked.get(ref.id)
             then = (
                 f"still sampling pid {t.pid}, the process it named last, while that runs" if t is not None
+                else f"sampling pid {ref.last_pid}, the process it ran as when last recorded, while that runs"
+                if ref.last_pid is not None
                 else "not sampled until fleetmon can read it" if problem.startswith("cannot be")
                 else "not sampled until it holds a pid"
             )
@@ -176,12 +178,18 @@ class Sampler:
                 # Rewritten in place (caught empty), or removed before its process exits: the process
                 # it named last is still the agent while it runs (the same start time); its alerts
                 # stay open. Once it is gone, so is the agent.
+                # A worker that has not sampled it yet follows the process the writer last recorded
+                # (``last_pid``), if that one still runs (the same start time).
                 held = self.tracked.get(ref.id)
-                if held is None:
+                if held is not None:
+                    last = AgentRef(ref.id, held.pid, None, ref.known_pid, ref.known_start)
+                elif ref.last_pid is not None and ref.last_start is not None:
+                    last = AgentRef(ref.id, ref.last_pid, None, ref.last_pid, ref.last_start)
+                else:
                     return Gone(ref.id, None, now, "no_pidfile")
-                result = self.sample(AgentRef(ref.id, held.pid, None, ref.known_pid, ref.known_start))
-                if type(result) is Gone:
-                    del self.tracked[ref.id]
+                result = self.sample(last)
+                if type(result) is Gone or (held is None and not result.create_time):  # (last: only if it is that process)
+                    self.tracked.pop(ref.id, None)
                     return Gone(ref.id, None, now, "no_pidfile")
                 return result
         t = self.tracked.get(ref.id)

@@ -294,3 +294,39 @@ def test_whole_daemon_stopped_and_continued_replaces_nobody(daemons, procs, stat
     assert [w["pid"] for w in now["workers"]] == [w["pid"] for w in info["workers"]], d.log()
     assert now["writer_pid"] == info["writer_pid"]
     assert not log_lines(d.log(), "made no progress")
+
+
+def test_a_pidfile_agent_whose_pidfile_is_gone_stays_followed_across_a_new_worker_and_daemon(daemons, procs, state_dir, tmp_path):
+    """A tmp cleaner removes a running agent's pidfile. The worker that was sampling it keeps its
+    process; a worker started after that (the old one killed), or a daemon started again, knew
+    nothing of it and called the agent exited at once. They now follow the process the writer last
+    recorded (status.json) while it runs, checked by its start time."""
+    from fleetmon.supervisor import registry as reg
+
+    agent = procs.sleeper(900)
+    pidfile = tmp_path / "agent.pid"
+    pidfile.write_text(f"{agent.pid}\n")
+    reg.write_entry(state_dir / "registry", reg.RegistryEntry("p", pidfile=str(pidfile)))
+    write_config(tmp_path / "fleetmon.toml", workers=1, interval=f"{INTERVAL}s", stall_timeout=f"{STALL}s")
+    d = daemons(state_dir, "--config", str(tmp_path / "fleetmon.toml"), env=daemon_env())
+    d.wait_tick(2, timeout=20)
+    wait_until(lambda: status_json(state_dir)["agents"][0]["start_time"], 10, 0.1, what="status.json to record p's process")
+    pidfile.unlink()
+    old = _worker_pid(state_dir, 0)
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: _worker_pid(state_dir, 0) != old, 10, 0.1, what="worker 0 to be replaced")
+    after = time.time()
+    wait_until(lambda: any(t > after + INTERVAL for t in timestamps(state_dir, "p")), 4 * INTERVAL + 5, 0.1,
+               what="p to be sampled by the new worker")
+    assert agent_status(state_dir)["p"] == "running"
+    assert log_lines(d.log(), f"sampling pid {agent.pid}, the process it ran as when last recorded"), d.log()
+    assert d.stop() == 0
+    d = daemons(state_dir, "--config", str(tmp_path / "fleetmon.toml"), env=daemon_env())
+    d.wait_tick(3, timeout=20)
+    after = time.time()
+    wait_until(lambda: any(t > after for t in timestamps(state_dir, "p")), 3 * INTERVAL + 5, 0.1,
+               what="p to be sampled by the new daemon")
+    assert agent_status(state_dir)["p"] == "running"
+    kill_quietly(agent.pid)
+    agent.wait(timeout=10)
+    wait_until(lambda: agent_status(state_dir)["p"] == "exited", 3 * INTERVAL + 5, 0.1, what="p to be exited with its process")

@@ -300,6 +300,38 @@ def test_a_pidfile_caught_empty_or_removed_keeps_the_process_it_named_while_that
         p.wait(timeout=10)
 
 
+def test_a_new_worker_follows_the_process_last_recorded_while_the_pidfile_names_none(reader, tmp_path, logs):
+    """A worker (re)started, or a daemon started again, while an agent's pidfile is missing (a tmp
+    cleaner removed it) has not sampled the agent: it follows the process the writer last recorded
+    (``last_pid``/``last_start``) if that one still runs, instead of calling the agent exited."""
+    p = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        ct = psutil.Process(p.pid).create_time()
+        pidfile = tmp_path / "agent.pid"  # never written: missing
+        ref = AgentRef("a", None, str(pidfile), None, None, p.pid, ct)
+        s = Sampler(reader=reader)
+        r = s.sample(ref)
+        assert isinstance(r, Sample) and r.pid == p.pid and r.memory_rss > 0
+        assert s.sample(ref).pid == p.pid  # then followed as any process the pidfile named
+        warned = [m["message"] for m in logs if m["level"].name == "WARNING"]
+        assert warned == [
+            f"agent a: pidfile {pidfile} is missing: sampling pid {p.pid}, the process it ran as when last recorded, while that runs"
+        ]
+        # Another process at that pid (a start time that differs): not the agent.
+        stranger = AgentRef("b", None, str(pidfile), None, None, p.pid, ct - 100)
+        g = Sampler(reader=reader).sample(stranger)
+        assert isinstance(g, Gone) and g.reason == "no_pidfile"
+        p.kill()
+        p.wait(timeout=10)
+        g = s.sample(ref)
+        assert isinstance(g, Gone) and g.reason == "no_pidfile" and "a" not in s.tracked
+        fresh = Sampler(reader=reader)
+        assert isinstance(fresh.sample(ref), Gone) and "a" not in fresh.tracked  # the recorded one is gone
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+
+
 @pytest.mark.parametrize(
     "content", [None, "", "abc", "0", "-5", "99999999999999999999", "2147483648", "1_234", "0x10", "12abc", "١٢"],
 )
