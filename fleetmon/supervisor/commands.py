@@ -321,9 +321,6 @@ def _import(args) -> int:
         entries = reg.parse_many(data)
     except reg.InvalidEntry as exc:
         raise BadInput(f"{args.file}: {exc} (nothing imported)") from None
-    relative = [e.id for e in entries if e.pidfile is not None and not os.path.isabs(e.pidfile)]
-    if relative:  # (agents add makes it absolute from where it runs; a file may come from elsewhere)
-        raise BadInput(f"{args.file}: pidfile of {relative[0]!r} is relative: use an absolute path (nothing imported)")
     for e in entries:
         if e.pid is not None:
             try:

@@ -44,6 +44,9 @@ class RegistryEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
             raise ValueError(f"pid must be a positive integer up to {MAX_PID}, not {self.pid!r}")
         if self.pidfile is not None and (not self.pidfile or "\0" in self.pidfile):
             raise ValueError("pidfile must be a non-empty path")
+        if self.pidfile is not None and not self.pidfile.startswith("/"):
+            # (read from wherever the daemon was started: / under systemd, another directory by hand)
+            raise ValueError(f"pidfile must be an absolute path, not {self.pidfile[:200]!r}")
         check_agent_type(self.type)
         t = self.thresholds
         if t is not None:

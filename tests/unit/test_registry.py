@@ -66,6 +66,9 @@ def test_bad_pids_are_refused(pid):
         ({"id": "a", "pid": 1, "thresholds": {"cpu_threshold": -1}}, "cpu_threshold must be a finite number from 0 to"),
         ({"id": "a", "pid": 1, "thresholds": {"memory_threshold": "1GiB"}}, "memory_threshold"),
         ({"id": "a", "pidfile": ""}, "pidfile"),
+        # read from wherever the daemon was started: another process, a restart counted, no warning
+        ({"id": "a", "pidfile": "run/agent.pid"}, "pidfile must be an absolute path, not 'run/agent.pid'"),
+        ({"id": "a", "pidfile": "./agent.pid"}, "pidfile must be an absolute path"),
         ({"id": "a", "pid": 1, "type": ""}, "type"),
         ({"id": "a", "pid": 1, "type": "web\nworker"}, "type must be 1-128 printable characters"),
         ({"id": "a", "pid": 1, "type": "\x1b[2Jweb"}, "type must be 1-128 printable characters"),
@@ -231,6 +234,7 @@ def test_import_reads_json_lines_concatenated_files_and_the_ls_document():
         (b'{"agents": 3}', '"agents" is not a list'),
         (b"[1, 2]", "line 1: Expected `object`"),
         (b"  \n ", "no entries"),
+        (b'{"id": "a", "pid": 1}\n{"id": "b", "pidfile": "b.pid"}\n', "line 2: pidfile must be an absolute path"),
     ],
 )
 def test_import_names_the_first_bad_entry(data, match):
