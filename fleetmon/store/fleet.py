@@ -299,6 +299,9 @@ class Fleet:
                 # (a null reading keeps the episode but is no reading over the limit: "cpu null over
                 # 10% (still)" said nothing, after every restart, where a first cpu is null)
                 new.logged = s.timestamp
+                # Saved (thresholds.json) so that a writer started again repeats alert_repeat after
+                # this line, not after the change (0: every sample repeats, nothing to keep).
+                self.alerts_dirty = self.alerts_dirty or self.alert_repeat > 0
                 self._log(a, resource, new.state, value, threshold, new.since, s.timestamp, repeat=True)
 
     def _change(

@@ -86,6 +86,46 @@ def test_repeat_log_at_most_every_alert_repeat(rings, events, logs):
     assert len(events) == 1
 
 
+def test_a_repeat_is_saved_so_that_a_new_writer_repeats_alert_repeat_after_it(tmp_path, rings, events, logs):
+    """The repeat's time was kept in memory only: a writer started again (killed, or the daemon
+    restarted) repeated alert_repeat after the change, i.e. at once, one early line per episode."""
+    from fleetmon.store import persist
+    from fleetmon.store.layout import StateDir
+
+    state = StateDir(tmp_path / "state").create()
+    limits = [RegisteredAgent("a1", "default", 100, None, Thresholds(cpu_threshold=50, threshold_duration=1000))]
+    fleet = Fleet(RingStore(state.history, 50), events.append, alert_repeat=10.0)
+    fleet.set_registry(limits, T0)
+    fleet.on_sample(sample(T0, cpu=80))
+    fleet.alerts_dirty = False  # (saved by the writer's flush)
+    for i in range(1, 10):
+        fleet.on_sample(sample(T0 + i, cpu=80))
+    assert not fleet.alerts_dirty  # nothing logged: nothing to save
+    fleet.on_sample(sample(T0 + 10, cpu=80))  # the repeat
+    assert fleet.alerts_dirty
+    persist.save_metadata(state, fleet, T0 + 10, refresh=False)  # what the writer's flush writes
+    persist.save_status(state, fleet, T0 + 10)
+    persist.save_alert_state(state, fleet, None)
+    fleet.rings.close_all()
+    again = Fleet(RingStore(state.history, 50), events.append, alert_repeat=10.0)
+    persist.load_fleet_state(state, again)
+    again.set_registry(limits, T0 + 11)
+    assert again.agents["a1"].alerts["cpu"].logged == T0 + 10
+    before = len(logs)
+    for i in range(11, 20):
+        again.on_sample(sample(T0 + i, cpu=80))
+    assert not [r for r in logs[before:] if r["level"].name == "WARNING"]  # the next repeat is due at T0 + 20
+    again.on_sample(sample(T0 + 20, cpu=80))
+    assert [r for r in logs[before:] if r["level"].name == "WARNING"]
+    again.rings.close_all()
+    every = make_fleet(rings, events, cpu_threshold=50, threshold_duration=1000)
+    every.alert_repeat = 0.0  # every sample repeats: no time to keep, no thresholds.json per sample
+    every.on_sample(sample(T0, cpu=80))
+    every.alerts_dirty = False
+    every.on_sample(sample(T0 + 1, cpu=80))
+    assert not every.alerts_dirty
+
+
 def test_exited_closes_alerts_with_reason(rings, events):
     fleet = make_fleet(rings, events, open_files_threshold=3, threshold_duration=0)
     fleet.on_sample(sample(T0, fds=10))
