@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         if exc.errno == errno.EACCES and getattr(exc, "filename", None):
             hint = f" (fleetmon runs as uid {os.geteuid()}: does the state dir, or this file in it, belong to another user?)"
-        print(f"fleetmon: error: {exc}{hint}", file=sys.stderr)
+        what = f"{exc.filename}: {exc.strerror}" if getattr(exc, "filename", None) and exc.strerror else str(exc)
+        print(f"fleetmon: error: {what}{hint}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -366,7 +366,8 @@ def cmd_alerts(args) -> int:
     )
     if oldest is not None:  # (stderr: the JSON on stdout keeps its shape)
         print(f"fleetmon: note: the oldest alert change kept is from {oldest}; --since reaches further back, and "
-              "changes before it may have been dropped when alerts.jsonl reached alerts_max_size", file=sys.stderr)
+              "changes before it are in neither alerts.jsonl nor alerts.jsonl.1 (dropped when alerts.jsonl reached "
+              "alerts_max_size, or moved on by a log rotation)", file=sys.stderr)
     if args.json:
         print_json(result)
     else:

@@ -9,6 +9,7 @@ ERROR naming it, and named again only once it changes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -82,7 +83,12 @@ def encode_entry(entry: RegistryEntry) -> bytes:
 def write_entry(directory: Path, entry: RegistryEntry) -> Path:
     fsutil.ensure_dir(directory)
     path = directory / f"{entry.id}.json"
-    fsutil.atomic_write(path, encode_entry(entry), owner=fsutil.owner_for(directory))
+    try:
+        fsutil.atomic_write(path, encode_entry(entry), owner=fsutil.owner_for(directory))
+    except OSError as exc:
+        if exc.filename is None:  # (a write of the temp file: ENOSPC, EDQUOT, EIO) named after the entry
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     return path
 
 
@@ -168,7 +174,10 @@ def read_all(directory: Path) -> tuple[dict[str, RegistryEntry], dict[str, str]]
         try:
             entry = parse_entry(fsutil.read_private(directory / name, MAX_ENTRY_BYTES), name)
         except (OSError, InvalidEntry) as exc:
-            errors[name] = getattr(exc, "strerror", None) or str(exc)
+            if isinstance(exc, OSError) and exc.errno == errno.ELOOP:  # (opened without following links)
+                errors[name] = "a symlink (symlinks are not followed)"
+            else:
+                errors[name] = getattr(exc, "strerror", None) or str(exc)
             continue
         entries[entry.id] = entry
     return entries, errors

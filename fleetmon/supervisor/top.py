@@ -68,10 +68,13 @@ def health_lines(status, now: float, run_dir=None) -> list[Text]:
         lag = max(0, d.tick - persisted)
         line = Text("daemon: ")
         line.append(state, style=style)
-        line.append(f"  supervisor {d.supervisor_pid}  writer {d.writer_pid}  workers {len(d.workers)}")
-        restarts = sum(w.restarts for w in d.workers) + d.writer_restarts
+        line.append(f"  supervisor {d.supervisor_pid}  writer {d.writer_pid}")
+        if d.writer_restarts:
+            line.append(f" ({d.writer_restarts} restart{'s' if d.writer_restarts != 1 else ''})", style="yellow")
+        line.append(f"  workers {len(d.workers)}")
+        restarts = sum(w.restarts for w in d.workers)
         if restarts:
-            line.append(f" ({restarts} restarts)", style="yellow")
+            line.append(f" ({restarts} restart{'s' if restarts != 1 else ''})", style="yellow")
         lines.append(line)
         tick = Text(f"tick {d.tick}  persisted {persisted}  ")
         tick.append(f"lag {lag} tick{'s' if lag != 1 else ''}", style="bold red" if lag > 1 else "")

@@ -71,6 +71,14 @@ def test_render_header_shows_the_pools_health():
     assert "daemon: stopped" in _text(top.render(silent, "cpu", 40, now=NOW))  # (no lock held: killed)
 
 
+def test_render_header_counts_writer_and_worker_restarts_apart():
+    """13 writer restarts were shown as "workers 2 (13 restarts)" though no worker had restarted."""
+    d = DaemonJSON(10, 11, [WorkerJSON(0, 12, 1, restarts=2), WorkerJSON(1, 13, 0)], 42, rfc3339(NOW - 2), True, 10.0, 42,
+                   writer_restarts=13)
+    text = _text(top.render(StatusJSON(d, [_agent(1, 1.0, 1 << 20, 3)]), "cpu", 40, now=NOW))
+    assert "writer 11 (13 restarts)" in text and "workers 2 (2 restarts)" in text
+
+
 def test_render_shows_only_the_rows_that_fit_thousands_of_agents():
     agents = [_agent(i, float(i % 997), (i % 503) << 20, i % 101) for i in range(5000)]
     text = _text(top.render(_status(agents), "cpu", 30, now=NOW), height=30)

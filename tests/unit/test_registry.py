@@ -197,6 +197,8 @@ def test_scanner_does_not_follow_symlinks(tmp_path):
     scanner = reg.RegistryScanner(d)
     scanner.scan(force=True)
     assert scanner.entries == {}
+    # run --check and agents ls say it in the daemon's words, not "Too many levels of symbolic links"
+    assert reg.read_all(d) == ({}, {"link.json": "a symlink (symlinks are not followed)"})
 
 
 def test_registry_changes_are_summed_up_in_one_line():
@@ -262,6 +264,19 @@ def test_import_writes_all_or_none_on_a_full_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil, "_write_temp", real)
     reg.write_entries(d, entries)
     assert sorted(p.name for p in d.iterdir()) == [f"e{i}.json" for i in range(6)]
+
+
+def test_a_failed_write_of_one_entry_names_its_file(tmp_path, monkeypatch):
+    """`agents add` on a full disk said only "[Errno 28] No space left on device"."""
+    from fleetmon.store import fsutil
+
+    def full(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fsutil, "_write_temp", full)
+    with pytest.raises(OSError) as info:
+        reg.write_entry(tmp_path / "registry", reg.RegistryEntry("a1", None, 5))
+    assert info.value.errno == 28 and info.value.filename == str(tmp_path / "registry" / "a1.json")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: it is what root does in another user's state dir")
