@@ -98,7 +98,7 @@ def test_modes_are_private_whatever_the_umask(daemons, procs, state_dir, tmp_pat
 
 def test_no_registry_value_reaches_a_shell(daemons, procs, state_dir, tmp_path):
     marker = tmp_path / "pwned"
-    evil = f"$(touch {marker}); `touch {marker}`; touch {marker} #"
+    evil = f"/$(touch {marker}); `touch {marker}`; touch {marker} #"  # (absolute: a relative pidfile is an invalid entry)
     pidfile_agent = {"id": "p0", "pidfile": evil, "type": "t"}
     (state_dir / "registry").mkdir(parents=True, mode=0o700)
     (state_dir / "registry" / "p0.json").write_text(json.dumps(pidfile_agent))
