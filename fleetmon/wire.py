@@ -132,6 +132,9 @@ class Batch(msgspec.Struct, frozen=True, tag=True):
     samples: list[Sample]
     gone: list[Gone] = []
     lost_batches: int = 0
+    # Agents new to the worker, sampled between ticks (``tick``: the last one it took): not counted
+    # in tick latency or duration.
+    early: bool = False
 
 
 class Registry(msgspec.Struct, frozen=True, tag=True):

@@ -67,7 +67,7 @@ class BatchStats:
                 for metric in s.denied:
                     key = ("denied", metric)
                     errors[key] = errors.get(key, 0) + 1
-        if daemon is None or batch.tick <= self._done:
+        if daemon is None or batch.early or batch.tick <= self._done:
             return
         indexes = {w.index for w in daemon.workers}
         if batch.worker not in indexes:

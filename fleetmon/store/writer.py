@@ -329,7 +329,7 @@ class Writer:
         self.ack_due.clear()
 
     def _on_batch(self, fd: int, batch: wire.Batch) -> None:
-        if self.timing is not None:
+        if self.timing is not None and not batch.early:
             self.timing.on_batch(batch.tick, len(batch.samples))
         if self.http is not None:
             self.http.observe_batch(batch)  # tick duration and sample-error counters for /metrics
@@ -348,7 +348,8 @@ class Writer:
             self.lost_by_conn[fd] = batch.lost_batches
         if batch.tick > self.worker_ticks.get(batch.worker, -1):
             self.worker_ticks[batch.worker] = batch.tick
-        self.fresh.add(batch.worker)
+        if not batch.early:  # (samples of new agents between ticks: flushed after FLUSH_AFTER)
+            self.fresh.add(batch.worker)
         try:
             self.alert_log.write()
         except OSError as exc:

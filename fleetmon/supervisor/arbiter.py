@@ -29,6 +29,7 @@ from fleetmon.workers.sampler import boot_clock, resolve_reader
 DRAIN_TIMEOUT = 10.0
 MAX_SENT_SHARDS = 256  # shards remembered per slot (see _assign)
 MAX_ABANDONED = 16  # workers left behind stuck in the kernel at once (each holds its memory until it ends)
+REGISTRY_POLL = 1.0  # seconds between registry scans between ticks (see Arbiter._scan_registry)
 
 
 def _agent_in_hand(sent, generation: int, index: int, pid: int, current: list[wire.AgentRef]) -> str | None:
@@ -93,6 +94,7 @@ class Arbiter:
         # agent -> (pid, start) it last ran as (status.json), read when workers start: what a new
         # worker follows while a pidfile names no process (see wire.AgentRef)
         self.last_seen: dict[str, tuple[int, float]] = {}
+        self.registry_scanned = 0.0  # (monotonic) see _scan_registry
         self.persisted_tick = 0
         self.persisted_at = time.monotonic()
         self.started_at = time.monotonic()
@@ -177,6 +179,8 @@ class Arbiter:
                 next_tick += interval
                 if next_tick <= now:  # we fell behind: skip missed ticks rather than burst
                     next_tick = now + interval
+            elif now - self.registry_scanned >= REGISTRY_POLL:
+                self._scan_registry()
             self._check_children()
             self._pump_writer()
             self.notifier.poll(self)
@@ -503,15 +507,22 @@ class Arbiter:
                     self._assign(self.workers[i], refs)
         logger.debug("shards: {}", ", ".join(f"worker {i} {len(refs)}" for i, refs in shards.items()))
 
-    def tick(self) -> None:
-        self.tick_no += 1
-        self.tick_wall = time.time()
+    def _scan_registry(self) -> None:
+        """Registry changes to the shards and the writer: at each tick, and between ticks at most
+        once a second (a directory's mtime unchanged costs one stat; see RegistryScanner), so that an
+        agent added is sampled within a second (its worker takes it at once), not at the next tick."""
+        self.registry_scanned = time.monotonic()
         before = self.registry.entries
         if self.registry.scan():
             self._reshard()
             self._tell_writer(self._registry_msg())
             if self.registry.entries != before:  # (an invalid file added or edited changes nothing)
                 logger.info("registry: {}", registry_changes(before, self.registry.entries))
+
+    def tick(self) -> None:
+        self.tick_no += 1
+        self.tick_wall = time.time()
+        self._scan_registry()
         for w in self.workers:
             self._send_tick(w)
         self._tick_quarantine()

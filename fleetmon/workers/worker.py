@@ -88,6 +88,7 @@ def run(
     )
     sampler = Sampler(reader=reader, boot_time=boot_time)
     agents: list[wire.AgentRef] = []
+    last_tick: wire.Tick | None = None
     sel = selectors.DefaultSelector()
     sel.register(ctl.sock, selectors.EVENT_READ)
     link.pump()
@@ -110,9 +111,11 @@ def run(
             break
         tick: wire.Tick | None = None
         stop = False
+        added: set[str] = set()
         for frame in frames:
             msg = decoder.decode(frame)
             if isinstance(msg, wire.Assign):
+                added |= {a.id for a in msg.agents} - {a.id for a in agents}
                 agents = msg.agents
                 heartbeat[HB_GEN] = msg.generation  # (HB_INDEX indexes this shard from now on)
                 sampler.forget_except({a.id for a in agents})
@@ -125,6 +128,14 @@ def run(
         if tick is not None:
             batch = sample_tick(index, tick, agents, sampler, heartbeat, hook, link.lost)
             link.send(encoder.encode(batch))
+            last_tick = tick
+        elif added and last_tick is not None:
+            # Agents new to this worker (registered since its last tick, or moved to it) are sampled
+            # at once: not `not_running` for up to an interval (60 s by default), and their first
+            # cpu is known a tick sooner. (At its start, the first tick comes soon enough.)
+            batch = sample_tick(index, last_tick, agents, sampler, heartbeat, hook, link.lost, only=added)
+            if batch.samples or batch.gone:
+                link.send(encoder.encode(batch))
         if stop:
             link.flush_until(time.monotonic() + 5.0)
             break
@@ -134,15 +145,20 @@ def run(
     link.close()
 
 
-def sample_tick(index, tick: wire.Tick, agents, sampler: Sampler, heartbeat, hook, lost: int) -> wire.Batch:
-    """Sample every agent of the shard once, updating the heartbeat before each read."""
-    heartbeat[HB_TICK_STARTED] = tick.number
+def sample_tick(index, tick: wire.Tick, agents, sampler: Sampler, heartbeat, hook, lost: int, only: set[str] | None = None) -> wire.Batch:
+    """Sample every agent of the shard once, updating the heartbeat before each read. ``only``: just
+    these agents, between ticks (an ``early`` batch of ``tick``, the last one taken). The heartbeat
+    says a read is in progress all the same (started past done), so that a read stuck there is a
+    stall that names its agent, as in a tick; no tick is counted done for it."""
+    heartbeat[HB_TICK_STARTED] = tick.number if only is None else heartbeat[HB_TICK_DONE] + 1
     heartbeat[HB_PROGRESS] = time.monotonic()
     started = time.time()
     samples: list[wire.Sample] = []
     gone: list[wire.Gone] = []
     sample = sampler.sample
     for i, ref in enumerate(agents):
+        if only is not None and ref.id not in only:
+            continue
         heartbeat[HB_PID] = ref.pid or -1
         heartbeat[HB_INDEX] = i
         heartbeat[HB_PROGRESS] = time.monotonic()
@@ -156,5 +172,8 @@ def sample_tick(index, tick: wire.Tick, agents, sampler: Sampler, heartbeat, hoo
     heartbeat[HB_PID] = 0
     heartbeat[HB_INDEX] = -1
     heartbeat[HB_PROGRESS] = time.monotonic()
-    heartbeat[HB_TICK_DONE] = tick.number
-    return wire.Batch(index, tick.number, started, time.time(), samples, gone, lost)
+    if only is None:
+        heartbeat[HB_TICK_DONE] = tick.number
+    else:
+        heartbeat[HB_TICK_STARTED] = heartbeat[HB_TICK_DONE]
+    return wire.Batch(index, tick.number, started, time.time(), samples, gone, lost, early=only is not None)

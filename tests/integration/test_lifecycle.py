@@ -239,3 +239,23 @@ def test_a_registry_change_keeps_the_cpu_baseline_of_agents_that_stay(procs, sta
     for agent_id in ("a", "b"):
         cpus = [p["cpu"] for p in history(state_dir, agent_id)]
         assert cpus[0] is None and None not in cpus[1:], (agent_id, cpus)
+
+
+def test_an_agent_added_between_ticks_is_sampled_at_once_not_at_the_next_tick(procs, state_dir, daemons):
+    """At the default 60 s interval a new agent showed `not_running` (a problem to `status --problems
+    --exit-code`) for up to a minute: the worker that gets it samples it at once. Such a sample is
+    not a tick: timing and tick counts are left alone."""
+    first = procs.sleeper()
+    register(state_dir, "first", first.pid)
+    d = daemons(state_dir, "--interval", "30s", "--workers", "2")
+    d.wait_tick(1)
+    wait_status(state_dir, "first", lambda a: a["status"] == "running", what="first running")
+    tick = d.daemon_json()["tick"]
+    late = procs.sleeper()
+    register(state_dir, "late", late.pid)
+    a = wait_status(state_dir, "late", lambda a: a["status"] == "running", timeout=10, what="late running before the next tick")
+    assert a["pid"] == late.pid and a["last_sample"] is not None and a["last_sample"]["cpu"] is None
+    assert d.daemon_json()["tick"] == tick  # no tick came: the 30 s interval is far off
+    assert len(history(state_dir, "late")) == 1
+    assert len(history(state_dir, "first")) == 1  # the others are not sampled again
+    assert d.stop() == 0
