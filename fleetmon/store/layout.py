@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -21,6 +22,9 @@ def default_state_dir() -> Path:
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / "fleetmon"
     return Path.home() / ".local" / "state" / "fleetmon"
+
+
+_run_dirs: dict[str, int] = {}  # run/ directories held open to name a socket (StateDir.writer_socket)
 
 
 @dataclass(frozen=True)
@@ -76,14 +80,30 @@ class StateDir:
         return self.history / f"{agent_id}.ring"
 
     def writer_socket(self) -> str:
-        """The writer's listening socket: under run/ when the path fits in sun_path, else in a
-        private temp dir named after the state dir."""
+        """The writer's listening socket, ``run/writer.sock``. A path too long for a socket address
+        (108 bytes) is named through a descriptor of run/ this process holds open:
+        ``/proc/self/fd/N/writer.sock`` (a forked worker has it at the same number; another process
+        opens its own). Elsewhere than Linux, a private temp dir named after the state dir, which
+        must be ours."""
         path = str(self.run / "writer.sock")
         if len(path.encode()) < 100:
             return path
+        if os.path.isdir("/proc/self/fd"):
+            key = str(self.run)
+            fd = _run_dirs.get(key)
+            if fd is None:
+                try:
+                    fd = os.open(self.run, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError:
+                    return path  # no run/ yet: nothing listens there (connecting fails: too long)
+                _run_dirs[key] = fd
+            return f"/proc/self/fd/{fd}/writer.sock"
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
         d = Path(tempfile.gettempdir()) / f"fleetmon-{os.getuid()}-{digest}"
         fsutil.ensure_dir(d)
+        st = os.lstat(d)
+        if st.st_uid != os.geteuid():  # made by another user first: they could take the socket over
+            raise PermissionError(errno.EPERM, f"{d} (for the writer's socket) belongs to uid {st.st_uid}: use a shorter state dir path")
         return str(d / "writer.sock")
 
     def create(self) -> StateDir:

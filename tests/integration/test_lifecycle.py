@@ -259,3 +259,30 @@ def test_an_agent_added_between_ticks_is_sampled_at_once_not_at_the_next_tick(pr
     assert len(history(state_dir, "late")) == 1
     assert len(history(state_dir, "first")) == 1  # the others are not sampled again
     assert d.stop() == 0
+
+
+def test_a_state_dir_too_long_for_a_socket_path_keeps_the_socket_in_it(procs, tmp_path, daemons):
+    """run/writer.sock past 108 bytes cannot be bound by its path. It used to go to
+    /tmp/fleetmon-<uid>-<digest>, a name anyone could take first (another user made the directory:
+    the daemon could not start), left behind at every stop. It is named through a descriptor of
+    run/ now (/proc/self/fd/N/writer.sock): the socket stays in the state dir."""
+    import hashlib
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    state_dir = tmp_path / ("s" * 120)
+    sock = state_dir / "run" / "writer.sock"
+    assert len(str(sock).encode()) > 108
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+    old_place = Path(tempfile.gettempdir()) / f"fleetmon-{os.getuid()}-{digest}"
+    p = procs.sleeper()
+    register(state_dir, "a", p.pid)
+    d = daemons(state_dir, *FAST)
+    wait_points(state_dir, "a", 3)
+    assert stat.S_ISSOCK(os.lstat(sock).st_mode)
+    assert not old_place.exists()
+    second = cli("run", "--interval", "250ms", state_dir=state_dir, timeout=60)  # the lock, then the socket, refuse it
+    assert second.returncode == 1, second.stderr
+    assert d.stop() == 0
+    assert not sock.exists() and not old_place.exists()
