@@ -254,7 +254,7 @@ def build_parser() -> Parser:
         "register them with thresholds, run the daemon with a 1s interval and show live status. Everything it "
         "started is stopped at the end or on Ctrl-C; the state dir is left to explore.",
     )
-    demo.add_argument("--agents", type=_count, default=8, metavar="N", help="how many agents (at least 4; default 8)")
+    demo.add_argument("--agents", type=_count, default=8, metavar="N", help="how many agents (4 to 200, default 8: a Python process each; benchmarks/ measures large fleets)")
     demo.add_argument("--duration", type=_positive_duration, default=60.0, metavar="DUR", help="how long to run (default 60s)")
     demo.add_argument("--interval", type=_positive_duration, default=1.0, metavar="DUR", help="sampling interval (default 1s)")
     return p

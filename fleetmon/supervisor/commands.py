@@ -384,9 +384,12 @@ def cmd_top(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from fleetmon.supervisor import demo
+    from fleetmon.supervisor import demo, lock
 
-    if args.agents < 4:
-        raise BadInput("--agents must be at least 4 (one of each kind)")
+    if not 4 <= args.agents <= demo.MAX_AGENTS:
+        raise BadInput(f"--agents must be from 4 (one of each kind) to {demo.MAX_AGENTS} (a Python process each)")
     state = StateDir(args.state_dir) if args.state_dir else None  # default: a fresh temp dir
+    if state is not None and lock.held(state.run):
+        # (its daemon would take the demo's agents into its registry, and the demo's own stop at once)
+        raise BadInput(f"state dir {state.root} is in use by a running daemon: leave --state-dir out for a fresh one")
     return demo.run(state, args.agents, args.duration, args.interval)

@@ -49,8 +49,12 @@ KINDS = [
 ]
 
 
+MAX_AGENTS = 200
+
+
 def run(state: StateDir | None, agents: int, duration: float, interval: float, console: Console | None = None) -> int:
-    console = console or Console(highlight=False)
+    # Piped or logged, lines are not cut at 80 columns (the commands it prints are copied from there).
+    console = console or Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     if state is None or str(state.root) == "":
         state = StateDir(Path(tempfile.mkdtemp(prefix="fleetmon-demo-")))
     state.create()

@@ -28,3 +28,18 @@ def test_demo_runs_unattended_and_leaves_alerts(state_dir):
     # Everything the demo started is gone: its daemon and its agents.
     assert not pid_alive(status["daemon"]["supervisor_pid"])
     assert not any(pid_alive(a["pid"]) for a in status["agents"] if a["pid"])
+    # Copied from a log, the commands it printed are whole lines (not cut at 80 columns).
+    assert any(line.strip().endswith("--every 5s") and "history cpu-hog --state-dir" in line for line in p.stdout.splitlines()), p.stdout
+
+
+def test_demo_refuses_too_many_agents_and_a_state_dir_in_use(daemons, state_dir, tmp_path):
+    """--agents 1000000 forked Python processes until the host's limit; a state dir a daemon runs on
+    got the demo's agents into its registry, and the demo's own daemon stopped at once."""
+    p = cli("demo", "--agents", "1000000", "--duration", "5s", state_dir=tmp_path / "big")
+    assert p.returncode == 2 and "--agents must be from 4" in p.stderr and not (tmp_path / "big").exists()
+    d = daemons(state_dir, "--interval", "1s")
+    d.wait_tick(1)
+    p = cli("demo", "--agents", "4", "--duration", "5s", state_dir=state_dir)
+    assert p.returncode == 2 and "in use by a running daemon" in p.stderr, p.stderr
+    assert not list((state_dir / "registry").glob("*.json"))  # nothing of the demo's registered
+    assert d.stop() == 0
