@@ -266,12 +266,37 @@ def state_dir(args) -> Path:
     return args.state_dir if getattr(args, "state_dir", None) else default_state_dir()
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command given: ``agents add`` for ``fleetmon agents add ...``."""
+    for attr in ("command", "agents_command"):
+        name = getattr(args, attr, None)
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if name is None or not actions or name not in actions[0].choices:
+            break
+        parser = actions[0].choices[name]
+    return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """``unrecognized arguments: --memroy 1GiB (did you mean --memory?)``, for the parser that
+    would have taken them (argparse has the top-level one say it, and send you to its --help)."""
+    import difflib
+
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hints = [
+        m[0] for t in extra if t.startswith("--") and (m := difflib.get_close_matches(t.split("=", 1)[0], options, n=1))
+    ]
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
-        parser.print_help()
-        return EXIT_BAD_INPUT
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0].choices
+        parser.error(f"a command is required: {', '.join(commands)}")
+    if extra:
+        _chosen_parser(parser, args).error(_unrecognized(_chosen_parser(parser, args), extra))
     from fleetmon.supervisor import commands
 
     try:
@@ -288,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         if exc.errno == errno.EACCES and getattr(exc, "filename", None):
             hint = f" (fleetmon runs as uid {os.geteuid()}: does the state dir, or this file in it, belong to another user?)"
-        what = f"{exc.filename}: {exc.strerror}" if getattr(exc, "filename", None) and exc.strerror else str(exc)
+        # ("FILE: reason", or the reason alone: "[Errno 1]" tells an operator nothing)
+        what = f"{exc.filename}: {exc.strerror}" if getattr(exc, "filename", None) and exc.strerror else exc.strerror or str(exc)
         print(f"fleetmon: error: {what}{hint}", file=sys.stderr)
         return EXIT_FAILURE
 

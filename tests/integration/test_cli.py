@@ -468,6 +468,23 @@ def test_usage_errors_exit_2(state_dir):
     assert not state_dir.exists()
 
 
+def test_a_typo_is_named_by_the_command_it_was_for_with_a_suggestion(state_dir):
+    """A mistyped flag after a subcommand was reported by the top-level parser ("see fleetmon
+    --help", which does not list the subcommand's flags); no command at all printed the whole help."""
+    proc = cli("agents", "add", "x", "--pid", "1", "--memroy", "1GiB", state_dir=state_dir, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "fleetmon agents add: error: unrecognized arguments: --memroy 1GiB (did you mean --memory?) "
+        "(see fleetmon agents add --help)"
+    )
+    proc = cli("history", "x", "--evrey", "5s", state_dir=state_dir, timeout=30)
+    assert proc.returncode == 2 and "(did you mean --every?) (see fleetmon history --help)" in proc.stderr
+    proc = cli(timeout=30)
+    assert proc.returncode == 2 and not proc.stdout
+    assert proc.stderr.startswith("fleetmon: error: a command is required: run, agents, status") and len(proc.stderr.splitlines()) == 1
+    assert not state_dir.exists()
+
+
 def test_state_dir_before_the_command_works_and_after_wins(state_dir, tmp_path):
     """The contract puts --state-dir after the command; an operator who writes it first (as with
     most tools' global options) gets the same, and when both are given the one after wins."""
