@@ -263,7 +263,8 @@ def build_parser() -> Parser:
 def state_dir(args) -> Path:
     from fleetmon.store.layout import default_state_dir
 
-    return args.state_dir if getattr(args, "state_dir", None) else default_state_dir()
+    # (absolute: what the commands print names it in full, whatever directory they ran in)
+    return (args.state_dir if getattr(args, "state_dir", None) else default_state_dir()).absolute()
 
 
 def _chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:

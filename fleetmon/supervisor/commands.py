@@ -209,7 +209,8 @@ def cmd_agents(args) -> int:
     if args.agents_command == "rm":
         state = _state(args)
         if not reg.remove_entry(state.registry, args.id):
-            raise BadInput(f"unknown agent {args.id!r}: not registered")
+            where = "" if state.root.exists() else f" (there is no state dir at {state.root}: another --state-dir?)"
+            raise BadInput(f"unknown agent {args.id!r}: not registered{where}")
         print(f"unregistered {args.id} (its history is kept for keep_removed, default 7d)")
         return EXIT_OK
     entries, errors = reg.read_all(_read_state(args).registry)
@@ -380,7 +381,10 @@ def cmd_alerts(args) -> int:
 def cmd_top(args) -> int:
     from fleetmon.supervisor import top
 
-    return top.run(_state(args), args.refresh)
+    state = _state(args)
+    if not state.root.exists():  # (a mistyped --state-dir would show an empty fleet, as if nothing ran)
+        raise BadInput(f"there is no state dir at {state.root}: another --state-dir? (a daemon creates it when it starts)")
+    return top.run(state, args.refresh)
 
 
 def cmd_demo(args) -> int:
@@ -388,7 +392,7 @@ def cmd_demo(args) -> int:
 
     if not 4 <= args.agents <= demo.MAX_AGENTS:
         raise BadInput(f"--agents must be from 4 (one of each kind) to {demo.MAX_AGENTS} (a Python process each)")
-    state = StateDir(args.state_dir) if args.state_dir else None  # default: a fresh temp dir
+    state = StateDir(args.state_dir.absolute()) if args.state_dir else None  # default: a fresh temp dir
     if state is not None and lock.held(state.run):
         # (its daemon would take the demo's agents into its registry, and the demo's own stop at once)
         raise BadInput(f"state dir {state.root} is in use by a running daemon: leave --state-dir out for a fresh one")

@@ -485,6 +485,14 @@ def test_a_typo_is_named_by_the_command_it_was_for_with_a_suggestion(state_dir):
     assert not state_dir.exists()
 
 
+def test_a_relative_state_dir_is_named_in_full_and_a_missing_one_is_hinted(tmp_path):
+    env = {**os.environ, "FLEETMON_STATE_DIR": "rel"}
+    proc = cli("agents", "add", "a", "--pid", os.getpid(), env=env, cwd=tmp_path, check=True)
+    assert f"in {tmp_path / 'rel' / 'registry' / 'a.json'}" in proc.stdout  # not "in rel/registry/a.json"
+    proc = cli("agents", "rm", "a", state_dir=tmp_path / "typo", timeout=30)
+    assert proc.returncode == 2 and f"there is no state dir at {tmp_path / 'typo'}" in proc.stderr
+
+
 def test_state_dir_before_the_command_works_and_after_wins(state_dir, tmp_path):
     """The contract puts --state-dir after the command; an operator who writes it first (as with
     most tools' global options) gets the same, and when both are given the one after wins."""

@@ -159,7 +159,10 @@ def test_top_in_a_terminal_sorts_on_keys_and_quits_on_q(daemons, procs, state_di
         os.close(slave)
 
 
-def test_top_without_a_terminal_refuses(state_dir):
+def test_top_without_a_terminal_or_a_state_dir_refuses(state_dir):
+    p = subprocess.run([*CLI, "top", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and "there is no state dir at" in p.stderr  # (a typo showed an empty fleet)
+    state_dir.mkdir()
     p = subprocess.run([*CLI, "top", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert p.returncode == 2 and "needs a terminal" in p.stderr
 
