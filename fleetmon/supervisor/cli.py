@@ -164,7 +164,7 @@ def build_parser() -> Parser:
         "keep_removed (default 7d), then the daemon deletes them; registered again before then, it goes on with its "
         "history. Exit 2 if the id is not registered.",
     )
-    rm.add_argument("id", type=_agent_id, metavar="ID")
+    rm.add_argument("id", type=_agent_id, metavar="ID", help="the agent to unregister")
     imp = asub.add_parser(
         "import", parents=[state_parent], help="register many agents from a file (JSON Lines, or agents ls --json)",
         description="Register every agent in FILE (- for standard input): registry entries as JSON objects one after "
@@ -187,7 +187,11 @@ def build_parser() -> Parser:
         help="programs to register, matched against the group, the process name or GROUP:PROCESS, e.g. 'agent-*' (repeat for several)",
     )
     sv.add_argument("--type", type=_agent_type, help="agent type for the entries (default: the entry's own, else default)")
-    ls = asub.add_parser("ls", parents=[state_parent], help="list registered agents")
+    ls = asub.add_parser(
+        "ls", parents=[state_parent], help="list registered agents",
+        description="List the registry: each agent's id, type, pid or pidfile and its own thresholds, and the files "
+        "that are not valid entries (with why). --json prints what agents import reads back.",
+    )
     ls.add_argument("--json", action="store_true", help='print {"agents": [ENTRY, ...]}')
 
     st = sub.add_parser(
@@ -217,7 +221,7 @@ def build_parser() -> Parser:
         "(aligned to multiples of DUR since the epoch) holding each metric's mean. A registered agent without "
         "samples yet prints none (exit 0); an id neither registered nor with a history exits 2.",
     )
-    hist.add_argument("id", type=_agent_id, metavar="ID")
+    hist.add_argument("id", type=_agent_id, metavar="ID", help="the agent: registered, or removed with its history kept")
     hist.add_argument("--since", type=_positive_duration, default=3600.0, metavar="DUR", help="how far back (default 1h)")
     hist.add_argument("--every", type=_positive_duration, metavar="DUR", help="mean per epoch-aligned bucket of this width")
     fmt = hist.add_mutually_exclusive_group()

@@ -85,7 +85,8 @@ def _check(args, config, state: StateDir) -> int:
     http = "off"
     if config.http:
         host, port = parse_http(str(config.http))
-        http = f"{host}:{port}" + (" (every address: no authentication, firewall it)" if host in ("0.0.0.0", "::") else "")
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # (IPv6 as it is typed)
+        http = shown + (" (every address: no authentication, firewall it)" if host in ("0.0.0.0", "::") else "")
     print(
         f"  stall_timeout {format_duration(float(config.stall_timeout))}, alert_repeat "
         f"{format_duration(float(config.alert_repeat)) if config.alert_repeat else 'every sample'}, http {http}, "
@@ -374,7 +375,7 @@ def cmd_alerts(args) -> int:
     else:
         from fleetmon.supervisor import render
 
-        render.alerts_table(result.events)
+        render.alerts_table(result.events, args.since)
     return EXIT_OK
 
 

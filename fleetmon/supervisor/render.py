@@ -226,10 +226,14 @@ def history_table(agent_id: str, points) -> None:
         for p in points
     ]
     headers = ("TIMESTAMP", "CPU%", "RSS", "VMS", "READ", "WRITTEN", "FDS", "THREADS")
-    write_table(_console(), headers, rows, right=headers[1:], title=f"{agent_id}: {len(points)} points")
+    write_table(_console(), headers, rows, right=headers[1:], title=f"{agent_id}: {len(points)} point{'' if len(points) == 1 else 's'}")
 
 
-def alerts_table(events) -> None:
+def alerts_table(events, since: float | None = None) -> None:
+    if not events:  # (a title and a header over nothing read as a broken table)
+        window = f" in the last {format_duration(since)}" if since else ""
+        _console().file.write(f"no alert events{window}\n")
+        return
     rows = []
     for e in events:
         value = "-" if e.value is None else (format_size(e.value) if e.resource == "memory" else f"{e.value:.1f}" if e.resource == "cpu" else _plain(e.value))
@@ -238,7 +242,7 @@ def alerts_table(events) -> None:
         rows.append((e.timestamp, e.agent_id, e.resource, (state, STATE_STYLE.get(e.state)), value, threshold, e.since))
     write_table(
         _console(), ("TIMESTAMP", "AGENT", "RESOURCE", "STATE", "VALUE", "THRESHOLD", "SINCE"), rows,
-        title=f"{len(events)} alert events",
+        title=f"{len(events)} alert event{'' if len(events) == 1 else 's'}",
     )
 
 

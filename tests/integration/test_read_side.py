@@ -153,3 +153,13 @@ def test_status_type_filter_with_a_markup_like_type_does_not_crash(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr[-300:]
     assert proc.returncode == 0
     assert "(1 shown: --type [/x])" in proc.stdout, proc.stdout
+
+
+def test_empty_and_single_answers_read_as_sentences(tmp_path):
+    """`alerts` with nothing printed "0 alert events" over an empty header; one point was "1 points"."""
+    now = time.time()
+    state = _agent_with_history(tmp_path / "s", points=[_pt(now - 10)])
+    proc = cli("alerts", "--since", "2h", state_dir=state.root)
+    assert proc.returncode == 0 and proc.stdout == "no alert events in the last 2h\n"
+    proc = cli("history", "a", state_dir=state.root)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "a: 1 point"
