@@ -51,7 +51,8 @@ def cmd_run(args) -> int:
         try:
             parse_http(config.http)
         except ValueError as exc:
-            return _refuse_run(args, f"http: {exc}")
+            source = "--http" if args.http else f"config file {args.config}: http"
+            return _refuse_run(args, f"{source}: {exc}")
     from pathlib import Path
 
     from fleetmon.store.layout import default_state_dir

@@ -184,4 +184,12 @@ def _name_key(message: str, prefix: str = "") -> str:
         path = f"{path}.{inner}" if path else inner
         text = rest
     full = ".".join(p for p in (prefix, path) if p)
+    unknown = text.removeprefix("Object contains unknown field `").removesuffix("`")
+    if unknown != text:  # (msgspec's words for a key the config does not have)
+        import difflib
+
+        known = {f.name for f in msgspec.structs.fields(Config)} | {f.name for f in msgspec.structs.fields(ThresholdsConfig)}
+        close = [k for k in sorted(known) if k.startswith(unknown + "_")] or difflib.get_close_matches(unknown, sorted(known), n=1)
+        key = f"{full}.{unknown}" if full else unknown
+        return f"{key}: unknown key" + (f" (did you mean {close[0]}?)" if close else "")
     return f"{full}: {text}" if full else text

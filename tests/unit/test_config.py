@@ -123,3 +123,20 @@ def test_invalid_toml_and_missing_file(write, tmp_path):
 def test_bad_override_names_the_key():
     with pytest.raises(ConfigError, match="workers"):
         load(None, {"workers": 5000})
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("workerz = 2", "workerz: unknown key (did you mean workers?)"),
+        ("[thresholds.default]\ncpu = 90", "thresholds.default.cpu: unknown key (did you mean cpu_threshold?)"),
+        ("[thresholds.types.web]\nmemory = 5", "thresholds.types.web.memory: unknown key (did you mean memory_threshold?)"),
+        ("colour = 1", "colour: unknown key"),
+    ],
+)
+def test_an_unknown_key_is_named_in_full_with_the_key_it_may_be(write, text, said):
+    """msgspec says "Object contains unknown field `cpu`"; an operator wants the key and a guess."""
+    path = write(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == f"config file {path}: {said}"
