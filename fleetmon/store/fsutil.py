@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import secrets
 import stat
 import sys
@@ -304,11 +305,19 @@ def move_aside(path: Path) -> Path:
 CORRUPT_KEEP = 3
 
 
+_ASIDE_SUFFIX = re.compile(r"[0-9]{8}T[0-9]{6}Z?-[0-9a-f]{4}")  # what move_aside adds (Z: UTC, since 061968e)
+
+
 def _prune_aside(path: Path, newest: Path) -> None:
     prefix = path.name + ".corrupt-"
     try:
         with os.scandir(path.parent) as it:
-            aside = [e.name for e in it if e.name.startswith(prefix) and e.name != newest.name]
+            # Only names move_aside made: an agent may be called "web.ring.corrupt-a" (its ring:
+            # web.ring.corrupt-a.ring), and that is no copy of web.ring.
+            aside = [
+                e.name for e in it
+                if e.name.startswith(prefix) and _ASIDE_SUFFIX.fullmatch(e.name[len(prefix) :]) and e.name != newest.name
+            ]
     except OSError:
         return
     # Oldest first by name: the UTC time sorts (copies named in local time by older versions come

@@ -208,3 +208,16 @@ def test_move_aside_keeps_the_newest_copies_of_a_name_only(tmp_path):
     assert other.exists()
     assert moved[-1] in left
     assert all(p.name.split(".corrupt-")[1][15] == "Z" for p in left)
+
+
+def test_pruning_takes_only_copies_move_aside_made_not_an_agent_named_like_one(tmp_path):
+    """An agent may be called "web.ring.corrupt-a" (its ring: web.ring.corrupt-a.ring): moving web.ring
+    aside deleted such agents' live history as if it were old copies of web.ring."""
+    others = [tmp_path / f"web.ring.corrupt-{x}.ring" for x in ("a", "b", "c", "20260101T000000Z-abcd")]
+    for p in others:
+        p.write_bytes(b"another agent's history")
+    for _ in range(fsutil.CORRUPT_KEEP + 1):
+        (tmp_path / "web.ring").write_bytes(b"garbage")
+        fsutil.move_aside(tmp_path / "web.ring")
+    assert all(p.exists() for p in others)
+    assert len(list(tmp_path.glob("web.ring.corrupt-*Z-????"))) == fsutil.CORRUPT_KEEP
