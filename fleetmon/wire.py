@@ -58,6 +58,9 @@ class Assign(msgspec.Struct, frozen=True, tag=True):
     # Counts the shards sent to one slot: the worker puts the one it is reading in its heartbeat,
     # so that the supervisor knows which agent it holds even after sending it a newer shard.
     generation: int = 0
+    # Sample the agents new to this shard now (a registry change seen between ticks, over a second
+    # before the next): not when a tick follows (at a tick, on a reshard of the pool, at a start).
+    sample_new: bool = False
 
 
 class Tick(msgspec.Struct, frozen=True, tag=True):

@@ -179,8 +179,8 @@ class Arbiter:
                 next_tick += interval
                 if next_tick <= now:  # we fell behind: skip missed ticks rather than burst
                     next_tick = now + interval
-            elif now - self.registry_scanned >= REGISTRY_POLL:
-                self._scan_registry()
+            elif now - self.registry_scanned >= REGISTRY_POLL and next_tick - now > REGISTRY_POLL:
+                self._scan_registry(between_ticks=True)  # (a tick due sooner takes the changes itself)
             self._check_children()
             self._pump_writer()
             self.notifier.poll(self)
@@ -304,7 +304,7 @@ class Arbiter:
         if w.restarts:
             logger.warning("{} restarted (pid {}), restart {}", w.name, w.pid, w.restarts)
 
-    def _assign(self, w: children.Child, refs: list[wire.AgentRef]) -> None:
+    def _assign(self, w: children.Child, refs: list[wire.AgentRef], sample_new: bool = False) -> None:
         self.generation += 1
         sent = self.sent_shards.setdefault(w.index, collections.deque())
         # Kept: the shard its worker says it reads (the heartbeat's generation) and every one after;
@@ -314,7 +314,7 @@ class Arbiter:
         while sent and (sent[0][0] < taken or len(sent) >= MAX_SENT_SHARDS):
             sent.popleft()
         sent.append((self.generation, refs))
-        self._send(w, wire.Assign(refs, self.generation))
+        self._send(w, wire.Assign(refs, self.generation, sample_new))
 
     def _send(self, w: children.Child, msg) -> None:
         if w.ctl is None:
@@ -491,7 +491,7 @@ class Arbiter:
             last[0] if last else None, last[1] if last else None,
         )
 
-    def _reshard(self) -> None:
+    def _reshard(self, sample_new: bool = False) -> None:
         for agent_id in [a for a in self.quarantine if a not in self.registry.entries]:
             del self.quarantine[agent_id]  # unregistered while quarantined: nothing left to retry
         n = len(self.workers)
@@ -504,17 +504,19 @@ class Arbiter:
             if self.shards.get(i) != refs:
                 self.shards[i] = refs
                 if i < len(self.workers):
-                    self._assign(self.workers[i], refs)
+                    self._assign(self.workers[i], refs, sample_new)
         logger.debug("shards: {}", ", ".join(f"worker {i} {len(refs)}" for i, refs in shards.items()))
 
-    def _scan_registry(self) -> None:
-        """Registry changes to the shards and the writer: at each tick, and between ticks at most
-        once a second (a directory's mtime unchanged costs one stat; see RegistryScanner), so that an
-        agent added is sampled within a second (its worker takes it at once), not at the next tick."""
+    def _scan_registry(self, between_ticks: bool = False) -> None:
+        """Registry changes to the shards and the writer: at each tick, and ``between_ticks`` about
+        once a second while the next tick is over a second away (one stat of the directory while it
+        does not change: the periodic full rescan, for files edited in place, is left to the ticks),
+        so that an agent added is sampled within a second or two (its worker takes it at once, told
+        so by the Assign), not at the next tick."""
         self.registry_scanned = time.monotonic()
         before = self.registry.entries
-        if self.registry.scan():
-            self._reshard()
+        if self.registry.scan(full=not between_ticks):
+            self._reshard(sample_new=between_ticks)
             self._tell_writer(self._registry_msg())
             if self.registry.entries != before:  # (an invalid file added or edited changes nothing)
                 logger.info("registry: {}", registry_changes(before, self.registry.entries))

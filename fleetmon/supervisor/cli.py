@@ -297,11 +297,11 @@ def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if extra:  # (before "a command is required": `fleetmon --verison` names its typo)
+        _chosen_parser(parser, args).error(_unrecognized(_chosen_parser(parser, args), extra))
     if args.command is None:
         commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0].choices
         parser.error(f"a command is required: {', '.join(commands)}")
-    if extra:
-        _chosen_parser(parser, args).error(_unrecognized(_chosen_parser(parser, args), extra))
     from fleetmon.supervisor import commands
 
     try:

@@ -209,8 +209,9 @@ class RegistryScanner:
         self._last_full = 0.0
         self.entries: dict[str, RegistryEntry] = {}
 
-    def scan(self, force: bool = False) -> bool:
-        """Bring ``entries`` up to date. True when they changed."""
+    def scan(self, force: bool = False, full: bool = True) -> bool:
+        """Bring ``entries`` up to date. True when they changed. ``full``: also the rescan every
+        FULL_RESCAN of a directory that did not change (files edited in place change theirs only)."""
         now = time.monotonic()
         try:
             dir_mtime = os.stat(self.directory).st_mtime_ns
@@ -218,7 +219,7 @@ class RegistryScanner:
             dir_mtime = 0
         # A directory changed within the last 2 s may change again within its mtime granularity.
         recent = time.time_ns() - dir_mtime < 2_000_000_000
-        if not force and dir_mtime == self._dir_mtime and not recent and now - self._last_full < FULL_RESCAN:
+        if not force and dir_mtime == self._dir_mtime and not recent and (not full or now - self._last_full < FULL_RESCAN):
             return False
         self._dir_mtime = dir_mtime
         self._last_full = now

@@ -115,7 +115,8 @@ def run(
         for frame in frames:
             msg = decoder.decode(frame)
             if isinstance(msg, wire.Assign):
-                added |= {a.id for a in msg.agents} - {a.id for a in agents}
+                if msg.sample_new:
+                    added |= {a.id for a in msg.agents} - {a.id for a in agents}
                 agents = msg.agents
                 heartbeat[HB_GEN] = msg.generation  # (HB_INDEX indexes this shard from now on)
                 sampler.forget_except({a.id for a in agents})
@@ -129,11 +130,12 @@ def run(
             batch = sample_tick(index, tick, agents, sampler, heartbeat, hook, link.lost)
             link.send(encoder.encode(batch))
             last_tick = tick
-        elif added and last_tick is not None:
-            # Agents new to this worker (registered since its last tick, or moved to it) are sampled
-            # at once: not `not_running` for up to an interval (60 s by default), and their first
-            # cpu is known a tick sooner. (At its start, the first tick comes soon enough.)
-            batch = sample_tick(index, last_tick, agents, sampler, heartbeat, hook, link.lost, only=added)
+        elif added:
+            # Agents registered between ticks are sampled at once (the supervisor says so when the
+            # next tick is over a second away): not `not_running` for up to an interval (60 s by
+            # default), and their first cpu known a tick sooner. The batch carries the last tick
+            # taken (none yet: 0), which it does not complete.
+            batch = sample_tick(index, last_tick or wire.Tick(0, 0.0), agents, sampler, heartbeat, hook, link.lost, only=added)
             if batch.samples or batch.gone:
                 link.send(encoder.encode(batch))
         if stop:

@@ -479,6 +479,8 @@ def test_a_typo_is_named_by_the_command_it_was_for_with_a_suggestion(state_dir):
     )
     proc = cli("history", "x", "--evrey", "5s", state_dir=state_dir, timeout=30)
     assert proc.returncode == 2 and "(did you mean --every?) (see fleetmon history --help)" in proc.stderr
+    proc = cli("--verison", timeout=30)  # no command, but a typo: the typo is what is said
+    assert proc.returncode == 2 and "unrecognized arguments: --verison (did you mean --version?)" in proc.stderr
     proc = cli(timeout=30)
     assert proc.returncode == 2 and not proc.stdout
     assert proc.stderr.startswith("fleetmon: error: a command is required: run, agents, status") and len(proc.stderr.splitlines()) == 1

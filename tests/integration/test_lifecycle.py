@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from tests.helpers import cli, pid_alive, register, wait_until
-from tests.integration.common import agent, alerts, history, wait_points, wait_status
+from tests.integration.common import agent, alerts, history, parse_ts, wait_points, wait_status
 
 FAST = ("--interval", "250ms", "--workers", "2")
 
@@ -286,3 +286,49 @@ def test_a_state_dir_too_long_for_a_socket_path_keeps_the_socket_in_it(procs, tm
     assert second.returncode == 1, second.stderr
     assert d.stop() == 0
     assert not sock.exists() and not old_place.exists()
+
+
+def test_an_agent_added_at_a_tick_is_sampled_once_by_that_tick_not_twice(procs, state_dir, daemons):
+    """A registry change found at a tick sent an Assign, then the Tick: a worker that read the Assign
+    alone sampled the new agent early, then again for the tick a millisecond later, with a cpu
+    computed over that millisecond (0 or 291% for a busy loop). Early sampling is for changes seen
+    between ticks, over a second before the next."""
+    first = procs.sleeper()
+    register(state_dir, "first", first.pid)
+    d = daemons(state_dir, "--interval", "1s", "--workers", "1")
+    d.wait_tick(2)
+    for i in range(12):
+        register(state_dir, f"busy{i}", procs.python("while True: pass\n").pid)
+    close = []
+    for i in range(12):
+        ts = [parse_ts(p["timestamp"]) for p in wait_points(state_dir, f"busy{i}", 3, timeout=30)]
+        if min(b - a for a, b in zip(ts, ts[1:], strict=False)) < 0.3:
+            close.append(f"busy{i}")
+    assert not close, f"points far closer together than the 1s interval: {close}"
+    assert d.stop() == 0
+
+
+def test_an_agent_added_to_a_replaced_workers_shard_shows_running_at_once(procs, state_dir, daemons):
+    """A worker started since the last tick (replaced after a crash) had no tick to put an early
+    batch under: an agent added to its shard waited for the next tick."""
+    import json
+
+    from fleetmon.supervisor.sharding import shard_for
+
+    def worker0() -> int:
+        return next(w["pid"] for w in json.loads((state_dir / "daemon.json").read_text())["workers"] if w["index"] == 0)
+
+    first = procs.sleeper()
+    register(state_dir, "first", first.pid)
+    d = daemons(state_dir, "--interval", "60s", "--workers", "2")
+    d.wait_tick(1)
+    wait_status(state_dir, "first", lambda a: a["status"] == "running", what="first running")
+    old = worker0()
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: "worker-0 restarted" in d.log(), 15, 0.1, what="worker 0 replaced")
+    late_id = next(f"late{i}" for i in range(100) if shard_for(f"late{i}", 2) == 0)
+    late = procs.sleeper()
+    register(state_dir, late_id, late.pid)
+    a = wait_status(state_dir, late_id, lambda a: a["status"] == "running", timeout=10, what="running before the next tick")
+    assert a["pid"] == late.pid
+    assert d.stop() == 0

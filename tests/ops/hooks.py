@@ -20,3 +20,16 @@ def crash_once(agent_id: str, pid: int | None) -> None:
         return
     print("a stray line written to stderr by a worker", file=sys.stderr)
     raise RuntimeError("test crash of a worker")
+
+
+def slow_in_worker_1(agent_id: str, pid: int | None) -> None:
+    """Worker 1 (process name fleetmon-w1) takes 0.3 s over each agent named slow*."""
+    import time
+
+    try:
+        with open("/proc/self/comm") as f:
+            name = f.read().strip()
+    except OSError:
+        return
+    if name == "fleetmon-w1" and agent_id.startswith("slow"):
+        time.sleep(0.3)

@@ -185,3 +185,35 @@ def test_sighup_log_level_reaches_the_workers_and_the_writer(daemons, procs, sta
     assert any("log_level DEBUG -> ERROR" in x["message"] for x in lines("INFO"))
     assert not [x for x in lines() if x["level"] in ("WARNING", "ERROR") and "log" in x["message"]]
     assert d.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_a_shrunk_pool_hands_agents_over_without_their_last_sample_going_back_in_time(procs, tmp_path, state_dir, daemons):
+    """SIGHUP shrinking the pool hands the surplus worker's agents to the others while it finishes its
+    tick. Had they sampled them at once (as agents registered between ticks are), the surplus
+    worker's batch, read earlier but delivered later, would have been appended after theirs: an
+    older reading as the agent's last sample, and as its ring's newest (what a restarted writer
+    dedupes resent batches against). They wait for the next tick, as before."""
+    from fleetmon.supervisor.sharding import shard_for
+    from tests.faults._util import timestamps
+    from tests.integration.common import parse_ts, status
+
+    fast = next(f"a{i}" for i in range(100) if shard_for(f"a{i}", 2) == 1)
+    slow = [f"slow{i}" for i in range(200) if shard_for(f"slow{i}", 2) == 1][:16]
+    for a in [fast, *slow]:
+        register(state_dir, a, procs.sleeper().pid)
+    hook = "tests.ops.hooks:slow_in_worker_1"
+    cfg = write_config(tmp_path / "c.toml", workers=2, interval="8s", stall_timeout="60s", sampler_hook=hook)
+    d = daemons(state_dir, "--config", str(cfg), env=daemon_env())
+    wait_until(lambda: len(timestamps(state_dir, fast)) >= 1, 30, 0.05, what="first tick")
+    tick1 = wait_until(lambda: (ts := timestamps(state_dir, slow[-1])) and ts, 30, 0.05, what="worker 1's first pass")
+    time.sleep(max(0.0, tick1[-1] + 8.0 - time.time()) + 0.5)  # 0.5 s into the second tick: worker 1 still busy
+    write_config(cfg, workers=1, interval="8s", stall_timeout="60s", sampler_hook=hook)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "workers: stopped" in d.log(), 30, 0.1, what="pool shrunk")
+    time.sleep(1.0)
+    ts = timestamps(state_dir, fast)  # in the ring's order (sequence numbers)
+    last = next(a for a in status(state_dir)["agents"] if a["id"] == fast)["last_sample"]
+    assert ts == sorted(ts), [round(t - ts[0], 3) for t in ts]
+    assert parse_ts(last["timestamp"]) >= max(ts) - 0.001
+    assert d.stop() == 0
