@@ -95,6 +95,7 @@ class Arbiter:
         # worker follows while a pidfile names no process (see wire.AgentRef)
         self.last_seen: dict[str, tuple[int, float]] = {}
         self.registry_scanned = 0.0  # (monotonic) see _scan_registry
+        self.next_tick_at = 0.0  # (monotonic) when the next tick is due
         self.persisted_tick = 0
         self.persisted_at = time.monotonic()
         self.started_at = time.monotonic()
@@ -172,6 +173,7 @@ class Arbiter:
                 break
             if self.reschedule is not None:
                 next_tick, self.reschedule = min(next_tick, self.reschedule), None
+                self.next_tick_at = next_tick
             now = time.monotonic()
             if now >= next_tick:
                 self.tick()
@@ -179,7 +181,8 @@ class Arbiter:
                 next_tick += interval
                 if next_tick <= now:  # we fell behind: skip missed ticks rather than burst
                     next_tick = now + interval
-            elif now - self.registry_scanned >= REGISTRY_POLL and next_tick - now > REGISTRY_POLL:
+                self.next_tick_at = next_tick
+            elif now - self.registry_scanned >= REGISTRY_POLL and self.between_ticks():
                 self._scan_registry(between_ticks=True)  # (a tick due sooner takes the changes itself)
             self._check_children()
             self._pump_writer()
@@ -507,6 +510,11 @@ class Arbiter:
                     self._assign(self.workers[i], refs, sample_new)
         logger.debug("shards: {}", ", ".join(f"worker {i} {len(refs)}" for i, refs in shards.items()))
 
+    def between_ticks(self) -> bool:
+        """Whether the next tick is over REGISTRY_POLL away: agents registered now are sampled at
+        once (Assign.sample_new) rather than left to it."""
+        return self.next_tick_at - time.monotonic() > REGISTRY_POLL
+
     def _scan_registry(self, between_ticks: bool = False) -> None:
         """Registry changes to the shards and the writer: at each tick, and ``between_ticks`` about
         once a second while the next tick is over a second away (one stat of the directory while it
@@ -525,9 +533,11 @@ class Arbiter:
         self.tick_no += 1
         self.tick_wall = time.time()
         self._scan_registry()
+        # Agents released from quarantine first: the tick that follows samples them (after the ticks,
+        # they missed this one).
+        self._tick_quarantine()
         for w in self.workers:
             self._send_tick(w)
-        self._tick_quarantine()
         self._tell_writer(self._daemon_info())
 
     def _send_tick(self, w: children.Child) -> None:

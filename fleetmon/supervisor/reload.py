@@ -157,7 +157,7 @@ def _show(key: str, value) -> str:
 def rescan_registry(arbiter) -> None:
     before = arbiter.registry.entries
     if arbiter.registry.scan(force=True):
-        arbiter._reshard()
+        arbiter._reshard(sample_new=arbiter.between_ticks())  # (`agents add` then a reload: as without it)
         arbiter._tell_writer(arbiter._registry_msg())
         logger.info("SIGHUP: registry rescanned: {}", registry_changes(before, arbiter.registry.entries))
     else:

@@ -330,3 +330,26 @@ def test_a_pidfile_agent_whose_pidfile_is_gone_stays_followed_across_a_new_worke
     kill_quietly(agent.pid)
     agent.wait(timeout=10)
     wait_until(lambda: agent_status(state_dir)["p"] == "exited", 3 * INTERVAL + 5, 0.1, what="p to be exited with its process")
+
+
+def test_an_agent_released_from_quarantine_is_sampled_at_the_tick_that_releases_it(daemons, procs, state_dir, tmp_path):
+    """The release came after the tick's Tick had gone out: a worker that read the Tick alone
+    skipped the agent at that tick, a one-tick hole in its history right after the release."""
+    flag = tmp_path / "block"
+    flag.touch()
+    env = daemon_env(FLEETMON_TEST_BLOCK=str(flag))
+    interval = 2.0
+    register_direct(state_dir, "a000", procs.sleeper(900).pid)
+    write_config(tmp_path / "f.toml", workers=1, interval=f"{interval}s", stall_timeout="3s", sampler_hook=BLOCK_HOOK)
+    d = daemons(state_dir, "--config", str(tmp_path / "f.toml"), env=env)
+    d.wait_tick(1, timeout=20)
+    register_direct(state_dir, "stuck-1", procs.sleeper(900).pid)
+    wait_until(lambda: agent_status(state_dir).get("stuck-1") == "stalled", 20, 0.2, what="stuck-1 quarantined")
+    flag.unlink()
+    wait_until(lambda: "stuck-1 reads normally again" in d.log(), 30, 0.2, what="stuck-1 released")
+    released = time.time()
+    wait_until(lambda: len([t for t in timestamps(state_dir, "stuck-1") if t > released]) >= 3, 20, 0.2, what="3 samples in the pool")
+    ts = timestamps(state_dir, "stuck-1")
+    gaps = [round(b - a, 2) for a, b in zip(ts, ts[1:], strict=False)]
+    assert max(gaps) < 1.5 * interval, gaps
+    assert d.stop() == 0

@@ -217,3 +217,24 @@ def test_a_shrunk_pool_hands_agents_over_without_their_last_sample_going_back_in
     assert ts == sorted(ts), [round(t - ts[0], 3) for t in ts]
     assert parse_ts(last["timestamp"]) >= max(ts) - 0.001
     assert d.stop() == 0
+
+
+def test_an_agent_registered_then_a_reload_is_sampled_at_once(procs, state_dir, daemons):
+    """`agents add X && systemctl reload fleetmon` between ticks: the reload's rescan took the
+    change from the once-a-second poll, without sampling X at once: X waited for the next tick."""
+    from fleetmon.supervisor import registry as reg
+    from tests.integration.common import wait_status
+
+    first = procs.sleeper()
+    register(state_dir, "first", first.pid)
+    d = daemons(state_dir, "--interval", "60s", "--workers", "1")
+    d.wait_tick(1)
+    wait_status(state_dir, "first", lambda a: a["status"] == "running", what="first running")
+    time.sleep(2.5)  # well between ticks
+    late = procs.sleeper()
+    reg.write_entry(state_dir / "registry", reg.RegistryEntry("late", None, late.pid))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: registry rescanned" in d.log(), 10, 0.05, what="rescan")
+    a = wait_status(state_dir, "late", lambda a: a["status"] == "running", timeout=10, what="running before the next tick")
+    assert a["pid"] == late.pid
+    assert d.stop() == 0
