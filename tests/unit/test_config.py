@@ -61,6 +61,14 @@ def test_flags_override_the_file(write):
     assert c.workers == 3 and c.interval == 0.5
 
 
+def _refused(write, text: str) -> tuple:
+    """(the config file written with ``text``, the one-line message ``load`` refuses it with)."""
+    path = write(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    return path, str(info.value)
+
+
 @pytest.mark.parametrize(
     "text, key",
     [
@@ -99,10 +107,7 @@ def test_flags_override_the_file(write):
     ],
 )
 def test_errors_name_the_key(write, text, key):
-    path = write(text + "\n")
-    with pytest.raises(ConfigError) as info:
-        load(path)
-    message = str(info.value)
+    path, message = _refused(write, text)
     assert key in message, message
     assert str(path) in message
     assert "\n" not in message
@@ -136,7 +141,5 @@ def test_bad_override_names_the_key():
 )
 def test_an_unknown_key_is_named_in_full_with_the_key_it_may_be(write, text, said):
     """msgspec says "Object contains unknown field `cpu`"; an operator wants the key and a guess."""
-    path = write(text + "\n")
-    with pytest.raises(ConfigError) as info:
-        load(path)
-    assert str(info.value) == f"config file {path}: {said}"
+    path, message = _refused(write, text)
+    assert message == f"config file {path}: {said}"
