@@ -60,12 +60,17 @@ def read_daemon(state: StateDir) -> DaemonJSON | None:
         return None
 
 
+def _snapshot(state: StateDir) -> StatusSnapshot:
+    """status.json as the writer last wrote it. Raises OSError, msgspec.DecodeError/ValidationError."""
+    return _status.decode(fsutil.read_private(state.status, 1 << 30))
+
+
 def last_processes(state: StateDir) -> dict[str, tuple[int, float]]:
     """Agent id -> (pid, start time) of the process each agent ran as when the writer last wrote
     status.json, for those running or stalled then. Empty when there is none or it cannot be read:
     a hint, which the reader checks against the process's own start time before trusting it."""
     try:
-        snap = _status.decode(fsutil.read_private(state.status, 1 << 30))
+        snap = _snapshot(state)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return {}
     out = {}
@@ -88,7 +93,7 @@ def status_as_of(state: StateDir) -> tuple[StatusJSON, float | None]:
     entries, _ = reg.read_all(state.registry)
     updated = None
     try:
-        snap = _status.decode(fsutil.read_private(state.status, 1 << 30))
+        snap = _snapshot(state)
         known = {r.id: r for r in snap.agents}
         updated = parse_rfc3339(snap.updated)
     except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError, ValueError):
