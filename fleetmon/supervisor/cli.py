@@ -271,14 +271,18 @@ def state_dir(args) -> Path:
     return (args.state_dir if getattr(args, "state_dir", None) else default_state_dir()).absolute()
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's subcommands by name (none for a leaf)."""
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
 def _chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
     """The (sub)parser of the command given: ``agents add`` for ``fleetmon agents add ...``."""
     for attr in ("command", "agents_command"):
         name = getattr(args, attr, None)
-        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        if name is None or not actions or name not in actions[0].choices:
+        if name not in _subcommands(parser):
             break
-        parser = actions[0].choices[name]
+        parser = _subcommands(parser)[name]
     return parser
 
 
@@ -298,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # (before "a command is required": `fleetmon --verison` names its typo)
-        _chosen_parser(parser, args).error(_unrecognized(_chosen_parser(parser, args), extra))
+        chosen = _chosen_parser(parser, args)
+        chosen.error(_unrecognized(chosen, extra))
     if args.command is None:
-        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0].choices
-        parser.error(f"a command is required: {', '.join(commands)}")
+        parser.error(f"a command is required: {', '.join(_subcommands(parser))}")
     from fleetmon.supervisor import commands
 
     try:
