@@ -298,8 +298,56 @@ def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> str:
     return f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {', '.join(hints)}?)" if hints else "")
 
 
+def _owners(parser: argparse.ArgumentParser, option: str) -> list[str]:
+    """The commands (``fleetmon agents add``) whose own parser takes this option."""
+    found = [parser.prog] if any(option in a.option_strings for a in parser._actions) else []
+    for sub in _subcommands(parser).values():
+        found += _owners(sub, option)
+    return found
+
+
+def _before_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """What is wrong with options given before the command that fleetmon itself does not take.
+    argparse takes the value of such an option for the command: ``fleetmon --workers 2 run`` was
+    told "invalid choice: '2'", and ``fleetmon --json status`` "did you mean --json?"."""
+    commands = _subcommands(parser)
+    top = {o for a in parser._actions for o in a.option_strings}
+    with_value = {o for a in parser._actions if a.nargs != 0 for o in a.option_strings}
+    unknown, command = [], None
+    value_next = maybe_value_next = False  # (of a known option; of an unknown one, if it takes one)
+    for token in argv:
+        if value_next:
+            value_next = False
+        elif token == "--" or token in commands:
+            command = commands.get(token)
+            break
+        elif token.startswith("-"):
+            name = token.split("=", 1)[0]
+            maybe_value_next = name not in top and "=" not in token
+            if name in top:
+                value_next = name in with_value and "=" not in token
+            else:
+                unknown.append(name)
+        elif maybe_value_next:
+            maybe_value_next = False
+        else:
+            break  # (a mistyped command: argparse names it)
+    if not unknown:
+        return None
+    name = unknown[0]
+    owners = _owners(command, name) if command is not None else []
+    owners = owners or [o for sub in commands.values() for o in _owners(sub, name)]
+    if not owners:
+        return _unrecognized(parser, unknown)
+    where = f" ({owners[0]} {name} ...)" if len(owners) == 1 else ""
+    return f"{name} is an option of {', '.join(owners)}: put it after the command{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if misplaced := _before_command(parser, argv):
+        parser.error(misplaced)
     args, extra = parser.parse_known_args(argv)
     if extra:  # (before "a command is required": `fleetmon --verison` names its typo)
         chosen = _chosen_parser(parser, args)

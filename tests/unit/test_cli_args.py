@@ -1,0 +1,43 @@
+"""Options given before the command (in process: argparse's own messages, no daemon involved)."""
+
+import pytest
+
+from fleetmon.supervisor import cli
+
+
+def _error(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # argparse took the typo's value for the command: "invalid choice: 'x'"
+        (["--stat-dir", "x", "status"], "unrecognized arguments: --stat-dir (did you mean --state-dir?)"),
+        (["--stat-dir=x", "status"], "unrecognized arguments: --stat-dir (did you mean --state-dir?)"),
+        # "invalid choice: '2'"
+        (["--workers", "2", "run"], "--workers is an option of fleetmon run: put it after the command (fleetmon run --workers ...)"),
+        # "unrecognized arguments: --json (did you mean --json?)"
+        (["--json", "status"], "--json is an option of fleetmon status: put it after the command (fleetmon status --json ...)"),
+        (["--state-dir", "/nonexistent", "--json", "status"], "--json is an option of fleetmon status"),
+        (["--pid", "3", "agents", "add", "x"], "--pid is an option of fleetmon agents add: put it after the command"),
+        (["--since", "1h", "history", "x"], "--since is an option of fleetmon history: put it after"),
+        (["--since", "1h"], "--since is an option of fleetmon history, fleetmon alerts: put it after the command"),
+        (["--verison"], "unrecognized arguments: --verison (did you mean --version?)"),
+        (["--state-dir", "/nonexistent", "frob"], "invalid choice: 'frob'"),
+    ],
+)
+def test_an_option_before_the_command_is_named_with_where_it_goes(capsys, argv, message):
+    assert message in _error(capsys, *argv)
+
+
+def test_options_of_fleetmon_itself_before_the_command_still_work(capsys, tmp_path):
+    missing = tmp_path / "none"
+    assert cli.main(["--state-dir", str(missing), "status", "--json"]) == 0
+    assert cli.main([f"--state-dir={missing}", "agents", "ls"]) == 0
+    assert not missing.exists()
