@@ -112,6 +112,9 @@ class Fleet:
         # naming a new agent and the first batch of the worker it gave the agent to come on
         # different connections, and the batch can win. Applied when the Registry comes (if recent).
         self._unknown: dict[str, Sample] = {}
+        # Whether an agent's registry file is there though the registry leaves it out (it does not
+        # parse): set by the writer, which knows the state dir.
+        self.listed: Callable[[str], bool] = lambda agent_id: False
 
     # --- registry and config ------------------------------------------------------------------
 
@@ -143,6 +146,13 @@ class Fleet:
                 a.registered = False
                 self._close_alerts(a, now, "removed")
                 self.rings.close(a.id)
+            elif a.alerts and not self.listed(a.id):
+                # Loaded from disk (a daemon started again) with episodes open, and taken out of the
+                # registry while no daemon ran: they end now, as its removal would have ended them,
+                # rather than stay open unwatched (and be resumed, ``since`` and all, if it comes back).
+                # A registry file that is there but does not parse keeps them open, as it does in a
+                # running daemon (its last valid entry kept), until it is fixed or removed.
+                self._close_alerts(a, now, "removed")
         for s in early:
             self.on_sample(s)
 
@@ -311,10 +321,13 @@ class Fleet:
         previous = previous or a.alerts.get(resource)
         since = new.since if new is not None else (previous.since if previous is not None else ts)
         threshold = a.limits.for_resource(resource)
+        if not threshold and reason == "removed" and previous is not None:
+            threshold = previous.threshold  # (removed while no daemon ran: its limits went with its entry)
         if new is None:
             a.alerts.pop(resource, None)
         else:
             new.logged = ts
+            new.threshold = threshold
             a.alerts[resource] = new
         a.meta_dirty = True
         self.alerts_dirty = True

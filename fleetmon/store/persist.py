@@ -223,7 +223,7 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
             continue
         for resource, st in by_resource.items():
             if resource in th.RESOURCES and st.state in ("warning", "error"):
-                a.alerts[resource] = th.Alert(st.state, st.since, st.logged)
+                a.alerts[resource] = th.Alert(st.state, st.since, st.logged, st.threshold)
     changed = _replay_alert_log(state, fleet, replay_from) if replay_from is not None else 0
     if changed:
         fleet.alerts_dirty = True
@@ -268,7 +268,7 @@ def _replay_alert_log(state: StateDir, fleet: Fleet, position: LogPosition) -> i
             if ev.state == "ok":
                 a.alerts.pop(ev.resource, None)
             else:
-                a.alerts[ev.resource] = th.Alert(ev.state, since, ts)
+                a.alerts[ev.resource] = th.Alert(ev.state, since, ts, ev.threshold or 0.0)
     changed = 0
     for (agent_id, resource), old in before.items():
         a = fleet.agents[agent_id]
@@ -383,7 +383,7 @@ def save_alert_state(state: StateDir, fleet: Fleet, log: LogPosition | None) -> 
     """thresholds.json: the open episodes, and ``log``, where alerts.jsonl ends (what the episodes
     include: a writer that starts again applies the changes past it, see _replay_alert_log)."""
     data = {
-        a.id: {r: AlertState(al.state, al.since, al.logged) for r, al in a.alerts.items()}
+        a.id: {r: AlertState(al.state, al.since, al.logged, al.threshold) for r, al in a.alerts.items()}
         for a in fleet.agents.values()
         if a.alerts
     }
@@ -415,6 +415,11 @@ def save_metadata(state: StateDir, fleet: Fleet, now: float, refresh: bool = Tru
     return len(files)
 
 
+def registry_file_there(state: StateDir, agent_id: str) -> bool:
+    """Whether the agent's registry file is there (a dangling symlink too), whether or not it parses."""
+    return os.path.lexists(state.registry_file(agent_id))
+
+
 def forget_removed(state: StateDir, fleet: Fleet, now: float, keep: float, limit: int = 1000) -> tuple[list[str], list]:
     """Delete the history and metadata files of agents removed from the registry at least ``keep``
     seconds ago, and regular history files that no agent the writer knows has (say its metadata was
@@ -426,15 +431,12 @@ def forget_removed(state: StateDir, fleet: Fleet, now: float, keep: float, limit
     typo must not cost the history. The metadata file goes last: it records when the agent was
     removed, so a crash in between is finished next time."""
 
-    def listed(agent_id: str) -> bool:
-        return os.path.lexists(state.registry_file(agent_id))
-
     forgotten: list[str] = []
     failed: list = []
     for agent_id in fleet.removed_before(now - keep):
         if len(forgotten) + len(failed) >= limit:
             return forgotten, failed
-        if listed(agent_id):
+        if registry_file_there(state, agent_id):
             continue
         fleet.rings.close(agent_id)
         try:
@@ -453,7 +455,7 @@ def forget_removed(state: StateDir, fleet: Fleet, now: float, keep: float, limit
         if len(forgotten) + len(failed) >= limit:
             break
         agent_id = name[:-5]
-        if not name.endswith(".ring") or name.startswith(".") or agent_id in fleet.agents or listed(agent_id):
+        if not name.endswith(".ring") or name.startswith(".") or agent_id in fleet.agents or registry_file_there(state, agent_id):
             continue
         path = state.history / name
         try:

@@ -85,6 +85,7 @@ class AlertState(msgspec.Struct):
     state: str
     since: float
     logged: float = 0.0
+    threshold: float = 0.0  # of its last change (files before 0.1 stop 17: 0, not known)
 
 
 class LogPosition(msgspec.Struct, forbid_unknown_fields=True):

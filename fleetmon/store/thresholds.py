@@ -39,6 +39,9 @@ class Alert(msgspec.Struct):
     state: str
     since: float
     logged: float = 0.0  # sample time of the last log line for this episode
+    # the threshold of its last change (0: not known), for closing it once the agent's own limits
+    # are gone (taken out of the registry while no daemon ran)
+    threshold: float = 0.0
 
 
 class Event(msgspec.Struct, frozen=True):

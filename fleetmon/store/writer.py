@@ -7,6 +7,7 @@ fleet model (history, status, thresholds, alerts) and, after each tick, persists
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import selectors
@@ -74,6 +75,7 @@ class Writer:
             {k: v.to_wire() for k, v in config.thresholds.types.items()},
             float(config.alert_repeat),
         )
+        self.fleet.listed = functools.partial(persist.registry_file_there, state)
         self.daemon: wire.DaemonInfo | None = None
         self.worker_ticks: dict[int, int] = {}
         self.lost_by_conn: dict[int, int] = {}

@@ -131,3 +131,28 @@ def test_alerts_jsonl_is_rotated_at_its_bound_and_alerts_reads_across(procs, sta
     states = [e["state"] for e in events]
     assert all(a != b for a, b in pairwise(states))  # alternating: none lost or repeated at a seam
     assert "moved to alerts.jsonl.1" in d.log()
+
+
+def test_an_agent_removed_while_no_daemon_ran_has_its_alerts_closed_at_the_next_start(procs, state_dir, daemons):
+    """Its episode stayed open for ever (thresholds.json, status), and was resumed, old ``since``
+    and all, when the agent was registered again. A broken registry file is not a removal."""
+    holders = {}
+    for agent_id in ("gone", "broken"):
+        holders[agent_id] = procs.start([PY, "-c", f"import os, time\nfds = [os.open('/dev/null', 0) for _ in range({EXTRA})]\ntime.sleep(600)"])
+        wait_until(lambda p=holders[agent_id]: fd_count(p.pid) > LIMIT, 30, what="fds held")
+        register(state_dir, agent_id, holders[agent_id].pid, open_files=LIMIT, **{"for": "0s"})
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "1")
+    wait_until(lambda: len(alerts(state_dir, "--state", "error")) == 2, 30, what="both in error")
+    assert d.stop() == 0
+    assert cli("agents", "rm", "gone", state_dir=state_dir, timeout=30).returncode == 0
+    (state_dir / "registry" / "broken.json").write_text("{not json")
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "1")
+    closed = wait_until(lambda: [e for e in alerts(state_dir) if e["state"] == "ok"], 30, what="the removal's ok")
+    assert [(e["agent_id"], e["reason"], e["value"], e["threshold"]) for e in closed] == [("gone", "removed", None, LIMIT)]
+    d.wait_tick(d.daemon_json()["tick"] + 2)
+    assert len(alerts(state_dir)) == 3  # broken: still in error, nothing closed or reopened
+    saved = json.loads((state_dir / "thresholds.json").read_text())["open"]
+    assert list(saved) == ["broken"] and saved["broken"]["open_files"]["state"] == "error"
+    register(state_dir, "gone", holders["gone"].pid, open_files=LIMIT, **{"for": "0s"})
+    reopened = wait_until(lambda: [e for e in alerts(state_dir) if e["agent_id"] == "gone"][2:], 30, what="a new episode")
+    assert reopened[0]["state"] == "error" and parse_ts(reopened[0]["since"]) > parse_ts(closed[0]["timestamp"]) - 0.001

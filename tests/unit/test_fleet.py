@@ -257,6 +257,58 @@ def test_removed_from_registry_closes_alerts(rings, events):
     assert len(read_points(rings.path("a1"))) == 1
 
 
+def _restarted_with_an_error_open(tmp_path, events):
+    """A fleet with a1 in error on open files, saved, and loaded by a new one (a daemon started again)."""
+    from fleetmon.store import persist
+    from fleetmon.store.layout import StateDir
+
+    state = StateDir(tmp_path / "state").create()
+    entry = RegisteredAgent("a1", "default", 100, None, Thresholds(open_files_threshold=3, threshold_duration=5))
+    fleet = Fleet(RingStore(state.history, 50), events.append)
+    fleet.set_registry([entry], T0)
+    fleet.on_sample(sample(T0, fds=10))
+    fleet.on_sample(sample(T0 + 5, fds=10))
+    assert [e.state for e in events] == ["warning", "error"]
+    persist.save_metadata(state, fleet, T0 + 5, refresh=False)
+    persist.save_status(state, fleet, T0 + 5)
+    persist.save_alert_state(state, fleet, None)
+    fleet.rings.close_all()
+    again = Fleet(RingStore(state.history, 50), events.append)
+    persist.load_fleet_state(state, again)
+    return state, entry, again
+
+
+def test_removed_while_no_daemon_ran_closes_alerts_at_the_next_start(tmp_path, events):
+    """An agent taken out of the registry while the daemon was stopped kept its open episode for
+    ever (no ``removed`` event), and resumed it, old ``since`` and all, when registered again."""
+    from fleetmon.store import persist
+
+    state, entry, again = _restarted_with_an_error_open(tmp_path, events)
+    again.set_registry([], T0 + 20)  # the daemon starts again: a1 was removed meanwhile
+    assert [(e.state, e.reason) for e in events[2:]] == [("ok", "removed")]
+    assert parse_rfc3339(events[2].since) == pytest.approx(T0)
+    assert events[2].threshold == 3  # (its own, gone with its entry: kept in thresholds.json, not 0 = off)
+    assert again.agents["a1"].alerts == {}
+    persist.save_alert_state(state, again, None)
+    assert "a1" not in persist.fsutil.read_private(state.alert_state).decode()
+    again.set_registry([entry], T0 + 30)  # registered again: a new episode, not the old one
+    again.on_sample(sample(T0 + 31, fds=10))
+    assert [(e.state, parse_rfc3339(e.since)) for e in events[3:]] == [("warning", pytest.approx(T0 + 31))]
+    again.rings.close_all()
+
+
+def test_a_registry_file_that_does_not_parse_at_the_next_start_keeps_alerts_open(tmp_path, events):
+    """As in a running daemon, which keeps a broken file's last valid entry: not taken for a removal."""
+    state, entry, again = _restarted_with_an_error_open(tmp_path, events)
+    again.listed = lambda agent_id: agent_id == "a1"  # (registry/a1.json there, but not valid)
+    again.set_registry([], T0 + 20)
+    assert [e.state for e in events] == ["warning", "error"] and again.agents["a1"].alerts["open_files"].state == "error"
+    again.set_registry([entry], T0 + 30)  # fixed: the episode goes on
+    again.on_sample(sample(T0 + 31, fds=10))
+    assert len(events) == 2 and again.agents["a1"].alerts["open_files"].since == pytest.approx(T0)
+    again.rings.close_all()
+
+
 def test_a_sample_that_beats_the_registry_naming_its_agent_is_applied_when_it_comes(rings, events):
     """The Registry (from the supervisor) and the first batch of the new agent's worker come on
     different connections: the batch can win. Its sample is kept, and applied (thresholds too)."""
