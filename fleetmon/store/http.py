@@ -20,6 +20,7 @@ Anything else answers a JSON error (400, 404, 405), never a traceback.
 from __future__ import annotations
 
 import gzip
+import io
 import socket
 import threading
 import time
@@ -42,7 +43,7 @@ ALERTS_LIMIT = 100_000  # /api/alerts: the newest this many changes at most (a r
 LATE_AFTER_INTERVALS = 3  # /healthz: 503 when no tick was persisted for this many intervals
 LATE_SLACK = 1.0  # seconds added to that, for scheduling noise at short intervals
 BIND_RETRY = 5.0  # seconds between attempts to listen when the address is taken
-REQUEST_TIMEOUT = 30.0  # a client that sends nothing for this long is dropped
+REQUEST_TIMEOUT = 30.0  # a client that sends nothing for this long, or takes longer to send its request, is dropped
 METRICS_CACHE_MAX_AGE = 60.0  # seconds; at most one interval (see Endpoint.metrics)
 MAX_CONNECTIONS = 256  # open at once (a thread each); more are answered 503 at once, without a thread
 MAX_REQUESTS = 64  # served at once, /healthz apart (a probe must get through a storm of scrapers)
@@ -228,6 +229,19 @@ class Handler(BaseHTTPRequestHandler):
     # line and headers), not as the base class's HTTP/0.9 (a bare body that no client can read).
     default_request_version = "HTTP/1.0"
 
+    def setup(self) -> None:
+        super().setup()
+        # The request head is read against a deadline, not only a timeout per read: a client that
+        # sends a byte every REQUEST_TIMEOUT - 1 s (slowloris) held its connection slot, and a
+        # thread, for as long as it liked; MAX_CONNECTIONS of them kept /healthz at 503 for good.
+        self.rfile.close()  # (the makefile() reader: closed, or the socket's fd outlives the request)
+        self._head = _HeadReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._head, self.rbufsize if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE)
+
+    def handle_one_request(self) -> None:
+        self._head.deadline = time.monotonic() + REQUEST_TIMEOUT
+        super().handle_one_request()
+
     def version_string(self) -> str:
         return "fleetmon"
 
@@ -324,6 +338,29 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
         logger.debug("HTTP {}: {}", self.address_string(), format % args)
+
+
+class _HeadReader(io.RawIOBase):
+    """A request's socket as read by ``rfile``: each read waits at most until ``deadline`` (set when
+    a request starts), so the whole request head must come within REQUEST_TIMEOUT."""
+
+    def __init__(self, sock: socket.socket, timeout: float | None):
+        self.sock = sock
+        self.timeout = timeout
+        self.deadline = time.monotonic() + REQUEST_TIMEOUT
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"request not received within {REQUEST_TIMEOUT:g}s")
+        self.sock.settimeout(left if self.timeout is None else min(left, self.timeout))
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.timeout)  # (what writing the answer waits for)
 
 
 ROUTES = ["/metrics", "/api/status", "/api/agents/{id}/history?since=&every=", "/api/alerts?since=", "/healthz"]

@@ -345,3 +345,39 @@ def test_requests_past_the_bound_are_turned_away_but_never_healthz(monkeypatch):
         assert code == 200 and json.loads(body)["status"] == "ok"
     finally:
         ep.close()
+
+
+def test_a_request_trickled_in_is_dropped_at_the_deadline(monkeypatch):
+    """A client that sends a byte now and then, each within the read timeout (slowloris), never
+    finished its request line and held its connection slot and thread for good: MAX_CONNECTIONS of
+    them kept even /healthz at 503. The whole request head must come within REQUEST_TIMEOUT."""
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(http.Handler, "timeout", 1.0)
+    monkeypatch.setattr(http, "MAX_CONNECTIONS", 2)
+    ep = http.start("127.0.0.1:0", fake_writer(big_fleet(1), daemon=daemon_info(interval=60.0)))
+    host, port = ep.server_address[:2]
+    slow = [socket.create_connection((host, port), timeout=5) for _ in range(2)]
+    try:
+        start = time.monotonic()
+        closed = set()
+        while len(closed) < len(slow) and time.monotonic() - start < 6:
+            for i, s in enumerate(slow):
+                if i in closed:
+                    continue
+                try:
+                    s.sendall(b"G")  # a byte every 0.3 s: within the read timeout each time
+                    s.settimeout(0.01)
+                    if s.recv(1) == b"":
+                        closed.add(i)
+                except TimeoutError:
+                    pass
+                except OSError:
+                    closed.add(i)
+            time.sleep(0.3)
+        assert len(closed) == len(slow), "a trickling client kept its connection past REQUEST_TIMEOUT"
+        assert time.monotonic() - start < 4
+        wait_until(lambda: get(url(ep, "/healthz"))[0] == 200, 5, 0.05, what="/healthz answered again")
+    finally:
+        for s in slow:
+            s.close()
+        ep.close()
