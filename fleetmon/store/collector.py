@@ -215,7 +215,8 @@ class FleetCollector:
         if w is None:
             return
         yield CounterMetricFamily("fleetmon_lost_batches", "Batches workers dropped while the writer was unreachable.", value=getattr(w, "lost_batches", 0))
-        flushed_at = getattr(w, "flushed_at", None)
+        # (not flushed_at: that advances while writing to the state dir fails, which is no tick persisted)
+        flushed_at = getattr(w, "persisted_at", getattr(w, "flushed_at", None))
         if flushed_at:
             yield GaugeMetricFamily(
                 "fleetmon_last_tick_persisted_timestamp_seconds", "When the writer last persisted a complete tick (Unix time).",

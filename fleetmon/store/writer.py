@@ -85,6 +85,11 @@ class Writer:
         self.flushed_tick = -1
         self.fresh: set[int] = set()  # workers whose batch came since the last flush
         self.flushed_at = 0.0  # monotonic time flushed_tick last advanced (read by /healthz)
+        # ... and the last time a newer complete tick was written without an error (/metrics'
+        # fleetmon_last_tick_persisted_timestamp_seconds): flushed_tick also advances while writes
+        # fail, to keep the watchdog fed.
+        self.persisted_tick = -1
+        self.persisted_at = 0.0
         self.last_ring_sync = time.monotonic()
         self.last_forget = -1e9  # monotonic time of the last look for agents to forget (keep_removed)
         self.ring_sync = RingSync(state.history)
@@ -436,6 +441,9 @@ class Writer:
         elif self.write_failing and not self.status_failed:  # (a status.json left out is no proof)
             self.write_failing = False
             logger.info("writing to the state dir works again ({} write errors in all)", fleet.write_errors)
+        if ok and tick > self.persisted_tick:
+            self.persisted_tick = tick
+            self.persisted_at = time.monotonic()
         if tick > self.flushed_tick:
             self.flushed_tick = tick
             self.flushed_at = time.monotonic()

@@ -419,3 +419,48 @@ def test_a_restarted_writer_does_not_undo_what_thresholds_json_has_past_the_log(
     w2, _, _ = _registered_writer(state, address[1], limits)
     persist.load_fleet_state(state, w2.fleet)
     assert w2.fleet.agents["y"].alerts == {}
+
+
+def test_last_tick_persisted_metric_stands_still_while_writes_fail(tmp_path, address, monkeypatch):
+    """While writing to the state dir fails (a full disk), flushed_tick goes on advancing (the
+    watchdog stays fed), and fleetmon_last_tick_persisted_timestamp_seconds advanced with it: the
+    README's rule `time() - fleetmon_last_tick_persisted_timestamp_seconds > 3 * interval` never
+    fired while /healthz answered 503 write_failing. It tells when a tick was last written whole."""
+    from fleetmon.store.collector import FleetCollector
+
+    state = StateDir(tmp_path / "state").create()
+    w, conn, _ = _registered_writer(state, address[1])
+    sup = next(c for fd, c in w.conns.items() if w.roles.get(fd) == -1)
+
+    def tick(n: int) -> None:
+        w._dispatch(sup, wire.DaemonInfo(1, 2, [wire.WorkerInfo(0, 3, 2)], n, 1.0))
+        w._dispatch(conn, wire.Batch(0, n, 0, 0, [_sample("x", 100.0 + n), _sample("y", 100.0 + n)]))
+        w._flush()
+
+    def persisted_ts() -> float | None:
+        for m in FleetCollector(w.fleet, None, w).collect_self():
+            if m.name == "fleetmon_last_tick_persisted_timestamp_seconds":
+                return m.samples[0].value
+        return None
+
+    tick(1)
+    assert not w.write_failing and w.flushed_tick == 1
+    first = persisted_ts()
+    assert first is not None
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = persist.save_status
+    monkeypatch.setattr(persist, "save_status", full)
+    time.sleep(0.2)
+    tick(2)
+    tick(3)
+    assert w.write_failing and w.flushed_tick == 3  # (the watchdog's view: ticks go on)
+    assert abs(persisted_ts() - first) < 0.1, "the persisted timestamp advanced while nothing was persisted"
+    monkeypatch.setattr(persist, "save_status", real)
+    time.sleep(0.2)
+    tick(4)
+    assert not w.write_failing
+    assert persisted_ts() > first + 0.3
+    w.rings.close_all()
