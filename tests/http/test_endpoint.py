@@ -381,3 +381,23 @@ def test_a_request_trickled_in_is_dropped_at_the_deadline(monkeypatch):
         for s in slow:
             s.close()
         ep.close()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("9464", ("127.0.0.1", 9464)), (":9464", ("127.0.0.1", 9464)), ("0.0.0.0:9464", ("0.0.0.0", 9464)),
+    ("[::1]:9464", ("::1", 9464)), ("[::]:9464", ("::", 9464)), ("localhost:9464", ("localhost", 9464)),
+])
+def test_http_address_parsed(text, expected):
+    from fleetmon.supervisor.httpaddr import parse_http
+
+    assert parse_http(text) == expected
+
+
+@pytest.mark.parametrize("text", ["::1", "::1:9464", "fe80::1:9464", "127.0.0.1:\u0669\u0664\u0666\u0664", "127.0.0.1:", "1:2:3"])
+def test_http_address_that_cannot_bind_is_refused_at_start(text):
+    """``--http ::1`` passed ``run --check`` and started a daemon that tried to listen on host ":"
+    port 1 every 5 s for good ("Name or service not known"): an unbracketed IPv6 address is refused."""
+    from fleetmon.supervisor.httpaddr import parse_http
+
+    with pytest.raises(ValueError):
+        parse_http(text)
