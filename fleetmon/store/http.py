@@ -254,7 +254,8 @@ class Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed; use GET or HEAD"}, extra=[("Allow", "GET, HEAD")])
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    # Every method HTTP defines (RFC 9110) other than GET and HEAD; a made-up one (BREW) gets 501.
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def _respond(self, head: bool) -> None:
         endpoint = self.server.endpoint

@@ -401,3 +401,18 @@ def test_http_address_that_cannot_bind_is_refused_at_start(text):
 
     with pytest.raises(ValueError):
         parse_http(text)
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "OPTIONS", "PATCH"])
+def test_every_standard_method_but_get_and_head_is_405(endpoint, method):
+    """The README: "a method other than GET/HEAD 405". TRACE and CONNECT got 501 Not Implemented,
+    without an Allow header."""
+    host, port = endpoint.server_address[:2]
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(f"{method} /metrics HTTP/1.0\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 405") and b"\r\nAllow: GET, HEAD" in head, head
+    assert "not allowed" in json.loads(body)["error"]
