@@ -451,10 +451,19 @@ def _wants_openmetrics_only(accept: str) -> bool:
 
 
 def _gzip_accepted(header: str) -> bool:
+    """gzip listed with a weight above 0 (``gzip;q=0``, ``gzip; Q=0.000``: refused)."""
     for part in header.split(","):
-        coding, _, q = part.strip().partition(";")
-        if coding.strip().lower() == "gzip":
-            return q.strip().replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+        coding, *params = part.split(";")
+        if coding.strip().lower() != "gzip":
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value.strip()) > 0
+                except ValueError:
+                    return False
+        return True
     return False
 
 

@@ -416,3 +416,12 @@ def test_every_standard_method_but_get_and_head_is_405(endpoint, method):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 405") and b"\r\nAllow: GET, HEAD" in head, head
     assert "not allowed" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("gzip", True), ("GZIP", True), ("deflate, gzip;q=0.5", True), ("gzip;q=1.0", True), ("identity", False), ("", False),
+    ("gzip;q=0", False), ("gzip; q=0.000", False), ("gzip;Q=0", False), ("gzip ; Q = 0", False), ("br, gzip;q=0.0", False),
+])
+def test_gzip_weight_zero_is_a_refusal_however_written(header, expected):
+    """The weight's name is case-insensitive (RFC 9110 12.4.2): ``gzip;Q=0`` refuses gzip, and got it."""
+    assert http._gzip_accepted(header) is expected
