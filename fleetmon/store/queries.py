@@ -90,7 +90,7 @@ def status(state: StateDir) -> StatusJSON:
 
 def status_as_of(state: StateDir) -> tuple[StatusJSON, float | None]:
     """``status``, and when the daemon last wrote status.json (None: it has not)."""
-    entries, _ = reg.read_all(state.registry)
+    entries, invalid = reg.read_all(state.registry)
     updated = None
     try:
         snap = _snapshot(state)
@@ -98,9 +98,13 @@ def status_as_of(state: StateDir) -> tuple[StatusJSON, float | None]:
         updated = parse_rfc3339(snap.updated)
     except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError, ValueError):
         known = {}
+    # A registry file that does not parse now, of an agent the daemon still watches (it keeps the
+    # file's last valid entry, see registry.RegistryScanner): shown as status.json has it, as
+    # /metrics shows it, not left out.
+    kept = {name.removesuffix(".json") for name in invalid} & known.keys()
     agents = []
-    for agent_id in sorted(entries):
-        e = entries[agent_id]
+    for agent_id in sorted(entries.keys() | kept):
+        e = entries.get(agent_id)
         rec = known.get(agent_id) or _agent_file(state, agent_id)
         if rec is None:
             rec = AgentRecord(agent_id, e.type, e.pid, "not_running", 0, None, None, [])

@@ -163,3 +163,26 @@ def test_empty_and_single_answers_read_as_sentences(tmp_path):
     assert proc.returncode == 0 and proc.stdout == "no alert events in the last 2h\n"
     proc = cli("history", "a", state_dir=state.root)
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "a: 1 point"
+
+
+def test_status_keeps_an_agent_whose_registry_file_stopped_parsing(tmp_path):
+    """The daemon keeps watching such an agent (the file's last valid entry), /metrics shows it, but
+    status and /api/status left it out, and with it its open alerts."""
+    import msgspec
+
+    from fleetmon.store.records import AgentRecord, AlertBrief, StatusSnapshot
+
+    state = _agent_with_history(tmp_path / "state", "a")
+    reg.write_entry(state.registry, reg.RegistryEntry("b", "web", pid=os.getpid()))
+    now = rfc3339(time.time())
+    records = [
+        AgentRecord(i, "web", os.getpid(), "running", 0, now, None, [AlertBrief("cpu", "error", now)] if i == "b" else [])
+        for i in ("a", "b")
+    ]
+    (state.root / "status.json").write_bytes(msgspec.json.encode(StatusSnapshot(now, records)))
+    state.registry_file("b").write_text('{"id": "b", "pid": ')  # an edit gone wrong
+    state.registry_file("c").write_text("{not json")  # never valid: the daemon does not watch it
+    shown = queries.status(state).agents
+    assert [(r.id, r.status, [x.state for x in r.alerts]) for r in shown] == [("a", "running", []), ("b", "running", ["error"])]
+    proc = cli("status", "--json", state_dir=state.root, timeout=30)
+    assert proc.returncode == 0 and [r["id"] for r in json.loads(proc.stdout)["agents"]] == ["a", "b"]
