@@ -184,8 +184,9 @@ def _name_key(message: str, prefix: str = "") -> str:
         path = f"{path}.{inner}" if path else inner
         text = rest
     full = ".".join(p for p in (prefix, path) if p)
-    unknown = text.removeprefix("Object contains unknown field `").removesuffix("`")
-    if unknown != text:  # (msgspec's words for a key the config does not have)
+    prefix_unknown = "Object contains unknown field `"
+    if text.startswith(prefix_unknown):  # (msgspec's words for a key the config does not have)
+        unknown = text.removeprefix(prefix_unknown).removesuffix("`")
         import difflib
 
         known = {f.name for f in msgspec.structs.fields(Config)} | {f.name for f in msgspec.structs.fields(ThresholdsConfig)}

@@ -143,3 +143,20 @@ def test_an_unknown_key_is_named_in_full_with_the_key_it_may_be(write, text, sai
     """msgspec says "Object contains unknown field `cpu`"; an operator wants the key and a guess."""
     path, message = _refused(write, text)
     assert message == f"config file {path}: {said}"
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ('workers = "x"', "workers: Expected `int`, got `str`"),
+        ("interval = true", "interval: Expected `float | str`, got `bool`"),
+        ('[thresholds.default]\ncpu_threshold = "x"', "thresholds.default.cpu_threshold: Expected `float | null`, got `str`"),
+        ('[thresholds.types.web]\nopen_files_threshold = "x"', "thresholds.types.web.open_files_threshold: Expected `int | null`, got `str`"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_not_called_an_unknown_key(write, text, said):
+    """msgspec's "Expected `int`, got `str`" ends with a backtick, as its unknown-field message does:
+    it must not be cut and reported as "unknown key"."""
+    path, message = _refused(write, text)
+    assert message == f"config file {path}: {said}"
+    assert "unknown key" not in message
