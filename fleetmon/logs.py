@@ -14,9 +14,20 @@ from loguru import logger
 _encoder = msgspec.json.Encoder()
 
 
+def _printable(value):
+    """A str with lone surrogates (bytes that are not UTF-8 in a file name or argument, decoded with
+    surrogateescape) as the bytes they stand for, backslash-escaped: JSON cannot carry them."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
 def _write_line(line: dict) -> None:
     """One JSON object, one ``write(2)`` to fd 2: lines from several processes never interleave."""
-    data = _encoder.encode(line) + b"\n"
+    try:
+        data = _encoder.encode(line) + b"\n"
+    except UnicodeEncodeError:  # a path with bytes that are not UTF-8: the line is kept, escaped
+        data = _encoder.encode({_printable(k): _printable(v) for k, v in line.items()}) + b"\n"
     while data:
         try:
             data = data[os.write(2, data) :]

@@ -50,3 +50,21 @@ def test_the_line_about_the_change_shows_at_info(captured, old, new):
     logger.debug("d")
     logger.error("e")
     assert ("DEBUG d\n" in captured) == (new == "DEBUG") and "ERROR e\n" in captured
+
+
+def test_a_json_line_naming_a_path_that_is_not_utf8_is_written_whole(monkeypatch):
+    """A registry file or config path with bytes that are not UTF-8 (os.fsdecode gives lone
+    surrogates) must not make the JSON sink fail: loguru would print its own error report instead,
+    and the ERROR about the file would be lost."""
+    import json
+    import os
+
+    written: list[bytes] = []
+    monkeypatch.setattr(os, "write", lambda fd, data: written.append(bytes(data)) or len(data))
+    name = os.fsdecode(b"/state/registry/\xff.json")
+    logs._write_line({"time": "t", "level": "ERROR", "message": f"registry file {name} is invalid", "process": 1, "file": name})
+    assert len(written) == 1 and written[0].endswith(b"\n") and written[0].count(b"\n") == 1
+    line = json.loads(written[0])
+    assert line["level"] == "ERROR"
+    assert line["message"] == "registry file /state/registry/\\xff.json is invalid"
+    assert line["file"] == "/state/registry/\\xff.json"
