@@ -111,12 +111,21 @@ class Arbiter:
     # --- start and stop -----------------------------------------------------------------------
 
     def run(self) -> int:
+        # Recorded from the start, not only once the loop runs: until then SIGHUP's default action
+        # would kill the daemon (a reload while it waits for run/lock, or starts), and SIGTERM or
+        # SIGINT would end it by the signal rather than with exit 0.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._record_signal)
         self.state.create()
         try:
-            self.lock_fd = lock.acquire(self.state.run)
+            self.lock_fd = lock.acquire(self.state.run, give_up=self._stop_asked)
         except lock.StateDirBusy as exc:
             logger.error("{}", exc)
             return 1
+        except lock.GaveUp:
+            logger.info("{}: stopping before the daemon started (state dir {} still in use)",
+                        signal.Signals(self._stop_asked()).name, self.state.root)
+            return 0
         if channel.answers(self.state.writer_socket()):
             # The lock is ours, yet a writer serves this state dir: a fleetmon from before the lock
             # (or on a filesystem without locks). Two daemons on one state dir lose samples silently.
@@ -215,6 +224,10 @@ class Arbiter:
 
     def _record_signal(self, signum, frame) -> None:
         self.signals.append(signum)
+
+    def _stop_asked(self) -> int:
+        """The SIGTERM or SIGINT received but not acted on yet (0: none)."""
+        return next((s for s in self.signals if s in (signal.SIGTERM, signal.SIGINT)), 0)
 
     def _handle_signals(self) -> None:
         while self.signals:

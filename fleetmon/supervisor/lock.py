@@ -34,9 +34,14 @@ class StateDirBusy(Exception):
     """Another daemon holds the state dir."""
 
 
-def acquire(run_dir: Path, wait: float = WAIT) -> int:
+class GaveUp(Exception):
+    """``give_up`` said to stop waiting (the daemon was told to stop while it waited)."""
+
+
+def acquire(run_dir: Path, wait: float = WAIT, give_up=None) -> int:
     """Lock ``run_dir/lock`` and write our pid in it. Returns the descriptor (keep it open for the
-    daemon's lifetime; it is closed on exit). Raises StateDirBusy after ``wait`` seconds."""
+    daemon's lifetime; it is closed on exit). Raises StateDirBusy after ``wait`` seconds, GaveUp as
+    soon as ``give_up()`` is true while it waits."""
     path = run_dir / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -57,6 +62,8 @@ def acquire(run_dir: Path, wait: float = WAIT) -> int:
                     raise
             # The pid is the supervisor's; after it was killed, its writer may hold the lock a while.
             holder = f"pid {_holder(fd) or 'unknown'}, or its writer"
+            if give_up is not None and give_up():
+                raise GaveUp()
             if time.monotonic() >= deadline:
                 raise StateDirBusy(
                     f"state dir {run_dir.parent} is in use by another fleetmon ({holder}): "

@@ -1,0 +1,49 @@
+"""Signals that arrive while ``fleetmon run`` starts: before its main loop runs (waiting for the
+state dir's lock a previous daemon's writer still holds, for up to 10 s), SIGHUP must not kill it
+and SIGTERM must stop it with exit 0, as they do once it runs."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.helpers import register, wait_until
+from tests.ops._util import write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _waiting_for_the_lock(d) -> bool:
+    return "waiting up to" in d.log()
+
+
+def test_sighup_while_waiting_for_the_lock_does_not_kill_the_daemon(daemons, procs, state_dir, tmp_path):
+    register(state_dir, "a", procs.sleeper(900).pid)
+    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
+    first = daemons(state_dir, "--config", str(cfg))
+    first.wait_tick(2, timeout=30)
+    second = daemons(state_dir, "--config", str(cfg), log=tmp_path / "second.log")
+    wait_until(lambda: _waiting_for_the_lock(second), 20, what="the second daemon to wait for the lock")
+    second.proc.send_signal(signal.SIGHUP)  # a reload (supervisorctl signal HUP) while it starts
+    time.sleep(1.0)
+    assert second.proc.poll() is None, f"killed by SIGHUP while starting: {second.proc.returncode}\n{second.log()}"
+    assert first.stop() == 0  # the lock is let go: the second one starts, and takes the reload
+    wait_until(lambda: "fleetmon started" in second.log(), 20, what="the second daemon to start")
+    wait_until(lambda: "SIGHUP: " in second.log(), 10, what="the reload to be done")
+    assert second.stop() == 0
+
+
+def test_sigterm_while_waiting_for_the_lock_exits_0_at_once(daemons, procs, state_dir, tmp_path):
+    register(state_dir, "a", procs.sleeper(900).pid)
+    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
+    first = daemons(state_dir, "--config", str(cfg))
+    first.wait_tick(2, timeout=30)
+    second = daemons(state_dir, "--config", str(cfg), log=tmp_path / "second.log")
+    wait_until(lambda: _waiting_for_the_lock(second), 20, what="the second daemon to wait for the lock")
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.proc.wait(timeout=3) == 0, second.log()
+    assert "stopping before the daemon started" in second.log()
+    first.wait_tick(first.daemon_json()["persisted_tick"] + 2, timeout=10)  # untouched
+    assert first.stop() == 0
