@@ -63,6 +63,16 @@ def reload_config(arbiter) -> bool:
     except ConfigError as exc:
         logger.error("SIGHUP: new config refused, keeping the running one: {}", exc)
         return False
+    if new.http:
+        # Checked as `fleetmon run` checks it: kept until a restart, but the restart would refuse it
+        # (exit 2, which systemd's RestartPreventExitStatus=2 does not retry).
+        from fleetmon.supervisor.httpaddr import parse_http
+
+        try:
+            parse_http(str(new.http))
+        except ValueError as exc:
+            logger.error("SIGHUP: new config refused, keeping the running one: config file {}: http: {}", path, exc)
+            return False
     old: Config = arbiter.config
     for key in restart_only():
         if getattr(new, key) != getattr(old, key):

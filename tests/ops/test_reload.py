@@ -238,3 +238,25 @@ def test_an_agent_registered_then_a_reload_is_sampled_at_once(procs, state_dir, 
     a = wait_status(state_dir, "late", lambda a: a["status"] == "running", timeout=10, what="running before the next tick")
     assert a["pid"] == late.pid
     assert d.stop() == 0
+
+
+def test_a_reload_refuses_an_invalid_http_address(tmp_path):
+    """http needs a restart, but an invalid one must be refused at the reload (as run refuses it),
+    not kept quietly until the next restart exits 2."""
+    from types import SimpleNamespace
+
+    from loguru import logger
+
+    path = write_config(tmp_path / "fleetmon.toml", interval="1s", workers=1)
+    arbiter = SimpleNamespace(config=load(path), config_path=path, overrides=None)
+    running = arbiter.config
+    path.write_text('interval = "1s"\nworkers = 1\nhttp = "localhost:http"\n')
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="INFO", format="{level} {message}")
+    try:
+        assert reload.reload_config(arbiter) is False
+    finally:
+        logger.remove(handler)
+    assert arbiter.config is running
+    refusal = [line for line in lines if "new config refused" in line]
+    assert refusal and refusal[0].startswith("ERROR") and "http: invalid port in 'localhost:http'" in refusal[0], lines
