@@ -141,7 +141,10 @@ class Notifier:
         status = summary(arbiter, now, timely)
         if extra or (status != self.status and now - self.status_at >= STATUS_EVERY):
             self.status, self.status_at = status, now
-            self.send(*extra, f"STATUS={status}")
+            if not self.send(*extra, f"STATUS={status}") and "READY=1" in extra:
+                # Sent once only: lost (the socket's queue full, EAGAIN), systemd would wait for it
+                # until TimeoutStartSec= and fail the start. Tried again at the next turn.
+                self.ready = False
 
     def wait_hint(self, now: float | None = None) -> float:
         """How long the arbiter may sleep before the next ping is due."""

@@ -167,3 +167,21 @@ def test_send_failure_is_logged_once_and_not_raised(tmp_path):
     n = notify.Notifier(str(path), watchdog=0.5)
     assert n.send("READY=1") is False
     assert n.send("READY=1") is False
+
+
+def test_ready_is_sent_again_when_its_datagram_could_not_be_sent(tmp_path):
+    """READY=1 goes out once; a send that fails (the notify socket's queue full: EAGAIN on the
+    non-blocking socket) must not lose it, or systemd waits for it until TimeoutStartSec."""
+    path = tmp_path / "late.sock"
+    n = notify.Notifier.from_env({"NOTIFY_SOCKET": str(path)})
+    arb = _fake_arbiter(persisted_tick=1, persisted_at=0.0)
+    n.poll(arb, now=0.1)  # nothing listens yet: the send fails
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(path))
+    sink.settimeout(1.0)
+    try:
+        n.poll(arb, now=1.5)
+        assert b"READY=1" in sink.recv(4096).split(b"\n")
+    finally:
+        sink.close()
+        n.close()
