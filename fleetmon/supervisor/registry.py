@@ -45,6 +45,13 @@ class RegistryEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
             raise ValueError(f"pid must be a positive integer up to {MAX_PID}, not {self.pid!r}")
         if self.pidfile is not None and (not self.pidfile or "\0" in self.pidfile):
             raise ValueError("pidfile must be a non-empty path")
+        if self.pidfile is not None and not self.pidfile.isascii():
+            try:  # (bytes that are not UTF-8, from the command line: a registry file is JSON, UTF-8 only)
+                self.pidfile.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"pidfile must be a path in UTF-8: {self.pidfile.encode('utf-8', 'surrogateescape')[:200]!r} is not"
+                ) from None
         if self.pidfile is not None and not self.pidfile.startswith("/"):
             # (read from wherever the daemon was started: / under systemd, another directory by hand)
             raise ValueError(f"pidfile must be an absolute path, not {self.pidfile[:200]!r}")

@@ -318,3 +318,21 @@ def test_polling_an_unchanged_registry_between_ticks_costs_one_stat_of_the_direc
     assert calls == []
     assert not scanner.scan()  # a tick: the full rescan is due
     assert len(calls) == 200
+
+
+def test_agents_add_with_a_pidfile_path_that_is_not_utf8_exits_2_and_writes_nothing(tmp_path):
+    """A path with bytes that are not UTF-8 reaches Python as lone surrogates; JSON (a registry
+    file) cannot hold it. It is bad input (exit 2, one line), not a traceback (exit 1)."""
+    import subprocess
+
+    from tests.helpers import CLI
+
+    state = tmp_path / "state"
+    pidfile = os.fsencode(str(tmp_path)) + b"/\xff.pid"
+    proc = subprocess.run(
+        [*(os.fsencode(a) for a in CLI), b"agents", b"add", b"w", b"--pidfile", pidfile, b"--state-dir", os.fsencode(str(state))],
+        capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert b"Traceback" not in proc.stderr and proc.stderr.count(b"\n") == 1 and b"UTF-8" in proc.stderr
+    assert not (state / "registry" / "w.json").exists()
