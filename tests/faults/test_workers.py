@@ -117,8 +117,9 @@ def test_blocking_read_quarantines_the_agent_and_releases_it_when_it_reads_again
     register_direct(state_dir, "stuck-1", pids[12])
     wait_until(lambda: agent_status(state_dir).get("stuck-1") == "stalled", STALL + 8, 0.2, what="stuck-1 to be stalled")
     detected = time.monotonic() - t0
-    st = status_json(state_dir)
-    assert pids[12] in st["daemon"]["stalled_pids"]
+    # (daemon.json takes the supervisor's next DaemonInfo: it can come a flush after status.json)
+    wait_until(lambda: pids[12] in status_json(state_dir)["daemon"]["stalled_pids"], 2 * INTERVAL + 5, 0.2,
+               what="the stuck pid in the daemon's stalled_pids")
     meta = (state_dir / "agents" / "stuck-1.json").read_text()
     assert '"status":"stalled"' in meta.replace(" ", "")
     wait_until(lambda: _worker_pid(state_dir, stuck_shard) != old_pid, 5, what="the blocked worker to be replaced")
