@@ -289,3 +289,11 @@ def test_health_ok_late_starting_stopping():
     w.daemon = None  # no word from the supervisor yet: the configured interval
     w.config.interval = 60.0
     assert health(w, started_at=1000.0, now=1100.0)[0] == 200
+
+
+def test_an_agent_with_only_an_open_files_threshold_exports_it_and_its_duration():
+    _, values = scrape(FleetCollector(five_agents()))
+    gone = {"agent_id": "gone", "agent_type": "default"}
+    assert series(values, "fleetmon_agent_open_files_threshold", **gone) == 1
+    assert series(values, "fleetmon_agent_threshold_duration_seconds", **gone) == 0
+    assert series(values, "fleetmon_agent_cpu_threshold_percent", **gone) is None

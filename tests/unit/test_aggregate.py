@@ -120,3 +120,10 @@ def test_a_point_falls_in_the_bucket_its_shown_time_is_in(us, every_us, on_edge)
     start = shown_us(bucket_start(ts, every_us / 1e6))
     assert start % every_us == 0
     assert start <= shown_us(ts) < start + every_us
+
+
+def test_a_bucket_of_one_point_is_a_float_too():
+    """Each metric of a bucket is the mean as a float, even of a single (integer) value."""
+    (bucket,) = aggregate([Point(T0 + 1, 10.0, 1000, 2000, 3, 4, 5, 6)], 60)
+    assert bucket == (T0, 10.0, 1000.0, 2000.0, 3.0, 4.0, 5.0, 6.0)
+    assert all(isinstance(v, float) for v in bucket)

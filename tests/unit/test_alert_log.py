@@ -288,3 +288,9 @@ def test_changes_dropped_past_the_pending_bound_are_logged(state, monkeypatch):
     assert [msgspec.json.decode(x)["agent_id"] for x in log.pending] == ["a5", "a6", "a7"]
     assert log.dropped == 5
     assert len(lines) == 2 and "the oldest are dropped from it (1 so far)" in lines[0] and "(3 so far)" in lines[1]
+
+
+def test_the_window_includes_a_change_exactly_at_its_start(state):
+    """``timestamp >= now - since``: a change at the very start of the window is in it."""
+    state.alerts.write_bytes(_at(NOW - 300.001, "before") + _at(NOW - 300, "edge") + _at(NOW - 1, "inside"))
+    assert [e.agent_id for e in queries.alerts(state, since=300.0, now=NOW).events] == ["edge", "inside"]

@@ -364,3 +364,80 @@ def test_threshold_sources_type_then_default(rings, events):
     for agent, pid in (("w", 1), ("d", 2), ("own", 3)):
         fleet.on_sample(sample(T0, pid=pid, cpu=60, agent=agent))
     assert [(e.agent_id, e.state, e.threshold) for e in events] == [("w", "error", 50)]
+
+
+# --- found by mutation testing: the batch path, thresholds changed while an episode is open, and
+# --- each event's threshold
+
+
+@pytest.mark.parametrize(
+    "resource, over, under",
+    [("cpu", {"cpu": 80.0}, {"cpu": 10.0}), ("memory", {"rss": 200}, {"rss": 50}), ("open_files", {"fds": 10}, {"fds": 1})],
+)
+def test_the_batch_path_opens_and_closes_an_episode_for_each_resource(rings, events, resource, over, under):
+    """``Fleet.on_samples`` (what the writer calls for every batch) takes a sample of a known process
+    with no episode open inline: a value over any one of the limits must still reach the state
+    machine, and with an episode open the recovering sample must close it. The agent's process is
+    learned by the first sample, so the rest take the inline path."""
+    fleet = make_fleet(rings, events, cpu_threshold=50, memory_threshold=100, open_files_threshold=3, threshold_duration=1)
+    quiet = {"cpu": 1.0, "rss": 10, "fds": 1}
+    fleet.on_samples([sample(T0, **quiet)])
+    fleet.on_samples([sample(T0 + 1, **quiet)])
+    assert events == []
+    fleet.on_samples([sample(T0 + 2, **{**quiet, **over})])
+    fleet.on_samples([sample(T0 + 3, **{**quiet, **over})])
+    fleet.on_samples([sample(T0 + 4, **{**quiet, **under})])
+    assert [(e.resource, e.state) for e in events] == [(resource, "warning"), (resource, "error"), (resource, "ok")]
+    assert [parse_rfc3339(e.timestamp) for e in events] == [T0 + 2, T0 + 3, T0 + 4]
+    assert fleet.agents["a1"].alerts == {}
+    assert len(read_points(rings.path("a1"))) == 5
+
+
+def test_a_threshold_turned_off_closes_its_open_episode_and_only_that_one(rings, events):
+    """A threshold set to 0 (registry entry rewritten, or config reloaded) is off: its open episode
+    ends at once with an ``ok`` event, reason ``threshold_off``, no value, and the episode's since;
+    the other resource's episode stays open. Off stays off."""
+    fleet = make_fleet(rings, events, cpu_threshold=50, memory_threshold=100, threshold_duration=60)
+    fleet.on_sample(sample(T0, cpu=80, rss=200))
+    assert [(e.resource, e.state) for e in events] == [("cpu", "warning"), ("memory", "warning")]
+    off = Thresholds(cpu_threshold=0, memory_threshold=100, threshold_duration=60)
+    fleet.set_registry([RegisteredAgent("a1", "default", 100, None, off)], T0 + 5)
+    (closed,) = events[2:]
+    assert (closed.resource, closed.state, closed.reason, closed.value) == ("cpu", "ok", "threshold_off", None)
+    assert closed.since == events[0].since and parse_rfc3339(closed.timestamp) == T0 + 5
+    assert list(fleet.agents["a1"].alerts) == ["memory"]
+    fleet.on_sample(sample(T0 + 6, cpu=500, rss=200))
+    assert len(events) == 3
+
+
+def test_a_config_reload_keeps_each_agent_s_own_thresholds_first(rings, events):
+    """``set_thresholds`` (SIGHUP with a config file) changes the type and default sources; an agent's
+    registry entry still wins over them, field by field."""
+    fleet = Fleet(rings, events.append, default_thresholds=Thresholds(cpu_threshold=90, threshold_duration=0))
+    fleet.set_registry(
+        [
+            RegisteredAgent("own", "web", 1, None, Thresholds(cpu_threshold=50)),
+            RegisteredAgent("plain", "web", 2, None, Thresholds()),
+        ],
+        T0,
+    )
+    fleet.set_thresholds(Thresholds(cpu_threshold=95, threshold_duration=0), {"web": Thresholds(cpu_threshold=70)}, T0 + 1)
+    fleet.on_sample(sample(T0 + 2, pid=1, cpu=60, agent="own"))
+    fleet.on_sample(sample(T0 + 2, pid=2, cpu=60, agent="plain"))
+    assert [(e.agent_id, e.state, e.threshold) for e in events] == [("own", "error", 50)]
+    fleet.on_sample(sample(T0 + 3, pid=2, cpu=80, agent="plain"))
+    assert [(e.agent_id, e.state, e.threshold) for e in events[1:]] == [("plain", "error", 70)]
+
+
+def test_each_event_carries_its_own_resource_s_threshold(rings, events):
+    fleet = make_fleet(rings, events, cpu_threshold=50, memory_threshold=100, open_files_threshold=3, threshold_duration=0)
+    fleet.on_sample(sample(T0, cpu=80, rss=200, fds=10))
+    fleet.on_sample(sample(T0 + 1, cpu=10, rss=50, fds=1))
+    assert [(e.resource, e.state, e.threshold, e.value) for e in events] == [
+        ("cpu", "error", 50, 80),
+        ("memory", "error", 100, 200),
+        ("open_files", "error", 3, 10),
+        ("cpu", "ok", 50, 10),
+        ("memory", "ok", 100, 50),
+        ("open_files", "ok", 3, 1),
+    ]

@@ -188,3 +188,15 @@ def test_fd_count_from_the_directory_size_matches_a_listing():
     assert reader.num_fds(os.getpid()) == len(os.listdir("/proc/self/fd")) - 1
     legacy = procfs.Reader(fd_count_in_size=False)
     assert legacy.num_fds(os.getpid()) == reader.num_fds(os.getpid()) + 1  # counts the listing's own fd
+
+
+def test_parse_stat_needs_the_start_time_field():
+    """A line cut short anywhere before field 22 (starttime) is a ValueError (which the sampler
+    records as unreadable), never an IndexError (which it does not catch)."""
+    full = stat_line(42, "a b) c")
+    head, _, tail = full.rpartition(b")")
+    fields = tail.split()
+    for keep in (18, 19):
+        with pytest.raises(ValueError):
+            procfs.parse_stat(head + b") " + b" ".join(fields[:keep]) + b"\n")
+    assert procfs.parse_stat(head + b") " + b" ".join(fields[:20]) + b"\n") == (123456, b"S", 300, 3)

@@ -483,3 +483,37 @@ def test_cpu_comes_back_as_it_was_shown_not_as_its_float32(tmp_path, cpu):
     ring.append(Point(1_700_000_000.0, cpu, 1, 1, 1, 1, 1, 1))
     ring.close()
     assert read_points(path)[0].cpu == cpu
+
+
+def test_a_header_with_a_bad_crc_is_corrupt(tmp_path):
+    """The header's CRC covers the capacity: a header garbled there (magic intact) is corrupt, not a
+    ring of another capacity to migrate (which would drop points)."""
+    path = tmp_path / "a.ring"
+    ring = Ring.open(path, 10)
+    ring.append(Point(1.0, 1.0, 1, 1, 1, 1, 1, 1))
+    ring.close()
+    data = bytearray(path.read_bytes())
+    data[12] ^= 0x01  # capacity 10 -> 11, the CRC left as it was
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptRing):
+        read_points(path)
+    with pytest.raises(CorruptRing):
+        Ring.open(path, 10)
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["pwrite", "mapped"])
+def test_newest_follows_every_append_and_a_reopen(tmp_path, mapped):
+    """``RingStore.newest`` (how a writer tells a batch sent again from a new one) is the newest
+    point's timestamp after each append, not only as found when the ring was opened."""
+    store = RingStore(tmp_path, 3, mapped=mapped)
+    try:
+        assert store.newest("a") == 0.0
+        for ts in (10.0, 11.0, 12.0, 13.0, 14.0):  # past the capacity: wrapped
+            store.append("a", Point(ts, 1.0, 1, 1, 1, 1, 1, 1))
+            assert store.newest("a") == ts
+        store.append("a", Point(15.0, None, 1, 1, 1, 1, 1, 1))  # a point with a null metric
+        assert store.newest("a") == 15.0
+        store.close("a")
+        assert store.newest("a") == 15.0
+    finally:
+        store.close_all()

@@ -78,3 +78,8 @@ def test_quarantine_delay_doubles_from_one_interval_and_caps():
     assert sharding.quarantine_delay(3, 1.0) == 4.0
     assert sharding.quarantine_delay(50, 1.0) == 64.0
     assert sharding.quarantine_delay(50, 600.0) == 3600.0
+
+
+def test_quarantine_delay_is_at_least_one_interval_even_past_an_hour():
+    assert sharding.quarantine_delay(1, 7200.0) == 7200.0
+    assert sharding.quarantine_delay(10, 7200.0) == 7200.0

@@ -81,3 +81,36 @@ def test_formatting():
     assert format_size(None) == "-"
     assert format_size(512) == "512B"
     assert format_size(2**30) == "1.0GiB"
+
+
+@pytest.mark.parametrize("text, seconds", [("36500d", 36500 * 86400.0), (str(36500 * 86400), 36500 * 86400.0)])
+def test_parse_duration_takes_up_to_36500d(text, seconds):
+    """README: durations are at most 36500d (the bound itself included)."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["36501d", "36500.001d", str(36500 * 86400 + 1), "876001h"])
+def test_parse_duration_refuses_past_36500d(text):
+    with pytest.raises(ValueError, match="36500d"):
+        parse_duration(text)
+
+
+def test_parse_size_bounds_and_decimal_units():
+    assert parse_size(2**63 - 1) == 2**63 - 1  # the largest limit (a signed 64-bit int on the wire and on disk)
+    assert parse_size("3TB") == 3 * 10**12 and parse_size("3tb") == 3 * 10**12  # decimal, as MB and GB
+    assert parse_size("1GB") == 10**9 and parse_size("2MiB") == 2 * 2**20
+
+
+def test_parse_rfc3339_is_utc_whatever_the_local_time_zone(monkeypatch):
+    """The trailing Z is UTC: read as a naive time it would be local time, which only a host set
+    to UTC (like most CI machines) would not notice."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_rfc3339("2023-11-14T22:13:20.250000Z") == 1_700_000_000.25
+        assert parse_rfc3339(rfc3339(1_700_000_000.5)) == 1_700_000_000.5
+    finally:
+        monkeypatch.undo()
+        time.tzset()
