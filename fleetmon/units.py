@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
+from fractions import Fraction
 
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -75,7 +76,9 @@ def parse_size(value: str | int | float) -> int:
         m = _SIZE_RE.fullmatch(value)
         if not m:
             raise ValueError(f"invalid size {_shown(value)} (use e.g. 512MiB, 1GiB, 100MB or bytes)")
-        size = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+        # Exact (a float has 53 bits: "9007199254740993" was read as ...992, and the largest limit
+        # itself, 2**63 - 1, as 2**63, past it).
+        size = Fraction(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
     if not 0 <= size <= MAX_LIMIT:  # (nan and inf fail it too)
         raise ValueError(f"invalid size {_shown(value)}: must be from 0 to {MAX_LIMIT} bytes")
     return int(size)

@@ -114,3 +114,18 @@ def test_parse_rfc3339_is_utc_whatever_the_local_time_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [(str(2**63 - 1), 2**63 - 1), ("9007199254740993", 2**53 + 1), ("9007199254740993B", 2**53 + 1), ("0.5KiB", 512)],
+)
+def test_parse_size_is_exact_up_to_the_largest_limit(text, size):
+    """Plain bytes are read exactly, the largest limit included (its own error message names it as
+    allowed): through a float, 2**53 + 1 lost its last bit and 2**63 - 1 became 2**63 and was refused."""
+    assert parse_size(text) == size
+
+
+def test_parse_size_refuses_one_past_the_largest_limit():
+    with pytest.raises(ValueError, match="must be from 0 to"):
+        parse_size(str(2**63))
