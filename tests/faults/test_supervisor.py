@@ -130,6 +130,8 @@ def test_a_bug_in_the_supervisor_stops_the_daemon_instead_of_hanging_it(procs, s
     """An exception escaping the supervisor's loop used to leave a hung daemon: multiprocessing
     waited at exit for the children, which waited for their parent. Now the children are stopped,
     the error is logged at CRITICAL with its traceback, and the process exits non-zero."""
+    import os
+    import signal
     import subprocess
     import sys
 
@@ -152,6 +154,7 @@ def test_a_bug_in_the_supervisor_stops_the_daemon_instead_of_hanging_it(procs, s
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=REPO_ROOT)
+    kids: list[int] = []
     try:
         kids = wait_until(lambda: len(children_of(proc.pid)) >= 2 and children_of(proc.pid), 20, what="the children")
         code = proc.wait(timeout=30)
@@ -159,6 +162,9 @@ def test_a_bug_in_the_supervisor_stops_the_daemon_instead_of_hanging_it(procs, s
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+            for k in kids:  # (the test failed: its children are ended by pid, not left running)
+                if pid_alive(k):
+                    os.kill(k, signal.SIGKILL)
     text = log.read_text()
     assert code != 0, text
     assert "supervisor failed (injected supervisor bug): stopping every child" in text

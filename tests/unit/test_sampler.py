@@ -223,10 +223,10 @@ def test_vanished_process_is_gone(reader, child):
 def test_zombie_is_gone(reader):
     p = subprocess.Popen(["true"])
     deadline = time.monotonic() + 10
-    while psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "child never became a zombie"
-        time.sleep(0.01)
     try:
+        while psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "child never became a zombie"
+            time.sleep(0.01)
         g = Sampler(reader=reader).sample(AgentRef("z", p.pid))
         assert isinstance(g, Gone) and g.reason == "no_process"
     finally:
