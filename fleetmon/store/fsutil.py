@@ -76,7 +76,14 @@ def mapped_writes_safe(path: Path) -> str | None:
 
 def ensure_dir(path: Path) -> Path:
     """Create ``path`` (and parents) with mode 0700; refuse a symlink; tighten the mode if needed."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    missing = []
+    parent = path.parent
+    while parent != parent.parent and not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):  # (mkdir's parents=True makes them with the umask: 0755, readable by all)
+        d.mkdir(mode=DIR_MODE, exist_ok=True)
+    path.mkdir(mode=DIR_MODE, exist_ok=True)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, f"{path} is not a directory (symlinks are not followed)")

@@ -136,6 +136,9 @@ def test_ensure_dir_mode_and_refuses_symlinks(tmp_path):
     finally:
         os.umask(old_umask)
     assert os.stat(d).st_mode & 0o777 == 0o700
+    # the parents it made too: the listener (`agents add` too) recreating a deleted state dir as
+    # <state>/registry made <state> 0755 with the usual umask
+    assert os.stat(tmp_path / "a").st_mode & 0o777 == 0o700
     os.chmod(d, 0o755)
     fsutil.ensure_dir(d)
     assert os.stat(d).st_mode & 0o777 == 0o700
@@ -143,6 +146,13 @@ def test_ensure_dir_mode_and_refuses_symlinks(tmp_path):
     link.symlink_to(d)
     with pytest.raises(OSError):
         fsutil.ensure_dir(link)
+
+
+def test_ensure_dir_leaves_the_modes_of_parents_that_were_there(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    fsutil.ensure_dir(tmp_path / "state" / "registry")
+    assert os.stat(tmp_path).st_mode & 0o777 == 0o755  # (not ours to tighten)
+    assert os.stat(tmp_path / "state").st_mode & 0o777 == 0o700
 
 
 def test_read_private_does_not_follow_symlinks(tmp_path):
