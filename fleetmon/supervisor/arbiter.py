@@ -267,6 +267,8 @@ class Arbiter:
             wdeadline = time.monotonic() + DRAIN_TIMEOUT
             while self.writer.alive and time.monotonic() < wdeadline:
                 children.mp_connection.wait([self.writer.proc.sentinel], timeout=0.2)
+        # Clean: the writer took the workers' last batches and the Stop, flushed, and exited 0.
+        clean = self.writer.proc is not None and self.writer.proc.exitcode == 0
         children.stop_all([self.writer], grace=2.0)
         if self.link is not None:
             self.link.close()
@@ -279,6 +281,10 @@ class Arbiter:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)  # (the writer has exited: the state dir is free)
             self.lock_fd = -1
+        if not clean:
+            # (exit 1, not 0: systemd and supervisord show a stop that may have lost the last tick)
+            logger.error("fleetmon stopped without a clean drain: the writer did not finish (the last tick may not be persisted)")
+            return 1
         logger.info("fleetmon stopped")
         return 0
 

@@ -21,7 +21,7 @@ from tests.faults._util import (
     timestamps,
     write_config,
 )
-from tests.helpers import children_of, wait_until
+from tests.helpers import children_of, pid_alive, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -183,3 +183,22 @@ def test_a_young_writer_that_had_persisted_is_restarted_without_backoff(daemons,
     third = wait_until(lambda: (j := daemon_json(state_dir)) and j["writer_pid"] not in (0, first, second) and j,
                        10, 0.02, what="a third writer recording")
     assert third["writer_restarts"] == 2
+
+
+def test_a_stop_that_had_to_kill_the_writer_exits_1(daemons, procs, state_dir):
+    """The README promises exit 0 after a clean drain. A writer that does not finish its drain
+    (here stopped; in life wedged) is killed after the drain's timeouts, and the last tick may not
+    be persisted: that stop exited 0 all the same, so systemd and supervisord showed it as clean."""
+    register_direct(state_dir, "a", procs.sleeper(900).pid)
+    d = daemons(state_dir, "--interval", "250ms", "--workers", "1")
+    writer = d.wait_tick(2)["writer_pid"]
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        assert d.stop(timeout=40) == 1
+    finally:
+        try:
+            os.kill(writer, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert "without a clean drain" in d.log() and "fleetmon stopped\n" not in d.log()
+    assert not pid_alive(writer)
