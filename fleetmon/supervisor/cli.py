@@ -306,6 +306,16 @@ def _owners(parser: argparse.ArgumentParser, option: str) -> list[str]:
     return found
 
 
+def _abbreviated(parser: argparse.ArgumentParser, top: set[str], name: str) -> str:
+    """The option of fleetmon itself that ``name`` abbreviates, as argparse reads it (``--state``,
+    ``--vers``: a unique prefix of a long option), else ``name``. An ambiguous prefix is left to
+    argparse, which names the options it could be."""
+    if name in top or not parser.allow_abbrev or not name.startswith("--"):
+        return name
+    matches = sorted(o for o in top if o.startswith(name))
+    return matches[0] if matches else name  # (ambiguous, more than one: argparse refuses it, naming them)
+
+
 def _before_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
     """What is wrong with options given before the command that fleetmon itself does not take.
     argparse takes the value of such an option for the command: ``fleetmon --workers 2 run`` was
@@ -322,7 +332,7 @@ def _before_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | N
             command = commands.get(token)
             break
         elif token.startswith("-"):
-            name = token.split("=", 1)[0]
+            name = _abbreviated(parser, top, token.split("=", 1)[0])
             maybe_value_next = name not in top and "=" not in token
             if name in top:
                 value_next = name in with_value and "=" not in token

@@ -41,3 +41,17 @@ def test_options_of_fleetmon_itself_before_the_command_still_work(capsys, tmp_pa
     assert cli.main(["--state-dir", str(missing), "status", "--json"]) == 0
     assert cli.main([f"--state-dir={missing}", "agents", "ls"]) == 0
     assert not missing.exists()
+
+
+def test_an_abbreviation_of_fleetmon_s_own_option_before_the_command_still_works(capsys, tmp_path):
+    """argparse takes a unique prefix of a long option (``--state`` for ``--state-dir``): it worked
+    before the command, and must not be refused, nor called ``alerts --state``, as misplaced."""
+    missing = tmp_path / "none"
+    assert cli.main(["--state", str(missing), "status", "--json"]) == 0
+    assert cli.main([f"--state-d={missing}", "agents", "ls"]) == 0
+    assert not missing.exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--vers"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("fleetmon ")
+    assert "--json is an option of fleetmon status" in _error(capsys, "--state", str(missing), "--json", "status")
