@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
-from fractions import Fraction
+import decimal
 
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -77,8 +77,13 @@ def parse_size(value: str | int | float) -> int:
         if not m:
             raise ValueError(f"invalid size {_shown(value)} (use e.g. 512MiB, 1GiB, 100MB or bytes)")
         # Exact (a float has 53 bits: "9007199254740993" was read as ...992, and the largest limit
-        # itself, 2**63 - 1, as 2**63, past it).
-        size = Fraction(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+        # itself, 2**63 - 1, as 2**63, past it). A Decimal, not a Fraction: that goes through int(),
+        # which refuses more than 4300 digits with a message that names neither the value nor the
+        # bound. The precision holds the product whole, however many digits (linear in them).
+        number = m.group(1)
+        with decimal.localcontext() as ctx:
+            ctx.prec = len(number) + 20  # (a unit has at most 13 digits)
+            size = decimal.Decimal(number) * _SIZE_UNITS[(m.group(2) or "b").lower()]
     if not 0 <= size <= MAX_LIMIT:  # (nan and inf fail it too)
         raise ValueError(f"invalid size {_shown(value)}: must be from 0 to {MAX_LIMIT} bytes")
     return int(size)

@@ -129,3 +129,19 @@ def test_parse_size_is_exact_up_to_the_largest_limit(text, size):
 def test_parse_size_refuses_one_past_the_largest_limit():
     with pytest.raises(ValueError, match="must be from 0 to"):
         parse_size(str(2**63))
+
+
+@pytest.mark.parametrize("text", ["1" * 5000, "1" * 5000 + "KiB", "0" * 5000 + "1" + "0" * 19])
+def test_parse_size_of_a_very_long_number_names_the_bound(text):
+    """Past 4300 digits int() (under a Fraction) refused with its own words, naming neither the
+    value nor the bound: the error must be parse_size's."""
+    with pytest.raises(ValueError, match="must be from 0 to"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [("0." + "0" * 5000 + "1", 0), ("0" * 5000 + "12", 12), ("1." + "9" * 5000 + "KiB", 2047), ("0.0009765625KiB", 1)],
+)
+def test_parse_size_of_many_digits_is_still_exact(text, size):
+    assert parse_size(text) == size
