@@ -393,7 +393,7 @@ def test_http_address_parsed(text, expected):
     assert parse_http(text) == expected
 
 
-@pytest.mark.parametrize("text", ["::1", "::1:9464", "fe80::1:9464", "127.0.0.1:\u0669\u0664\u0666\u0664", "127.0.0.1:", "1:2:3"])
+@pytest.mark.parametrize("text", ["[a:9464", "a]:9464", "[::1]", "::1", "::1:9464", "fe80::1:9464", "127.0.0.1:\u0669\u0664\u0666\u0664", "127.0.0.1:", "1:2:3"])
 def test_http_address_that_cannot_bind_is_refused_at_start(text):
     """``--http ::1`` passed ``run --check`` and started a daemon that tried to listen on host ":"
     port 1 every 5 s for good ("Name or service not known"): an unbracketed IPv6 address is refused."""
