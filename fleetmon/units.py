@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from datetime import UTC, datetime
-import decimal
 
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
