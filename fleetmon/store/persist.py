@@ -279,6 +279,7 @@ def _replay_alert_log(state: StateDir, fleet: Fleet, position: LogPosition) -> i
             a.meta_dirty = True
             changed += 1
         elif old is not None:
+            old.threshold = old.threshold or new.threshold  # (0: a thresholds.json from before it was kept)
             a.alerts[resource] = old  # the same episode: keep what thresholds.json had (its ``logged``)
     return changed
 

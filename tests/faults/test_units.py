@@ -267,6 +267,30 @@ def test_thresholds_json_of_an_earlier_version_still_loads(tmp_path):
     assert fleet.alerts_dirty  # rewritten at the first flush with where alerts.jsonl ends, not at the next change
 
 
+def test_an_episode_from_a_thresholds_json_without_thresholds_takes_its_threshold_from_the_log(tmp_path):
+    """thresholds.json from before it kept each episode's threshold (0.1 stop 16): the same episode
+    replayed from alerts.jsonl keeps what thresholds.json had (its ``logged``), and takes the
+    threshold the log line names, for a ``removed`` event to show it rather than 0 (= off)."""
+    import json
+
+    import msgspec
+
+    from fleetmon.store import thresholds as th
+    from fleetmon.store.fleet import Agent, Fleet
+    from fleetmon.units import rfc3339
+
+    state = StateDir(tmp_path / "state").create()
+    event = th.Event(rfc3339(1000.0), "a", "cpu", "warning", 80.0, 50.0, rfc3339(1000.0), None)
+    state.alerts.write_bytes(msgspec.json.encode(event) + b"\n")
+    saved = {"a": {"cpu": {"state": "warning", "since": 1000.0, "logged": 1200.0}}}
+    state.alert_state.write_text(json.dumps({"open": saved, "alerts_log": {"inode": 0, "size": 0}}))
+    fleet = Fleet(RingStore(state.history, 10), lambda e: None)
+    fleet.agents["a"] = Agent("a")
+    persist.load_fleet_state(state, fleet)
+    alert = fleet.agents["a"].alerts["cpu"]
+    assert (alert.state, alert.since, alert.logged, alert.threshold) == ("warning", 1000.0, 1200.0, 50.0)
+
+
 def test_reading_a_planted_fifo_does_not_block(tmp_path):
     from fleetmon.store import fsutil
 
