@@ -172,7 +172,8 @@ class Fleet:
         self.default_thresholds, self.type_thresholds = default, types
         for a in self.agents.values():
             entry = self._registry.get(a.id)
-            self._apply_limits(a, entry.thresholds if entry else None, now)
+            if entry is not None:  # (not one left out of it: its own limits are not known)
+                self._apply_limits(a, entry.thresholds, now)
 
     def _apply_limits(self, a: Agent, own: Thresholds | None, now: float) -> None:
         limits = th.resolve(own, self.type_thresholds.get(a.type), self.default_thresholds)

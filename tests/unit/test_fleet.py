@@ -303,6 +303,8 @@ def test_a_registry_file_that_does_not_parse_at_the_next_start_keeps_alerts_open
     again.listed = lambda agent_id: agent_id == "a1"  # (registry/a1.json there, but not valid)
     again.set_registry([], T0 + 20)
     assert [e.state for e in events] == ["warning", "error"] and again.agents["a1"].alerts["open_files"].state == "error"
+    again.set_thresholds(Thresholds(cpu_threshold=90), {}, T0 + 25)  # a reload: its own limits unknown, not "off"
+    assert len(events) == 2 and again.agents["a1"].alerts["open_files"].state == "error"
     again.set_registry([entry], T0 + 30)  # fixed: the episode goes on
     again.on_sample(sample(T0 + 31, fds=10))
     assert len(events) == 2 and again.agents["a1"].alerts["open_files"].since == pytest.approx(T0)
