@@ -19,13 +19,19 @@ def _waiting_for_the_lock(d) -> bool:
     return "waiting up to" in d.log()
 
 
-def test_sighup_while_waiting_for_the_lock_does_not_kill_the_daemon(daemons, procs, state_dir, tmp_path):
+def _second_daemon_waiting_for_the_lock(daemons, procs, state_dir, tmp_path):
+    """A daemon that runs, and a second one started on its state dir, waiting for the lock."""
     register(state_dir, "a", procs.sleeper(900).pid)
     cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
     first = daemons(state_dir, "--config", str(cfg))
     first.wait_tick(2, timeout=30)
     second = daemons(state_dir, "--config", str(cfg), log=tmp_path / "second.log")
     wait_until(lambda: _waiting_for_the_lock(second), 20, what="the second daemon to wait for the lock")
+    return first, second
+
+
+def test_sighup_while_waiting_for_the_lock_does_not_kill_the_daemon(daemons, procs, state_dir, tmp_path):
+    first, second = _second_daemon_waiting_for_the_lock(daemons, procs, state_dir, tmp_path)
     second.proc.send_signal(signal.SIGHUP)  # a reload (supervisorctl signal HUP) while it starts
     time.sleep(0.5)  # (SIGHUP's default action kills at once; the lock is waited for 10 s at most)
     assert second.proc.poll() is None, f"killed by SIGHUP while starting: {second.proc.returncode}\n{second.log()}"
@@ -36,12 +42,7 @@ def test_sighup_while_waiting_for_the_lock_does_not_kill_the_daemon(daemons, pro
 
 
 def test_sigterm_while_waiting_for_the_lock_exits_0_at_once(daemons, procs, state_dir, tmp_path):
-    register(state_dir, "a", procs.sleeper(900).pid)
-    cfg = write_config(tmp_path / "fleetmon.toml", workers=1, interval="250ms")
-    first = daemons(state_dir, "--config", str(cfg))
-    first.wait_tick(2, timeout=30)
-    second = daemons(state_dir, "--config", str(cfg), log=tmp_path / "second.log")
-    wait_until(lambda: _waiting_for_the_lock(second), 20, what="the second daemon to wait for the lock")
+    first, second = _second_daemon_waiting_for_the_lock(daemons, procs, state_dir, tmp_path)
     second.proc.send_signal(signal.SIGTERM)
     assert second.proc.wait(timeout=3) == 0, second.log()
     assert "stopping before the daemon started" in second.log()
