@@ -141,7 +141,7 @@ class FleetCollector:
         level = ALERT_LEVEL
         for a in snapshot(self.fleet.agents.values):
             a: Agent
-            if not a.registered:
+            if not a.registered and not a.kept:  # (kept: its registry file there, not parsing)
                 continue
             # One labels dict per agent, shared by its samples (Sample() directly: add_metric would
             # build a dict per sample), so that render_text escapes it once.

@@ -25,7 +25,7 @@ class Agent:
     __slots__ = (
         "id", "type", "registered_pid", "pid", "create_time", "status", "restart_count",
         "last", "alerts", "limits", "cpu_max", "rss_max", "fds_max", "meta_dirty", "meta_written", "registered",
-        "removed_at", "start_text", "start_of",
+        "removed_at", "start_text", "start_of", "kept",
     )
 
     def __init__(self, agent_id: str, agent_type: str = "default"):
@@ -45,6 +45,9 @@ class Agent:
         self.meta_dirty = True
         self.meta_written = 0.0
         self.registered = False
+        # Loaded from disk (a daemon started again), left out of the registry, but its registry file is
+        # there (it does not parse): kept, alerts open, in status.json as a running daemon keeps it.
+        self.kept = False
         # When it left the registry (its metadata file says: written then), for ``keep_removed``;
         # None while registered (or, loaded from disk, not known yet).
         self.removed_at: float | None = None
@@ -132,6 +135,7 @@ class Fleet:
             if not a.registered or a.type != e.type or a.registered_pid != e.pid:
                 a.meta_dirty = True
             a.registered = True
+            a.kept = False
             a.removed_at = None
             a.type = e.type
             a.registered_pid = e.pid
@@ -139,14 +143,20 @@ class Fleet:
         for a in self.agents.values():
             if a.id in self._registry:
                 continue
-            if a.registered or a.removed_at is None:  # (None: loaded from disk, removal time unknown)
+            unknown = a.removed_at is None  # loaded from disk, registered when its daemon stopped
+            if a.registered or unknown:
                 a.removed_at = now
                 a.meta_dirty = True  # its metadata file, written now, records when it was removed
             if a.registered:
                 a.registered = False
                 self._close_alerts(a, now, "removed")
                 self.rings.close(a.id)
-            elif a.alerts and not self.listed(a.id):
+                continue
+            # (not one removed while a daemon ran, then given a file that does not parse: that one's
+            # alerts were closed, and a running daemon does not show a file that never parsed)
+            listed = bool(a.alerts or unknown or a.kept) and self.listed(a.id)
+            a.kept = listed
+            if a.alerts and not listed:
                 # Loaded from disk (a daemon started again) with episodes open, and taken out of the
                 # registry while no daemon ran: they end now, as its removal would have ended them,
                 # rather than stay open unwatched (and be resumed, ``since`` and all, if it comes back).

@@ -393,7 +393,7 @@ def save_alert_state(state: StateDir, fleet: Fleet, log: LogPosition | None) -> 
 
 def save_status(state: StateDir, fleet: Fleet, now: float) -> None:
     updated = rfc3339(now)
-    records = [a.record(now, updated) for a in fleet.agents.values() if a.registered]
+    records = [a.record(now, updated) for a in fleet.agents.values() if a.registered or a.kept]
     fsutil.atomic_write(state.status, _json.encode(StatusSnapshot(updated, records)))
 
 
