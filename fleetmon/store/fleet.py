@@ -291,14 +291,18 @@ class Fleet:
                     logger.bind(agent_id=a.id, pid=s.pid).info(
                         "agent {} now runs as pid {} (was {}): restart {}", a.id, s.pid, a.pid, a.restart_count
                     )
-                self._close_alerts(a, s.timestamp, "exited")  # the old process's episodes end with it
+                if a.pid is not None or a.registered_pid not in (None, s.pid):
+                    # the old process's episodes end with it (pid None: never identified, an episode
+                    # loaded for an agent whose metadata was never written: its registered process)
+                    self._close_alerts(a, s.timestamp, "exited")
                 a.pid, a.create_time = s.pid, s.create_time
                 a.meta_dirty = True
             else:
                 a.create_time = s.create_time
                 a.meta_dirty = True
         elif a.pid != s.pid:
-            self._close_alerts(a, s.timestamp, "exited")
+            if a.pid is not None or a.registered_pid not in (None, s.pid):  # (None: as above)
+                self._close_alerts(a, s.timestamp, "exited")
             # Another process, its create time unknown yet: the old one's would make its first
             # readable sample look like pid reuse.
             a.pid, a.create_time = s.pid, None

@@ -220,7 +220,10 @@ def load_fleet_state(state: StateDir, fleet: Fleet) -> int:
     for agent_id, by_resource in alerts.items():
         a = fleet.agents.get(agent_id)
         if a is None:
-            continue
+            # An episode of an agent whose metadata was never written: its first sample opened it, and
+            # the writer was killed before the flush wrote agents/<id>.json (thresholds.json is written
+            # first). Dropped, the next writer opened a second episode over this one, never closed.
+            a = _unrecorded(fleet, agent_id)
         for resource, st in by_resource.items():
             if resource in th.RESOURCES and st.state in ("warning", "error"):
                 a.alerts[resource] = th.Alert(st.state, st.since, st.logged, st.threshold)
@@ -254,6 +257,7 @@ def _replay_alert_log(state: StateDir, fleet: Fleet, position: LogPosition) -> i
     else:
         reads = [(state.alerts, 0)]
     before: dict[tuple[str, str], th.Alert | None] = {}
+    unrecorded: set[str] = set()
     for path, offset in reads:
         for line in _lines_from(path, offset):
             try:
@@ -261,16 +265,27 @@ def _replay_alert_log(state: StateDir, fleet: Fleet, position: LogPosition) -> i
                 ts, since = parse_rfc3339(ev.timestamp), parse_rfc3339(ev.since)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
                 continue  # a torn line, or one edited by hand
-            a = fleet.agents.get(ev.agent_id)
-            if a is None or ev.resource not in th.RESOURCES or ev.state not in ("ok", "warning", "error"):
+            if ev.resource not in th.RESOURCES or ev.state not in ("ok", "warning", "error"):
                 continue
+            a = fleet.agents.get(ev.agent_id)
+            if a is None:
+                if ev.state == "ok":
+                    continue
+                # (as above: the line written, the writer killed before its metadata was)
+                a = _unrecorded(fleet, ev.agent_id)
+                unrecorded.add(ev.agent_id)
             before.setdefault((ev.agent_id, ev.resource), a.alerts.get(ev.resource))
             if ev.state == "ok":
                 a.alerts.pop(ev.resource, None)
             else:
                 a.alerts[ev.resource] = th.Alert(ev.state, since, ts, ev.threshold or 0.0)
+    for agent_id in unrecorded:
+        if not fleet.agents[agent_id].alerts:  # (its episodes closed later in the log: nothing to keep)
+            del fleet.agents[agent_id]
     changed = 0
     for (agent_id, resource), old in before.items():
+        if agent_id not in fleet.agents:
+            continue
         a = fleet.agents[agent_id]
         new = a.alerts.get(resource)
         if (old is None) != (new is None) or (
@@ -282,6 +297,14 @@ def _replay_alert_log(state: StateDir, fleet: Fleet, position: LogPosition) -> i
             old.threshold = old.threshold or new.threshold  # (0: a thresholds.json from before it was kept)
             a.alerts[resource] = old  # the same episode: keep what thresholds.json had (its ``logged``)
     return changed
+
+
+def _unrecorded(fleet: Fleet, agent_id: str) -> Agent:
+    """An agent known only by an open episode: the registry tells its type and pid when it comes
+    (``Fleet.set_registry``), its first sample its process (``Fleet._identify``)."""
+    a = fleet.agents[agent_id] = Agent(agent_id)
+    a.meta_dirty = True
+    return a
 
 
 def _lines_from(path, offset: int):

@@ -488,3 +488,51 @@ def test_last_tick_persisted_metric_stands_still_while_writes_fail(tmp_path, add
     assert not w.write_failing
     assert persisted_ts() > first + 0.3
     w.rings.close_all()
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["line-only", "thresholds-json-too"])
+def test_an_episode_of_an_agent_whose_metadata_was_never_written_survives_a_killed_writer(tmp_path, saved):
+    """A new agent's first sample opens an episode (its line in alerts.jsonl at once; thresholds.json,
+    then agents/<id>.json, at the flush after): a writer killed before its metadata was written left
+    the next one with no agent to replay the episode onto. It opened a second one over it (two
+    opens, the first never closed): seen in a soak with kill -9 of the writer."""
+    import json
+
+    from fleetmon.store import thresholds as th
+    from fleetmon.store.fleet import Fleet
+    from fleetmon.units import rfc3339
+
+    state = StateDir(tmp_path / "state").create()
+    opened = th.Event(rfc3339(1000.0), "new", "open_files", "error", 40.0, 20.0, rfc3339(1000.0), None)
+    state.alerts.write_bytes(msgspec.json.encode(opened) + b"\n")
+    if saved:  # killed between the thresholds.json and the metadata steps of the flush
+        ep = {"new": {"open_files": {"state": "error", "since": 1000.0, "logged": 1000.0, "threshold": 20}}}
+        position = {"inode": os.stat(state.alerts).st_ino, "size": os.stat(state.alerts).st_size}
+        state.alert_state.write_text(json.dumps({"open": ep, "alerts_log": position}))
+    events: list = []
+    fleet = Fleet(RingStore(state.history, 10), events.append)
+    persist.load_fleet_state(state, fleet)
+    limits = wire.Thresholds(open_files_threshold=20, threshold_duration=0)
+    fleet.set_registry([wire.RegisteredAgent("new", "default", 4242, None, limits)], 1001.0)
+    fleet.on_sample(wire.Sample("new", 4242, 900.0, 1001.5, 1.0, 1, 1, 0, 0, 40, 1))
+    fleet.on_sample(wire.Sample("new", 4242, 900.0, 1002.5, 1.0, 1, 1, 0, 0, 10, 1))
+    assert [(e.state, e.since, e.reason) for e in events] == [("ok", rfc3339(1000.0), None)]
+    fleet.rings.close_all()
+
+
+def test_episodes_closed_later_in_the_log_leave_no_agent_behind(tmp_path):
+    """Replayed from the start (no thresholds.json): an agent with no metadata (forgotten long ago)
+    whose episodes all closed in the log is not brought back."""
+    from fleetmon.store import thresholds as th
+    from fleetmon.store.fleet import Fleet
+    from fleetmon.units import rfc3339
+
+    state = StateDir(tmp_path / "state").create()
+    lines = [
+        th.Event(rfc3339(1000.0), "old", "cpu", "warning", 80.0, 50.0, rfc3339(1000.0), None),
+        th.Event(rfc3339(1010.0), "old", "cpu", "ok", None, 50.0, rfc3339(1000.0), "removed"),
+    ]
+    state.alerts.write_bytes(b"".join(msgspec.json.encode(e) + b"\n" for e in lines))
+    fleet = Fleet(RingStore(state.history, 10), lambda e: None)
+    persist.load_fleet_state(state, fleet)
+    assert fleet.agents == {}
