@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import sys
 import time
 
@@ -29,6 +30,14 @@ def _read_state(args) -> StateDir:
 
 
 def cmd_run(args) -> int:
+    # Signals that come while it starts (the imports and the config below take a few tenths of a
+    # second) are recorded from here and acted on once the daemon runs (Arbiter.run takes the list
+    # over): until then SIGHUP's default action killed the daemon, and SIGTERM ended it by the
+    # signal rather than with exit 0.
+    early: list[int] = []
+    if not args.check:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: early.append(signum))
     from fleetmon import logs
     from fleetmon.supervisor.arbiter import Arbiter
     from fleetmon.supervisor.config import ConfigError, load
@@ -62,6 +71,7 @@ def cmd_run(args) -> int:
         return _check(args, config, StateDir(root))
     logs.configure(config.log_level, config.log_format)
     arbiter = Arbiter(config, StateDir(root), args.config)
+    arbiter.signals = early  # (its handlers, installed first thing in run, append to the same list)
     arbiter.overrides = overrides  # SIGHUP reloads the file and applies the same flags over it
     return arbiter.run()
 

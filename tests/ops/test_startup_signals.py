@@ -48,3 +48,27 @@ def test_sigterm_while_waiting_for_the_lock_exits_0_at_once(daemons, procs, stat
     assert "stopping before the daemon started" in second.log()
     first.wait_tick(first.daemon_json()["persisted_tick"] + 2, timeout=10)  # untouched
     assert first.stop() == 0
+
+
+def test_signals_before_the_daemon_is_set_up_are_taken_once_it_runs(tmp_path):
+    """The first few tenths of a second of ``fleetmon run`` (imports, the config) came before any
+    handler: a SIGHUP then (a reload right after a start) killed the daemon, a SIGTERM ended it by
+    the signal rather than with exit 0. Both sent here while the config is read: the reload is done
+    once the daemon runs, then the stop, with exit 0."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from fleetmon.supervisor import cli, config\n"
+        "load = config.load\n"
+        "def signalled(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return load(*a, **k)\n"
+        "config.load = signalled\n"
+        "sys.exit(cli.main(['run', '--state-dir', sys.argv[1], '--interval', '1s', '--workers', '1']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "SIGHUP: " in proc.stderr and "fleetmon stopped" in proc.stderr
