@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from benchmarks.harness import kill_pids
+from benchmarks.harness import cleanup, kill_pids
 
 
 def _rusage_cpu() -> float:
@@ -106,9 +106,10 @@ def psutil_baseline(kind: str, pids: list[int], seconds: float = 5.0) -> dict:
             raise RuntimeError(f"{kind} baseline did not finish")
         return parent.recv()
     finally:
-        if p.is_alive():
-            kill_pids([p.pid])
-        p.join(10)
+        with cleanup():
+            if p.is_alive():
+                kill_pids([p.pid])
+            p.join(10)
 
 
 def _probe_child(pids: list[int], chunk: int, conn) -> None:
@@ -180,15 +181,16 @@ class BareProbe:
         return out
 
     def close(self) -> None:
-        try:
-            self.collect(timeout=60)
-            self.conn.send("stop")
-        except (BrokenPipeError, OSError):
-            pass
-        self.proc.join(10)
-        if self.proc.is_alive():
-            kill_pids([self.proc.pid])
-            self.proc.join(5)
+        with cleanup():
+            try:
+                self.collect(timeout=60)
+                self.conn.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+            self.proc.join(10)
+            if self.proc.is_alive():
+                kill_pids([self.proc.pid])
+                self.proc.join(5)
 
 
 # --- the bare loops in parallel: what this host's cores give the floor ------------------------------
@@ -259,9 +261,10 @@ def parallel_baseline(kind: str, pids: list[int], seconds: float, procs: int) ->
                     raise RuntimeError(f"{kind} loop died or did not finish (exit code {p.exitcode})")
             results.append(parent.recv())
     finally:
-        kill_pids([p.pid for p in children if p.is_alive()])
-        for p in children:
-            p.join(10)
+        with cleanup():
+            kill_pids([p.pid for p in children if p.is_alive()])
+            for p in children:
+                p.join(10)
     samples = sum(r["samples"] for r in results)
     wall = max(r["wall_s"] for r in results)
     cpu = sum(r["cpu_s"] for r in results)

@@ -158,13 +158,14 @@ def run_daemon(
             time.sleep(0.1)
         d.sample_rss()
     finally:
-        profiles = profiler.finish() if profiler is not None else None
-        code = d.stop()
-        bare = probe.result() if probe is not None else None
-        if probe is not None:
-            probe.close()
-        if progress is not None and task is not None:
-            progress.remove_task(task)
+        with H.cleanup():
+            profiles = profiler.finish() if profiler is not None else None
+            code = d.stop()
+            bare = probe.result() if probe is not None else None
+            if probe is not None:
+                probe.close()
+            if progress is not None and task is not None:
+                progress.remove_task(task)
     window = [t for t in d.ticks if base["line"]["tick"] < t["tick"] <= end["line"]["tick"]]
     latencies = [t["persisted"] - t["tick_wall"] for t in window if t["tick_wall"]]
     samples = end["line"]["samples_total"] - base["line"]["samples_total"]
@@ -295,9 +296,10 @@ def sweep(args) -> dict:
                     r["samples_per_s_vs_1_worker"] = H.ratio(r["samples_per_s"], one["samples_per_s"]) if one else None
                 runs += size_runs
     finally:
-        fleet.stop()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with H.cleanup():
+            fleet.stop()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
     return {
         "benchmark": "fleet",
         "command": "python -m benchmarks.fleet " + " ".join(args.argv),

@@ -40,18 +40,57 @@ time.sleep(10**9)
 # --- signals ----------------------------------------------------------------------------------
 
 
+class _Interrupts:
+    interrupted = False  # a SIGINT or SIGTERM came (under sigterm_as_interrupt)
+    pending = False  # ... while cleanup code ran: raised once it is done
+    depth = 0  # cleanup() blocks running
+
+
+_interrupts = _Interrupts()
+
+
 @contextmanager
 def sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt (like Ctrl-C), so every ``finally`` cleans up."""
+    """SIGTERM raises KeyboardInterrupt (like Ctrl-C), so every ``finally`` cleans up. Only the first
+    SIGINT or SIGTERM does, and one that comes while cleanup code runs (``cleanup()``) is raised once
+    that code is done: a second Ctrl-C, or a SIGTERM after one, would otherwise cut a cleanup short
+    and leave the daemon, a baseline process or a state dir behind."""
+    state = _interrupts
 
     def handler(signum, frame):
+        if state.interrupted:
+            os.write(2, b"still stopping every process started: please wait\n")
+            return
+        state.interrupted = True
+        if state.depth:
+            state.pending = True
+            return
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, handler)
+    state.interrupted = state.pending = False
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+        state.interrupted = state.pending = False
+
+
+@contextmanager
+def cleanup():
+    """Code that stops what was started: a SIGINT or SIGTERM meanwhile (under
+    ``sigterm_as_interrupt``) is raised as KeyboardInterrupt only when the outermost such block is
+    done, so the block runs to its end."""
+    state = _interrupts
+    state.depth += 1
+    try:
+        yield
+    finally:
+        state.depth -= 1
+    if state.pending and not state.depth:
+        state.pending = False
+        raise KeyboardInterrupt
 
 
 # --- /proc ------------------------------------------------------------------------------------
@@ -175,13 +214,14 @@ class Fleet:
         return self.pids
 
     def stop(self) -> None:
-        kill_pids(p.pid for p in self.procs if p.returncode is None and p.poll() is None)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self.procs.clear()
+        with cleanup():
+            kill_pids(p.pid for p in self.procs if p.returncode is None and p.poll() is None)
+            for p in self.procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.procs.clear()
 
 
 def default_workdir() -> Path:
@@ -358,21 +398,22 @@ class DaemonRun:
     def stop(self, timeout: float = 30.0) -> int | None:
         """TERM the supervisor (it drains and stops its children), KILL after ``timeout``; then KILL
         by pid any process of its tree still alive."""
-        if self.proc.poll() is None:
-            self.tree()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        leftovers = [p for p in self.seen if p != self.pid and pid_alive(p)]
-        deadline = time.monotonic() + 5
-        while leftovers and time.monotonic() < deadline:  # children exit when the supervisor does
-            time.sleep(0.05)
-            leftovers = [p for p in leftovers if pid_alive(p)]
-        kill_pids(leftovers)
-        self._log.close()
+        with cleanup():
+            if self.proc.poll() is None:
+                self.tree()
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            leftovers = [p for p in self.seen if p != self.pid and pid_alive(p)]
+            deadline = time.monotonic() + 5
+            while leftovers and time.monotonic() < deadline:  # children exit when the supervisor does
+                time.sleep(0.05)
+                leftovers = [p for p in leftovers if pid_alive(p)]
+            kill_pids(leftovers)
+            self._log.close()
         return self.proc.returncode
 
 

@@ -209,31 +209,32 @@ def closed_loop(args, state_dir: Path, use_sink: bool, progress: Progress) -> di
         wall = time.perf_counter() - w0
         ticks = args.ticks + args.warmup + 1 - s0
     finally:
-        for q in queues:
-            q.put(None)
-        worker_cpu = {}
-        for _ in procs:
-            try:
-                index, cpu = results.get(timeout=30)
-                worker_cpu[index] = cpu
-            except Exception:  # noqa: BLE001 - a worker that died: its CPU is unknown
-                break
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                H.kill_pids([p.pid])
-                p.join(5)
-        stop.set()
-        link.close()
-        if sink_proc is not None:
-            sink_proc.join(10)
-            if sink_proc.is_alive():
-                H.kill_pids([sink_proc.pid])
-                sink_proc.join(5)
-        if writer.alive:
-            children.stop_all([writer], grace=10.0)
-        listener.close()
-        progress.remove_task(task)
+        with H.cleanup():
+            for q in queues:
+                q.put(None)
+            worker_cpu = {}
+            for _ in procs:
+                try:
+                    index, cpu = results.get(timeout=30)
+                    worker_cpu[index] = cpu
+                except Exception:  # noqa: BLE001 - a worker that died: its CPU is unknown
+                    break
+            for p in procs:
+                p.join(10)
+                if p.is_alive():
+                    H.kill_pids([p.pid])
+                    p.join(5)
+            stop.set()
+            link.close()
+            if sink_proc is not None:
+                sink_proc.join(10)
+                if sink_proc.is_alive():
+                    H.kill_pids([sink_proc.pid])
+                    sink_proc.join(5)
+            if writer.alive:
+                children.stop_all([writer], grace=10.0)
+            listener.close()
+            progress.remove_task(task)
     samples = ticks * n
     total_worker_cpu = sum(worker_cpu.values())
     return {
@@ -274,8 +275,9 @@ def run(args) -> dict:
             for use_sink in [True] if args.sink_only else [True, False]:
                 out["runs"].append(closed_loop(args, workdir / ("sink" if use_sink else "state"), use_sink, progress))
     finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with H.cleanup():
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
     sink_run = next((r for r in out["runs"] if r["mode"] == "sink"), None)
     for r in out["runs"]:
         r["samples_per_s_vs_sink"] = H.ratio(r["samples_per_s"], sink_run["samples_per_s"]) if sink_run else None

@@ -79,8 +79,9 @@ def measure(args) -> dict:
                 rounds.append({"round": rnd + 1, "order": list(order), "pairs": pairs})
                 progress.update(overall, completed=rnd + 1)
     finally:
-        fleet.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        with H.cleanup():
+            fleet.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
     return {
         "benchmark": "scaling",
         "command": "python -m benchmarks.scaling " + " ".join(args.argv),

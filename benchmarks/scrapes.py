@@ -173,10 +173,11 @@ def run(args: argparse.Namespace) -> dict:
         ]
         console.print()
     finally:
-        if d is not None:
-            d.stop()
-        fleet.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        with H.cleanup():
+            if d is not None:
+                d.stop()
+            fleet.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
     quiet, storm = windows
     return {
         "benchmark": "scrapes",

@@ -263,11 +263,12 @@ def run(args) -> dict:
             progress.update(task, description="persist cost by history length")
             result["persist"] = persist_cost([10, args.history_size], args.persist_agents, args.persist_rounds, 9, workdir)
     finally:
-        for d in daemons:
-            d.stop()
-        fleet.stop()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with H.cleanup():
+            for d in daemons:
+                d.stop()
+            fleet.stop()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 

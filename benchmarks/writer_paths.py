@@ -225,17 +225,18 @@ def measure(args) -> dict:
             and (columnar.history["ts"][np.arange(n), newest] == last_ts).all()
         )
     finally:
-        if columnar is not None:
-            columnar.close()
-        if writer is not None:
-            writer.ring_sync.close(5.0)
-            writer.rings.close_all()
-            writer.alert_log.close()
-            writer.sel.close()
-        listener.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
-        logger.enable("fleetmon")
-        shutil.rmtree(root, ignore_errors=True)
+        with H.cleanup():
+            if columnar is not None:
+                columnar.close()
+            if writer is not None:
+                writer.ring_sync.close(5.0)
+                writer.rings.close_all()
+                writer.alert_log.close()
+                writer.sel.close()
+            listener.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+            logger.enable("fleetmon")
+            shutil.rmtree(root, ignore_errors=True)
 
     def summary(values: list[float]) -> dict:
         return {"min_us": round(min(values), 3), "median_us": round(statistics.median(values), 3), "runs_us": [round(v, 3) for v in values]}
