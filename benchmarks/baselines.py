@@ -98,7 +98,7 @@ def psutil_baseline(kind: str, pids: list[int], seconds: float = 5.0) -> dict:
 
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_baseline_child, args=(kind, pids, seconds, child))
+    p = ctx.Process(target=_baseline_child, args=(kind, pids, seconds, child), daemon=True)
     p.start()
     child.close()
     try:
@@ -112,13 +112,19 @@ def psutil_baseline(kind: str, pids: list[int], seconds: float = 5.0) -> dict:
             p.join(10)
 
 
-def _probe_child(pids: list[int], chunk: int, conn) -> None:
+def _probe_child(pids: list[int], chunk: int, conn, parent_end) -> None:
     import psutil
 
+    parent_end.close()  # else the harness's end stays open here, and recv() never sees it go
     procs = [psutil.Process(pid) for pid in pids]
     _bare_pass(procs)  # prime, as a worker has before the measured window
     start = 0
-    while conn.recv() == "pass":
+    while True:
+        try:
+            if conn.recv() != "pass":
+                break
+        except EOFError:  # the harness is gone
+            break
         idx = [(start + i) % len(procs) for i in range(min(chunk, len(procs)))]
         start = (start + len(idx)) % len(procs)
         out = []
@@ -142,7 +148,8 @@ class BareProbe:
 
         ctx = multiprocessing.get_context("fork")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_probe_child, args=(pids, chunk, child))
+        # daemon: multiprocessing's exit handler ends it rather than waiting for it forever
+        self.proc = ctx.Process(target=_probe_child, args=(pids, chunk, child, self.conn), daemon=True)
         self.proc.start()
         child.close()
         self.busy = False
@@ -159,7 +166,12 @@ class BareProbe:
 
     def collect(self, timeout: float = 0.0) -> None:
         if self.busy and self.conn.poll(timeout):
-            for kind, (n, cpu) in zip(("bare", "naive"), self.conn.recv(), strict=True):
+            try:
+                answer = self.conn.recv()
+            except EOFError:  # the probe died (e.g. Ctrl-C reached it): no more passes
+                self.busy = False
+                return
+            for kind, (n, cpu) in zip(("bare", "naive"), answer, strict=True):
                 self.samples[kind] += n
                 self.cpu_s[kind] += cpu
                 if n:
@@ -247,7 +259,7 @@ def parallel_baseline(kind: str, pids: list[int], seconds: float, procs: int) ->
     try:
         for i in range(procs):
             parent, child = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_parallel_child, args=(kind, pids[i::procs], seconds, start, child))
+            p = ctx.Process(target=_parallel_child, args=(kind, pids[i::procs], seconds, start, child), daemon=True)
             p.start()
             child.close()
             pipes.append(parent)
