@@ -205,12 +205,28 @@ class Fleet:
         kinds = [("busy", [sys.executable, "-c", BUSY_CODE])] * busy
         kinds += [("memory", [sys.executable, "-c", MEMORY_CODE, str(memory_mb)])] * memory
         kinds += [("idle", ["sleep", "1000000"])] * max(0, n - busy - memory)
-        for i, (_, argv) in enumerate(kinds):
-            self.procs.append(
-                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-            if progress is not None and i % 100 == 0:
-                progress(i + 1, len(kinds))
+        # A SIGINT or SIGTERM while Popen forks would raise inside it, after the child exists but
+        # before it is in self.procs, where stop() would never see it: hold them until it is.
+        held: list[int] = []
+        hold = lambda signum, frame: held.append(signum)  # noqa: E731
+        old = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for i, (_, argv) in enumerate(kinds):
+                self.procs.append(
+                    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+                if held:
+                    break
+                if progress is not None and i % 100 == 0:
+                    progress(i + 1, len(kinds))
+        finally:
+            for sig, previous in old.items():
+                signal.signal(sig, previous)
+        for signum in held[:1]:  # as the handler in place would have had it
+            if callable(old[signum]):
+                old[signum](signum, None)
+            elif old[signum] == signal.SIG_DFL:
+                signal.raise_signal(signum)
         return self.pids
 
     def stop(self) -> None:
