@@ -95,14 +95,10 @@ def run_daemon(
     label = f"{n} agents, {workers} workers" + (f", {reader}" if reader != "auto" else "")
     task = progress.add_task(label, total=warmup + duration) if progress else None
     create_us = H.file_create_us(workdir)
-    probe = baselines.BareProbe(pids) if interleave else None
-    profiler = None
-    started = time.monotonic()
+    probe = profiler = d = None
     config = f'reader = "{reader}"\n' + (H.THRESHOLDS_CONFIG if thresholds else "")
-    d = H.DaemonRun(state, workers, interval, history_size, extra_config=config)
     base = end = None
     marks: list[tuple[int, float]] = []  # (samples persisted, daemon CPU) after each flush in the window
-    startup_deadline = started + 120 + n / 50
 
     def edge(line: dict, now: float) -> dict:
         """What the window is measured between: at its start and at its end."""
@@ -117,6 +113,11 @@ def run_daemon(
 
     last_rss = 0.0
     try:
+        # inside the try: an interrupt or error while the daemon starts still stops the probe
+        probe = baselines.BareProbe(pids) if interleave else None
+        started = time.monotonic()
+        startup_deadline = started + 120 + n / 50
+        d = H.DaemonRun(state, workers, interval, history_size, extra_config=config)
         while end is None:
             if not d.alive():
                 raise RuntimeError(f"daemon exited with {d.proc.returncode}:\n{d.log_tail()}")
@@ -158,14 +159,22 @@ def run_daemon(
             time.sleep(0.1)
         d.sample_rss()
     finally:
+        # each step whatever the one before it did (py-spy failing, the probe dead ...), and a
+        # second Ctrl-C held until they are done (H.cleanup)
         with H.cleanup():
-            profiles = profiler.finish() if profiler is not None else None
-            code = d.stop()
-            bare = probe.result() if probe is not None else None
-            if probe is not None:
-                probe.close()
-            if progress is not None and task is not None:
-                progress.remove_task(task)
+            try:
+                profiles = profiler.finish() if profiler is not None else None
+            finally:
+                try:
+                    code = d.stop() if d is not None else None
+                finally:
+                    try:
+                        bare = probe.result() if probe is not None else None
+                    finally:
+                        if probe is not None:
+                            probe.close()
+                        if progress is not None and task is not None:
+                            progress.remove_task(task)
     window = [t for t in d.ticks if base["line"]["tick"] < t["tick"] <= end["line"]["tick"]]
     latencies = [t["persisted"] - t["tick_wall"] for t in window if t["tick_wall"]]
     samples = end["line"]["samples_total"] - base["line"]["samples_total"]
