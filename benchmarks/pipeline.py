@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import resource
 import secrets
 import shutil
@@ -213,13 +214,17 @@ def closed_loop(args, state_dir: Path, use_sink: bool, progress: Progress) -> di
             for q in queues:
                 q.put(None)
             worker_cpu = {}
-            for _ in procs:
+            started = [p for p in procs if p.pid is not None]  # an interrupt may come before all are
+            deadline = time.monotonic() + 30
+            while len(worker_cpu) < len(started) and time.monotonic() < deadline:
+                alive = any(p.is_alive() for p in started)
                 try:
-                    index, cpu = results.get(timeout=30)
+                    index, cpu = results.get(timeout=0.2)
                     worker_cpu[index] = cpu
-                except Exception:  # noqa: BLE001 - a worker that died: its CPU is unknown
-                    break
-            for p in procs:
+                except queue.Empty:
+                    if not alive:  # the rest died (Ctrl-C reaches them too): their CPU is unknown
+                        break
+            for p in started:
                 p.join(10)
                 if p.is_alive():
                     H.kill_pids([p.pid])
