@@ -216,11 +216,11 @@ class FleetCollector:
             return
         yield CounterMetricFamily("fleetmon_lost_batches", "Batches workers dropped while the writer was unreachable.", value=getattr(w, "lost_batches", 0))
         # (not flushed_at: that advances while writing to the state dir fails, which is no tick persisted)
-        flushed_at = getattr(w, "persisted_at", getattr(w, "flushed_at", None))
-        if flushed_at:
+        persisted_at = getattr(w, "persisted_at", None)
+        if persisted_at:
             yield GaugeMetricFamily(
                 "fleetmon_last_tick_persisted_timestamp_seconds", "When the writer last persisted a complete tick (Unix time).",
-                value=time.time() - (time.monotonic() - flushed_at),
+                value=time.time() - (time.monotonic() - persisted_at),
             )
         d: wire.DaemonInfo | None = getattr(w, "daemon", None)
         if d is None:

@@ -56,6 +56,7 @@ def fake_writer(fleet: Fleet, state_root=None, daemon: wire.DaemonInfo | None = 
         config=SimpleNamespace(interval=interval),
         flushed_tick=-1,
         flushed_at=0.0,
+        persisted_at=0.0,
         lost_batches=0,
         write_failing=False,
     )

@@ -202,7 +202,7 @@ def test_render_text_is_byte_for_byte_generate_latest():
     stats = BatchStats()
     stats.observe_batch(wire.Batch(0, 1, T0, T0 + 0.3, [], [wire.Gone("x", 1, T0, "no_process")]), daemon_info(workers=1))
     writer = fake_writer(fleet, daemon=daemon_info())
-    writer.flushed_at = time.monotonic()
+    writer.flushed_at = writer.persisted_at = time.monotonic()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(fleet, stats, writer))
     # Families the fast path leaves to prometheus_client: _created samples, the info type.
