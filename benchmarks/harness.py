@@ -50,6 +50,18 @@ _interrupts = _Interrupts()
 
 
 @contextmanager
+def _handled_by(handler):
+    """SIGINT and SIGTERM go to ``handler`` inside the block; the handlers they had (yielded, by
+    signal) are put back after it."""
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield old
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+@contextmanager
 def sigterm_as_interrupt():
     """SIGTERM raises KeyboardInterrupt (like Ctrl-C), so every ``finally`` cleans up. Only the first
     SIGINT or SIGTERM does, and one that comes while cleanup code runs (``cleanup()``) is raised once
@@ -68,12 +80,10 @@ def sigterm_as_interrupt():
         raise KeyboardInterrupt
 
     state.interrupted = state.pending = False
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with _handled_by(handler):
+            yield
     finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
         state.interrupted = state.pending = False
 
 
@@ -208,9 +218,7 @@ class Fleet:
         # A SIGINT or SIGTERM while Popen forks would raise inside it, after the child exists but
         # before it is in self.procs, where stop() would never see it: hold them until it is.
         held: list[int] = []
-        hold = lambda signum, frame: held.append(signum)  # noqa: E731
-        old = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with _handled_by(lambda signum, frame: held.append(signum)) as old:
             for i, (_, argv) in enumerate(kinds):
                 self.procs.append(
                     subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -219,9 +227,6 @@ class Fleet:
                     break
                 if progress is not None and i % 100 == 0:
                     progress(i + 1, len(kinds))
-        finally:
-            for sig, previous in old.items():
-                signal.signal(sig, previous)
         for signum in held[:1]:  # as the handler in place would have had it
             if callable(old[signum]):
                 old[signum](signum, None)
