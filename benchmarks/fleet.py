@@ -401,29 +401,25 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fleet", description=__doc__.splitlines()[0])
-    p.add_argument("--agents", type=_ints, default=[1000, 2000, 5000, 10000], help="fleet sizes, comma-separated")
-    p.add_argument("--workers", type=_ints, default=[1, 2, 4], help="worker counts, comma-separated")
+    p.add_argument("--agents", type=H.counts(1), default=[1000, 2000, 5000, 10000], help="fleet sizes, comma-separated")
+    p.add_argument("--workers", type=H.counts(1), default=[1, 2, 4], help="worker counts, comma-separated")
     p.add_argument(
         "--reader",
-        type=H.names,
+        type=H.readers,
         default=["auto"],
         help="the workers' process reader(s), comma-separated: auto, procfs, psutil (default auto: procfs on Linux)",
     )
     p.add_argument("--interval", type=parse_duration, default=1.0, help="tick interval (default 1s)")
-    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run (default 20)")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens (default 5)")
-    p.add_argument("--history-size", type=int, default=1440)
+    p.add_argument("--duration", type=H.seconds, default=20.0, help="measured seconds per run (default 20)")
+    p.add_argument("--warmup", type=H.seconds, default=5.0, help="seconds before the window opens (default 5)")
+    p.add_argument("--history-size", type=H.count(1), default=1440)
     H.thresholds_flag(p)
-    p.add_argument("--baseline-seconds", type=float, default=5.0, help="seconds of each psutil baseline run (default 5)")
-    p.add_argument("--busy", type=int, default=0, help="how many of the processes burn ~20%% of a CPU")
-    p.add_argument("--memory", type=int, default=0, help="how many of the processes hold --memory-mb")
-    p.add_argument("--memory-mb", type=int, default=50)
+    p.add_argument("--baseline-seconds", type=H.seconds, default=5.0, help="seconds of each psutil baseline run (default 5)")
+    p.add_argument("--busy", type=H.count(0), default=0, help="how many of the processes burn ~20%% of a CPU")
+    p.add_argument("--memory", type=H.count(0), default=0, help="how many of the processes hold --memory-mb")
+    p.add_argument("--memory-mb", type=H.count(1), default=50)
     p.add_argument(
         "--workdir",
         type=Path,
@@ -435,7 +431,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="plot throughput and CPU ratios")
     p.add_argument(
         "--profile",
-        type=Path,
+        type=pyspy.profile_dir,
         default=None,
         metavar="DIR",
         help="attach py-spy to every daemon process over the window: raw stacks in DIR, a summary in the JSON",
@@ -448,6 +444,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.argv = argv
+    if args.busy + args.memory > min(args.agents):
+        p.error(f"--busy and --memory together ({args.busy + args.memory}) exceed the smallest fleet (--agents {min(args.agents)})")
     if args.interleave is None:
         args.interleave = args.interval >= 0.5
     return args

@@ -531,6 +531,59 @@ def names(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
 
 
+# --- flag types: refused when parsed, before a fleet is spawned ---------------------------------
+
+
+def count(minimum: int = 1):
+    """An argparse type: a whole number at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
+        return value
+
+    return parse
+
+
+def counts(minimum: int = 1):
+    """An argparse type: comma-separated whole numbers, each at least ``minimum`` (``--agents 1000,2000``)."""
+    one = count(minimum)
+
+    def parse(text: str) -> list[int]:
+        values = [one(x) for x in names(text)]
+        if not values:
+            raise argparse.ArgumentTypeError("give at least one number")
+        return values
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def readers(text: str) -> list[str]:
+    """An argparse type: fleetmon's process readers, comma-separated (``auto``, ``procfs``, ``psutil``)."""
+    from fleetmon.workers.sampler import READERS
+
+    chosen = names(text)
+    wrong = [r for r in chosen if r not in READERS]
+    if wrong or not chosen:
+        raise argparse.ArgumentTypeError(f"readers are {', '.join(READERS)}, comma-separated: not {text!r}")
+    return chosen
+
+
 def fmt(value, spec: str = ".1f", unit: str = "") -> str:
     if value is None:
         return "-"

@@ -322,11 +322,11 @@ def table(result: dict) -> Table:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__.splitlines()[0])
-    p.add_argument("--agents", type=int, default=10_000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--ticks", type=int, default=30, help="measured ticks (default 30)")
-    p.add_argument("--warmup", type=int, default=3, help="ticks before the measurement (rings created) (default 3)")
-    p.add_argument("--history-size", type=int, default=1440)
+    p.add_argument("--agents", type=H.count(1), default=10_000)
+    p.add_argument("--workers", type=H.count(1), default=2)
+    p.add_argument("--ticks", type=H.count(1), default=30, help="measured ticks (default 30)")
+    p.add_argument("--warmup", type=H.count(0), default=3, help="ticks before the measurement (rings created) (default 3)")
+    p.add_argument("--history-size", type=H.count(1), default=1440)
     p.add_argument("--sink-only", action="store_true", help="measure the transport baseline only")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true")

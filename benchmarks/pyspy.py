@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from benchmarks.harness import DaemonRun
+
+NOT_FOUND = "--profile needs py-spy: pip install py-spy (into this Python's environment, or anywhere on PATH)"
+
+
+def find() -> str | None:
+    """py-spy on PATH, or beside this Python (a virtualenv's bin/, not on PATH when the benchmark is run
+    as ``.venv/bin/python -m benchmarks...``)."""
+    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
+def profile_dir(text: str) -> Path:
+    """An argparse type for ``--profile DIR``: refused at once when py-spy is not installed (not after
+    the fleet is spawned and the baselines have run)."""
+    if find() is None:
+        raise argparse.ArgumentTypeError(NOT_FOUND)
+    return Path(text)
 
 
 class Profiler:
@@ -17,9 +35,9 @@ class Profiler:
         self.directory = directory
         self.files: dict[str, Path] = {}
         self.procs: list[subprocess.Popen] = []
-        spy = shutil.which("py-spy")
+        spy = find()
         if spy is None:
-            raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+            raise RuntimeError(NOT_FOUND)
         directory.mkdir(parents=True, exist_ok=True)
         writer = daemon.writer_pid()
         for i, pid in enumerate(sorted(daemon.tree())):

@@ -206,26 +206,24 @@ def table(result: dict) -> Table:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.splitlines()[0])
-    p.add_argument("--agents", type=int, default=4000, help="real processes to watch (default 4000)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of every measurement (default 3)")
+    p.add_argument("--agents", type=H.count(2), default=4000, help="real processes to watch (default 4000)")
+    p.add_argument("--rounds", type=H.count(1), default=3, help="rounds of every measurement (default 3)")
     p.add_argument(
         "--reader",
-        type=H.names,
+        type=H.readers,
         default=["auto"],
         help="fleetmon's process reader(s), comma-separated: auto, procfs, psutil (default auto)",
     )
     p.add_argument("--interval", type=parse_duration, default=0.02, help="fleetmon's tick interval (default 0.02s)")
-    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per fleetmon run (default 15)")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens (default 5)")
-    p.add_argument("--loop-seconds", type=float, default=5.0, help="seconds of each bare loop run (default 5)")
-    p.add_argument("--history-size", type=int, default=1440)
+    p.add_argument("--duration", type=H.seconds, default=15.0, help="measured seconds per fleetmon run (default 15)")
+    p.add_argument("--warmup", type=H.seconds, default=5.0, help="seconds before the window opens (default 5)")
+    p.add_argument("--loop-seconds", type=H.seconds, default=5.0, help="seconds of each bare loop run (default 5)")
+    p.add_argument("--history-size", type=H.count(1), default=1440)
     H.thresholds_flag(p)
     p.add_argument("--workdir", type=Path, default=None, help="where state dirs go (default: beside fleetmon's default state dir)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/scaling-<time>.json)")
     args = p.parse_args(argv)
     args.argv = argv
-    if args.rounds < 1 or args.agents < 2:
-        p.error("--rounds must be at least 1 and --agents at least 2")
     return args
 
 
