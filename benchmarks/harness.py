@@ -189,6 +189,13 @@ def pid_alive(pid: int) -> bool:
     return f is not None and f[0] != b"Z"
 
 
+def started(pid: int) -> int | None:
+    """When the process at ``pid`` started (clock ticks since boot), or None if there is none: with
+    the pid, what tells a process seen earlier from a stranger given its pid since."""
+    f = read_stat(pid)
+    return None if f is None else int(f[19])
+
+
 def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
     for pid in pids:
         try:
@@ -345,7 +352,9 @@ class DaemonRun:
             cwd=state_dir.parent,  # not the checkout: fleetmon is imported as installed (or from PYTHONPATH)
         )
         self.pid = self.proc.pid
-        self.seen: set[int] = {self.pid}
+        # Every process seen in the daemon's tree, by pid, with its start time: ended by pid at the
+        # end when still alive, and only if it is still that process (not a stranger given its pid).
+        self.seen: dict[int, int | None] = {self.pid: started(self.pid)}
         self.ticks: list[dict] = []
         self._timing_pos = 0
         self._partial = b""
@@ -362,7 +371,9 @@ class DaemonRun:
 
     def tree(self) -> list[int]:
         pids = process_tree(self.pid)
-        self.seen.update(pids)
+        for p in pids:
+            if p not in self.seen or self.seen[p] is None:
+                self.seen[p] = started(p)
         return pids
 
     def cpu(self) -> float:
@@ -428,12 +439,12 @@ class DaemonRun:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-            leftovers = [p for p in self.seen if p != self.pid and pid_alive(p)]
+            leftovers = [p for p, start in self.seen.items() if p != self.pid and start is not None and pid_alive(p)]
             deadline = time.monotonic() + 5
             while leftovers and time.monotonic() < deadline:  # children exit when the supervisor does
                 time.sleep(0.05)
                 leftovers = [p for p in leftovers if pid_alive(p)]
-            kill_pids(leftovers)
+            kill_pids(p for p in leftovers if started(p) == self.seen[p])
             self._log.close()
         return self.proc.returncode
 

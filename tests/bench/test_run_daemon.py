@@ -32,3 +32,31 @@ def test_a_daemon_that_cannot_start_leaves_no_probe(tmp_path, monkeypatch, exc):
         for p in procs:
             p.kill()
             p.wait(5)
+
+
+@pytest.mark.timeout(30)
+def test_stop_kills_only_processes_still_the_ones_seen(tmp_path):
+    """A pid seen in the daemon's tree and given to a stranger since is not killed at the end; one
+    still the process seen is."""
+    ours = subprocess.Popen(["sleep", "60"])
+    stranger = subprocess.Popen(["sleep", "60"])
+    done = subprocess.Popen(["true"])
+    done.wait()
+    try:
+        run = object.__new__(H.DaemonRun)
+        run.proc, run.pid = done, done.pid
+        run._log = open(tmp_path / "log", "ab")
+        run.seen = {done.pid: None, ours.pid: _started(ours.pid), stranger.pid: _started(stranger.pid) - 1}
+        run.stop(timeout=1)
+        assert ours.wait(timeout=10) == -9
+        assert stranger.poll() is None
+    finally:
+        for p in (ours, stranger):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _started(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[19])
