@@ -10,10 +10,11 @@ from collections.abc import Callable
 from loguru import logger
 
 from fleetmon.store import thresholds as th
+from fleetmon.store.fastpath import Columns
 from fleetmon.store.records import AgentRecord, AlertBrief, PointJSON
 from fleetmon.store.ring import Point, RingStore
 from fleetmon.units import format_duration, rfc3339
-from fleetmon.wire import Gone, RegisteredAgent, Sample, Thresholds
+from fleetmon.wire import PACKED, Gone, RegisteredAgent, Sample, Thresholds, unpack_samples
 
 IDENTITY_TOLERANCE = 0.05  # seconds; create times are jiffies (10 ms) since a fixed boot time
 UNKNOWN_MAX = 50_000  # samples of agents not in the registry yet, held for its next update (Fleet._unknown)
@@ -24,8 +25,8 @@ _point = tuple.__new__  # Point(*values) without the Python-level __new__ of a N
 class Agent:
     __slots__ = (
         "id", "type", "registered_pid", "pid", "create_time", "status", "restart_count",
-        "last", "alerts", "limits", "cpu_max", "rss_max", "fds_max", "meta_dirty", "meta_written", "registered",
-        "removed_at", "start_text", "start_of", "kept",
+        "_last", "alerts", "limits", "cpu_max", "rss_max", "fds_max", "meta_dirty", "meta_written", "registered",
+        "removed_at", "start_text", "start_of", "kept", "slot", "cols",
     )
 
     def __init__(self, agent_id: str, agent_type: str = "default"):
@@ -36,7 +37,10 @@ class Agent:
         self.create_time: float | None = None
         self.status = "not_running"
         self.restart_count = 0
-        self.last: Point | Sample | None = None  # the newest sample (the same metric attributes)
+        self._last: Point | Sample | None = None  # the newest sample (the same metric attributes): see ``last``
+        # Its slot in the fast path's arrays (fastpath.Columns), once it has one (-1: none).
+        self.slot = -1
+        self.cols: Columns | None = None
         self.alerts: dict[str, th.Alert] = {}
         self.limits = th.Limits()
         # The limits again, off as infinity: a sample at or under all three, with no alert open,
@@ -55,6 +59,20 @@ class Agent:
         # process (``start_of``: the create time it is for), not kept for processes long gone.
         self.start_text: str | None = None
         self.start_of: float | None = None
+
+    @property
+    def last(self) -> Point | Sample | None:
+        """The newest sample: from the fast path's arrays when it took the newest (built then)."""
+        cols, slot = self.cols, self.slot  # (read once: the HTTP thread asks too)
+        if cols is not None and slot >= 0 and cols.fresh[slot]:
+            return cols.last_sample(self.id, slot)
+        return self._last
+
+    @last.setter
+    def last(self, value: Point | Sample | None) -> None:
+        self._last = value
+        if self.cols is not None:
+            self.cols.fresh[self.slot] = False
 
     def record(self, now: float, updated: str | None = None) -> AgentRecord:
         """The agent's metadata; ``updated``: ``rfc3339(now)`` when the caller formatted it already.
@@ -118,10 +136,14 @@ class Fleet:
         # Whether an agent's registry file is there though the registry leaves it out (it does not
         # parse): set by the writer, which knows the state dir.
         self.listed: Callable[[str], bool] = lambda agent_id: False
+        # The fast path's per-agent arrays (``on_packed``); a ring closed must not be written there.
+        self.cols = Columns(IDENTITY_TOLERANCE)
+        rings.on_close = self._ring_closed
 
     # --- registry and config ------------------------------------------------------------------
 
     def set_registry(self, entries: list[RegisteredAgent], now: float) -> None:
+        self.cols.invalidate_all()  # (rare: every agent's next sample decides again)
         self._registry = {e.id: e for e in entries}
         unknown, self._unknown = self._unknown, {}
         early = []
@@ -176,9 +198,11 @@ class Fleet:
         a = self.agents.get(agent_id)
         if a is not None and not a.registered:
             self.rings.close(agent_id)
+            self.cols.free(a)
             del self.agents[agent_id]
 
     def set_thresholds(self, default: Thresholds | None, types: dict[str, Thresholds], now: float) -> None:
+        self.cols.invalidate_all()
         self.default_thresholds, self.type_thresholds = default, types
         for a in self.agents.values():
             entry = self._registry.get(a.id)
@@ -189,6 +213,7 @@ class Fleet:
         limits = th.resolve(own, self.type_thresholds.get(a.type), self.default_thresholds)
         if limits == a.limits:
             return
+        self.cols.invalidate(a)
         a.limits = limits
         a.cpu_max = limits.cpu or _OFF
         a.rss_max = limits.memory or _OFF
@@ -200,49 +225,41 @@ class Fleet:
     # --- samples ------------------------------------------------------------------------------
 
     def on_samples(self, samples: list[Sample]) -> None:
-        """``on_sample`` for each, with the common case inline: a sample of the process the agent is
-        known to run as (running or stalled), every metric read, no alert open and no value over its
-        limit, its ring open. Such a sample only becomes the agent's last and a record in its ring.
-        Anything else goes through ``on_sample``. The same result for about a third less of the
-        writer's CPU per sample (benchmarks/writer_paths.py; on 2 cores 2 workers share them with
-        the writer)."""
-        agents, slow = self.agents, self.on_sample
-        opened, reorder_above = self.rings.opened, self.rings.reorder_above
-        tolerance = IDENTITY_TOLERANCE
-        taken = 0
-        try:
-            for s in samples:
-                a = agents.get(s.agent_id)
-                if (
-                    a is None or a.pid != s.pid or not a.registered or a.alerts or a.create_time is None
-                    or not -tolerance <= a.create_time - s.create_time <= tolerance
-                    or (a.status != "running" and a.status != "stalled")
-                ):
-                    slow(s)
-                    continue
-                cpu, rss, fds = s.cpu, s.memory_rss, s.open_files
-                if (
-                    cpu is None or rss is None or fds is None or cpu > a.cpu_max or rss > a.rss_max or fds > a.fds_max
-                    or s.memory_vms is None or s.disk_read_bytes is None or s.disk_write_bytes is None
-                    or s.num_threads is None
-                ):
-                    slow(s)
-                    continue
-                ring = opened.get(a.id)
-                if ring is None or len(opened) > reorder_above:  # (LRU order kept: ``ring`` moves it)
-                    slow(s)
-                    continue
-                a.last = s
-                taken += 1
-                try:
-                    ring.append_read(s)
-                except OSError as exc:  # e.g. cut short behind the writer's back: as RingStore.append
-                    try:
-                        self.rings.append_failed(a.id, _as_point(s), exc)
-                    except OSError as err:
-                        self._history_error(a, err, s.timestamp)
-        finally:
-            self.samples_total += taken
+        for s in samples:
+            self.on_sample(s)
+
+    def on_packed(self, packed_ids: str, packed: bytes) -> None:
+        """A batch's packed samples (``wire.Batch.packed``): the common ones a batch at a time
+        (``fastpath.Columns.apply``: the same records and last samples as ``on_sample`` makes), the
+        others through ``on_sample``. Raises ValueError on a malformed batch, before applying any."""
+        if not packed:
+            return
+        if len(self.rings.opened) > self.rings.reorder_above:  # (LRU order kept: ``RingStore.ring`` moves it)
+            self.on_samples(unpack_samples(packed_ids, packed))
+            return
+        before = len(packed) // PACKED.size
+        rest = self.cols.apply(packed_ids, packed)
+        self.samples_total += before - len(rest)
+        if len(rest):
+            samples = unpack_samples(packed_ids, packed)
+            for i in rest.tolist():
+                self.on_sample(samples[i])
+
+    def settle_last(self) -> None:
+        """Each agent whose newest sample the fast path took gets it as a ``Sample`` object now, all at
+        once (status.json reads every agent's: one at a time, from the arrays, costs more)."""
+        cols = self.cols
+        slots, rows = cols.fresh_rows()
+        for agent_id, (pid, ctime, ts, cpu, cpu_s, rss, vms, rd, wr, fds, thr) in rows:
+            a = self.agents.get(agent_id)
+            if a is not None:
+                a._last = Sample(agent_id, pid, ctime, ts, cpu, rss, vms, rd, wr, fds, thr, (), cpu_s)
+        cols.fresh[slots] = False  # (after: the HTTP thread reads a slot's row until its object is there)
+
+    def _ring_closed(self, agent_id: str) -> None:
+        a = self.agents.get(agent_id)
+        if a is not None:
+            self.cols.invalidate(a)
 
     def on_sample(self, s: Sample) -> None:
         a = self.agents.get(s.agent_id)
@@ -252,6 +269,8 @@ class Fleet:
             return
         if not a.registered:
             return  # removed from the registry while the sample was in flight
+        cols = self.cols
+        cols.invalidate(a)  # (made ok again at the end, if the next sample may take the fast path)
         if a.pid != s.pid or a.create_time is None or not s.create_time:
             if not self._identify(a, s):
                 return
@@ -276,6 +295,7 @@ class Fleet:
             or (s.open_files is not None and s.open_files > a.fds_max)
         ):
             self._evaluate(a, s)
+        cols.sync(a, self.rings.opened.get(a.id))
 
     def _identify(self, a: Agent, s: Sample) -> bool:
         """Follow the agent to the sample's process (a new pid: a restart), or learn its create
@@ -333,6 +353,7 @@ class Fleet:
         self, a: Agent, resource: str, new: th.Alert | None, state: str, value, ts: float,
         previous: th.Alert | None = None, reason: str | None = None,
     ) -> None:
+        self.cols.invalidate(a)  # (an episode opened or closed: on_sample decides again)
         previous = previous or a.alerts.get(resource)
         since = new.since if new is not None else (previous.since if previous is not None else ts)
         threshold = a.limits.for_resource(resource)
@@ -376,6 +397,7 @@ class Fleet:
         a = self.agents.get(g.agent_id)
         if a is None or not a.registered:
             return
+        self.cols.invalidate(a)
         if g.reason == "reused" and g.pid is not None:
             self._pid_reused(a, g.pid, g.timestamp, tell=False)
             return
@@ -390,6 +412,7 @@ class Fleet:
             self._close_alerts(a, g.timestamp, "exited")
 
     def _pid_reused(self, a: Agent, pid: int, ts: float, tell: bool = True) -> None:
+        self.cols.invalidate(a)
         if a.status != "exited":
             logger.bind(agent_id=a.id, pid=pid).warning(
                 "agent {}: pid {} now belongs to another process (pid reuse): agent exited, the stranger is not sampled",
@@ -405,6 +428,7 @@ class Fleet:
         a = self.agents.get(agent_id)
         if a is None:
             return
+        self.cols.invalidate(a)
         if stalled and a.status != "stalled":
             a.status = "stalled"
             a.meta_dirty = True

@@ -416,6 +416,7 @@ def save_alert_state(state: StateDir, fleet: Fleet, log: LogPosition | None) -> 
 
 def save_status(state: StateDir, fleet: Fleet, now: float) -> None:
     updated = rfc3339(now)
+    fleet.settle_last()  # (every agent's newest sample as an object, built a batch at a time)
     records = [a.record(now, updated) for a in fleet.agents.values() if a.registered or a.kept]
     fsutil.atomic_write(state.status, _json.encode(StatusSnapshot(updated, records)))
 

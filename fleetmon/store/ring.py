@@ -31,6 +31,7 @@ import stat
 import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -377,6 +378,9 @@ class RingStore:
         # that looks rings up in ``opened`` goes through ``ring`` then.
         self.reorder_above = self.max_open // 2
         self._open: OrderedDict[str, Ring] = OrderedDict()
+        # Called with the agent's id when its ring is closed (evicted, or closed by its owner): the
+        # Fleet's fast path keeps the ring too, and must stop writing to it.
+        self.on_close: Callable[[str], None] = lambda agent_id: None
 
     def path(self, agent_id: str) -> Path:
         return self.directory / f"{agent_id}.ring"
@@ -444,6 +448,7 @@ class RingStore:
     def close(self, agent_id: str) -> None:
         ring = self._open.pop(agent_id, None)
         if ring is not None:
+            self.on_close(agent_id)
             self._close(ring)
 
     def _close(self, ring: Ring) -> None:
@@ -452,7 +457,8 @@ class RingStore:
 
     def _evict(self, count: int) -> None:
         for _ in range(min(count, len(self._open))):
-            _, ring = self._open.popitem(last=False)
+            agent_id, ring = self._open.popitem(last=False)
+            self.on_close(agent_id)
             self._close(ring)
 
     def close_all(self) -> None:

@@ -288,15 +288,16 @@ class Writer:
         """Apply a batch, then acknowledge it to its worker (which keeps it until then and sends it
         again to a restarted writer). A batch sent again may hold samples that the previous writer
         already put in the history before it died: those are skipped, so no point is recorded twice."""
-        if resent:
-            samples = [s for s in batch.samples if not self._in_history(s)]
-            if len(samples) < len(batch.samples):
-                logger.info(
-                    "writer: batch of worker {} (tick {}) sent again: {} samples already in the history skipped",
-                    batch.worker, batch.tick, len(batch.samples) - len(samples),
-                )
-                batch = msgspec.structs.replace(batch, samples=samples)
         try:
+            if resent:  # (each sample on its own: the fast path knows nothing of the history's newest)
+                every = batch.all_samples()
+                samples = [s for s in every if not self._in_history(s)]
+                if len(samples) < len(every):
+                    logger.info(
+                        "writer: batch of worker {} (tick {}) sent again: {} samples already in the history skipped",
+                        batch.worker, batch.tick, len(every) - len(samples),
+                    )
+                batch = msgspec.structs.replace(batch, samples=samples, packed_ids="", packed=b"")
             self._on_batch(fd, batch)
         except Exception as exc:
             if not resent:
@@ -337,10 +338,11 @@ class Writer:
 
     def _on_batch(self, fd: int, batch: wire.Batch) -> None:
         if self.timing is not None and not batch.early:
-            self.timing.on_batch(batch.tick, len(batch.samples))
+            self.timing.on_batch(batch.tick, batch.count())
         if self.http is not None:
             self.http.observe_batch(batch)  # tick duration and sample-error counters for /metrics
         try:
+            self.fleet.on_packed(batch.packed_ids, batch.packed)
             self.fleet.on_samples(batch.samples)
             for g in batch.gone:
                 self.fleet.on_gone(g)

@@ -163,6 +163,10 @@ def start_writer(child: Child, state_root: str, config, listener, token: str, cl
 
 
 def _writer_entry(state_root, config, listener, token, parent_pid, close_fds, clock, heartbeat) -> None:
+    # numpy (the writer's fast path) starts a pool of BLAS threads when imported, one per CPU, which
+    # the writer never uses: idle threads, and a SIGKILLed writer not reapable until they are gone.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     from fleetmon.store import writer
 
     _close_inherited(close_fds)

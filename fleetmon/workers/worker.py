@@ -136,7 +136,7 @@ def run(
             # default), and their first cpu known a tick sooner. The batch carries the last tick
             # taken (none yet: 0), which it does not complete.
             batch = sample_tick(index, last_tick or wire.Tick(0, 0.0), agents, sampler, heartbeat, hook, link.lost, only=added)
-            if batch.samples or batch.gone:
+            if batch.samples or batch.packed or batch.gone:
                 link.send(encoder.encode(batch))
         if stop:
             link.flush_until(time.monotonic() + 5.0)
@@ -178,4 +178,7 @@ def sample_tick(index, tick: wire.Tick, agents, sampler: Sampler, heartbeat, hoo
         heartbeat[HB_TICK_DONE] = tick.number
     else:
         heartbeat[HB_TICK_STARTED] = heartbeat[HB_TICK_DONE]
-    return wire.Batch(index, tick.number, started, time.time(), samples, gone, lost, early=only is not None)
+    rest, packed_ids, packed = wire.pack_samples(samples)
+    return wire.Batch(
+        index, tick.number, started, time.time(), rest, gone, lost, early=only is not None, packed_ids=packed_ids, packed=packed
+    )

@@ -315,26 +315,54 @@ _step = st.one_of(
     st.tuples(st.just("stalled"), st.sampled_from(_AGENTS), st.booleans()),
     st.tuples(st.just("registry"), st.sampled_from([("a",), (), _AGENTS, _AGENTS, _AGENTS])),  # removed, added back
     st.tuples(st.just("close"), st.sampled_from(_AGENTS)),
+    st.tuples(st.just("settle")),  # status.json written: the fast path's last samples made objects
 )
+
+
+def _as_a_writer_takes_them(fleet: Fleet, samples: list[wire.Sample], one_by_one: bool = False) -> None:
+    """As the writer applies a worker's batches: packed (``wire.pack_samples``), the packed ones with
+    ``on_packed``, then the others (``one_by_one``: each with ``on_sample``, in that order). A batch
+    never holds an agent twice (a worker samples it once a tick): a run of samples is cut where an
+    agent comes again."""
+    while samples:
+        seen: set[str] = set()
+        n = 0
+        while n < len(samples) and samples[n].agent_id not in seen:
+            seen.add(samples[n].agent_id)
+            n += 1
+        rest, packed_ids, packed = wire.pack_samples(samples[:n])
+        if one_by_one:
+            for s in wire.unpack_samples(packed_ids, packed) + rest:
+                fleet.on_sample(s)
+        else:
+            fleet.on_packed(packed_ids, packed)
+            fleet.on_samples(rest)
+            fleet.cols.check(fleet)
+        samples = samples[n:]
 
 
 @settings(deadline=None, max_examples=300)
 @given(
     limits=st.tuples(*[st.sampled_from([0, 0, 5, 5, 2])] * 3, st.sampled_from([0, 2])),  # 0: off; 2: often over
     max_open=st.sampled_from([1, 2, 64, 64]),  # 1: rings evicted and reopened; 2: kept in LRU order
+    capacity=st.sampled_from([5, 66]),  # 5: wraps around often; 66: a page boundary after record 63
     script=st.lists(_step, min_size=3, max_size=25),
 )
 @example(  # an agent seen gone, then its process again: on_sample makes it running again
-    limits=(0, 0, 0, 0), max_open=64, script=[("batch", [_SAME]), ("gone", "a", "no_process"), ("batch", [_SAME])],
+    limits=(0, 0, 0, 0), max_open=64, capacity=5, script=[("batch", [_SAME]), ("gone", "a", "no_process"), ("batch", [_SAME])],
 )
 @example(  # both rings open at max_open 2: the LRU order is kept, so the fast path steps aside
-    limits=(0, 0, 0, 0), max_open=2, script=[("batch", [_SAME, ("b", *_SAME[1:]), _SAME])],
+    limits=(0, 0, 0, 0), max_open=2, capacity=5, script=[("batch", [_SAME, ("b", *_SAME[1:]), _SAME])],
 )
-def test_on_samples_fast_path_is_on_sample_for_each(tmp_path_factory, limits, max_open, script):
-    """``Fleet.on_samples`` takes the common case inline and hands the rest to ``on_sample``. Against
-    ``on_sample`` for every sample, over random scripts of batches (restarts, strangers, unreadable
-    metrics, values over the limits), disappearances, stalls, registry changes and rings closed or
-    evicted: the same events, log lines, agents, retired pids and history files."""
+@example(  # past a page boundary and a wrap-around, on the fast path between them
+    limits=(0, 0, 0, 0), max_open=64, capacity=66, script=[("batch", [_SAME] * 8)] * 10,
+)
+def test_packed_fast_path_is_on_sample_for_each(tmp_path_factory, limits, max_open, capacity, script):
+    """``Fleet.on_packed`` takes the common case a batch at a time and hands the rest to ``on_sample``.
+    Against ``on_sample`` for every sample, over random scripts of batches (restarts, strangers,
+    unreadable metrics, values over the limits), disappearances, stalls, registry changes and rings
+    closed or evicted: the same events, log lines, agents, retired pids and history files, and the
+    fast path's arrays what the agents and rings are after every step (``Columns.check``)."""
     from fleetmon.store.ring import RingStore, read_points
 
     cpu, memory, fds, duration = limits
@@ -344,13 +372,13 @@ def test_on_samples_fast_path_is_on_sample_for_each(tmp_path_factory, limits, ma
         events: list = []
         lines, stop_recording = _record_log()
         directory = tmp_path_factory.mktemp("h")
-        rings = RingStore(directory, 5, max_open=max_open, mapped=True)
+        rings = RingStore(directory, capacity, max_open=max_open, mapped=True)
         try:
             fleet = Fleet(rings, events.append)
             fleet.set_registry([wire.RegisteredAgent(i, "default", _PIDS[i], None, thresholds) for i in _AGENTS], 0)
             ts = 1.7e9 + 100
             # Each agent's process known to begin with, as after the first tick; either way, then the script.
-            fleet.on_samples([wire.Sample(i, _PIDS[i], 1.7e9, ts, 0.0, 0, 1, 1, 1, 0, 1) for i in _AGENTS])
+            fleet.on_samples([wire.Sample(i, _PIDS[i], 1.7e9, ts, 0.0, 0, 1, 1, 1, 0, 1, (), 0.0) for i in _AGENTS])
             for step in script:
                 ts += 1
                 kind = step[0]
@@ -360,60 +388,66 @@ def test_on_samples_fast_path_is_on_sample_for_each(tmp_path_factory, limits, ma
                         ts += 0.25
                         vms, rd, wr, thr = (None if missing == k else 1 for k in ("vms", "read", "write", "threads"))
                         pid = _PIDS[agent] + next_pid
-                        samples.append(wire.Sample(agent, pid, ctime, ts, None if c is None else float(c), m, vms, rd, wr, f, thr))
-                    if batched:
-                        fleet.on_samples(samples)
-                    else:
-                        for s in samples:
-                            fleet.on_sample(s)
+                        samples.append(
+                            wire.Sample(agent, pid, ctime, ts, None if c is None else float(c), m, vms, rd, wr, f, thr, (), ts / 1e6)
+                        )
+                    _as_a_writer_takes_them(fleet, samples, one_by_one=not batched)
                 elif kind == "gone":
                     fleet.on_gone(wire.Gone(step[1], _PIDS[step[1]], ts, step[2]))
                 elif kind == "stalled":
                     fleet.on_stalled(step[1], _PIDS[step[1]], step[2])
                 elif kind == "registry":
                     fleet.set_registry([wire.RegisteredAgent(i, "default", _PIDS[i], None, thresholds) for i in sorted(step[1])], ts)
+                elif kind == "settle":
+                    fleet.settle_last()
                 else:
                     rings.close(step[1])
+                if batched:
+                    fleet.cols.check(fleet)
             agents = {
                 a.id: (
                     a.pid, a.create_time, a.status, a.restart_count, a.registered,
-                    {r: (x.state, x.since, x.logged) for r, x in a.alerts.items()},
-                    None if a.last is None else (
-                        a.last.timestamp, a.last.cpu, a.last.memory_rss, a.last.memory_vms, a.last.disk_read_bytes,
-                        a.last.disk_write_bytes, a.last.open_files, a.last.num_threads,
-                    ),
+                    {r: (x.state, x.since, x.logged) for r, x in a.alerts.items()}, a.last,
                 )
                 for a in fleet.agents.values()
             }
             lru = list(rings.opened)  # the order eviction goes by
+            heads = {i: (r.head, r.seq, r.last_ts, r.page) for i, r in rings.opened.items()}  # (last_ts: RingStore.newest)
             rings.close_all()
             history = {p.name: read_points(p) for p in sorted(directory.iterdir())}
-            runs.append((events, lines, agents, fleet.samples_total, fleet.retired, lru, history))
+            runs.append((events, lines, agents, fleet.samples_total, fleet.retired, lru, heads, history))
         finally:
             stop_recording()
             rings.close_all()
     assert runs[0] == runs[1]
 
 
-def test_on_samples_takes_the_common_case_without_on_sample(tmp_path, monkeypatch):
-    """The fast path is taken (else the test above would pass with ``on_samples`` a plain loop): a
+def test_packed_fast_path_takes_the_common_case_without_on_sample(tmp_path, monkeypatch):
+    """The fast path is taken (else the test above would pass with ``on_packed`` a plain loop): a
     second sample of the same process, under its limits, never reaches ``on_sample``."""
     from fleetmon.store.ring import RingStore, read_points
 
     fleet = Fleet(RingStore(tmp_path, 10, mapped=True), lambda e: None)
     fleet.set_registry([wire.RegisteredAgent("a", "default", 7, None, wire.Thresholds(cpu_threshold=90))], 0)
-    first = wire.Sample("a", 7, 1.7e9, 1.7e9 + 1, 5.0, 100, 200, 0, 0, 3, 1)
-    fleet.on_samples([first])  # learns the process, opens the ring: on_sample
+
+    def packed(s: wire.Sample) -> None:
+        rest, packed_ids, data = wire.pack_samples([s])
+        assert rest == [] and packed_ids == s.agent_id
+        fleet.on_packed(packed_ids, data)
+
+    first = wire.Sample("a", 7, 1.7e9, 1.7e9 + 1, 5.0, 100, 200, 0, 0, 3, 1, (), 0.5)
+    packed(first)  # learns the process, opens the ring: on_sample
     calls: list = []
-    monkeypatch.setattr(fleet, "on_sample", lambda s: calls.append(s))
-    second = wire.Sample("a", 7, 1.7e9, 1.7e9 + 2, 6.0, 110, 200, 1, 1, 3, 1)
-    fleet.on_samples([second])
-    assert calls == [] and fleet.samples_total == 2 and fleet.agents["a"].last is second
-    over = wire.Sample("a", 7, 1.7e9, 1.7e9 + 3, 95.0, 110, 200, 1, 1, 3, 1)
-    fleet.on_samples([over])
+    on_sample = fleet.on_sample
+    monkeypatch.setattr(fleet, "on_sample", lambda s: (calls.append(s), on_sample(s)))
+    second = wire.Sample("a", 7, 1.7e9, 1.7e9 + 2, 6.0, 110, 200, 1, 1, 3, 1, (), 0.75)
+    packed(second)
+    assert calls == [] and fleet.samples_total == 2 and fleet.agents["a"].last == second
+    over = wire.Sample("a", 7, 1.7e9, 1.7e9 + 3, 95.0, 110, 200, 1, 1, 3, 1, (), 1.0)
+    packed(over)
     assert calls == [over]  # over its limit: the state machine's business
     fleet.rings.close_all()
-    assert [p.timestamp for p in read_points(tmp_path / "a.ring")] == [1.7e9 + 1, 1.7e9 + 2]
+    assert [p.timestamp for p in read_points(tmp_path / "a.ring")] == [1.7e9 + 1, 1.7e9 + 2, 1.7e9 + 3]
 
 
 def test_on_samples_write_error_is_reported_once_like_on_sample(tmp_path, monkeypatch):
@@ -438,8 +472,11 @@ def test_on_samples_write_error_is_reported_once_like_on_sample(tmp_path, monkey
         fleet.on_samples([wire.Sample("a", 7, 1.7e9, 1.7e9 + 1, 1.0, 1, 1, 1, 1, 1, 1)])
         tries.clear()
         monkeypatch.setattr(R.os, "pwrite", eio)
-        second = wire.Sample("a", 7, 1.7e9, 1.7e9 + 2, 1.0, 1, 1, 1, 1, 1, 1)
-        fleet.on_samples([second]) if batched else fleet.on_sample(second)
+        second = wire.Sample("a", 7, 1.7e9, 1.7e9 + 2, 1.0, 1, 1, 1, 1, 1, 1, (), 1.0)
+        if batched:
+            _as_a_writer_takes_them(fleet, [second])
+        else:
+            fleet.on_sample(second)
         monkeypatch.setattr(R.os, "pwrite", pwrite)
         assert len(tries) == 1 and fleet.write_errors == 1 and fleet.samples_total == 2, batched
         fleet.rings.close_all()

@@ -119,33 +119,69 @@ def _sample(agent: str, ts: float) -> wire.Sample:
     return wire.Sample(agent, 4242, 1000.0, ts, 1.0, 2, 3, 4, 5, 6, 7)
 
 
-def test_writer_skips_samples_it_already_had_in_a_batch_sent_again(tmp_path, address):
+def _batch(tick: int, samples: list[wire.Sample], packed: bool) -> wire.Batch:
+    """A batch of ``samples``; ``packed``: as a worker sends them (every metric read: packed)."""
+    if not packed:
+        return wire.Batch(0, tick, 0, 0, samples)
+    rest, packed_ids, data = wire.pack_samples([msgspec.structs.replace(s, cpu_seconds=0.5) for s in samples])
+    assert rest == []
+    return wire.Batch(0, tick, 0, 0, rest, packed_ids=packed_ids, packed=data)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_writer_skips_samples_it_already_had_in_a_batch_sent_again(tmp_path, address, packed):
     _, listener = address
     state = StateDir(tmp_path / "state").create()
     registry = wire.Registry([wire.RegisteredAgent("x", "default", 4242, None, wire.Thresholds())])
     w = in_process_writer(state, listener)
     sup, _ = writer_connection(w, -1)
     conn, peer = writer_connection(w, 0)
-    w._dispatch(conn, wire.Batch(0, 1, 0, 0, [_sample("x", 100.0)]))  # held until the registry comes
+    w._dispatch(conn, _batch(1, [_sample("x", 100.0)], packed))  # held until the registry comes
     w._dispatch(sup, registry)
-    w._dispatch(conn, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
+    w._dispatch(conn, _batch(2, [_sample("x", 101.0)], packed))
+    w._dispatch(conn, _batch(3, [_sample("x", 102.0)], packed))  # (packed: the fast path, the ring open)
     w._send_acks()
     acks = [msgspec.msgpack.decode(f, type=wire.Ack).count for f in _frames(peer, 1)]
-    assert acks[-1] == 2
+    assert acks[-1] == 3
     w.rings.close_all()
-    # Restarted: the worker sends tick 2 again (the ack may have been lost) and then tick 3.
+    # Restarted: the worker sends ticks 2 and 3 again (the acks may have been lost) and then tick 4.
     w2 = in_process_writer(state, listener)
     persist.load_fleet_state(state, w2.fleet)
     sup2, _ = writer_connection(w2, -1)
     w2._dispatch(sup2, registry)
     conn2, peer2 = writer_connection(w2, 0)
-    w2._dispatch(conn2, wire.Resend(1))
-    w2._dispatch(conn2, wire.Batch(0, 2, 0, 0, [_sample("x", 101.0)]))
-    w2._dispatch(conn2, wire.Batch(0, 3, 0, 0, [_sample("x", 102.0)]))
+    w2._dispatch(conn2, wire.Resend(2))
+    w2._dispatch(conn2, _batch(2, [_sample("x", 101.0)], packed))
+    w2._dispatch(conn2, _batch(3, [_sample("x", 102.0)], packed))
+    w2._dispatch(conn2, _batch(4, [_sample("x", 103.0)], packed))
+    w2._dispatch(conn2, _batch(5, [_sample("x", 104.0)], packed))
     w2._send_acks()
     w2.rings.close_all()
-    assert [p.timestamp for p in read_points(state.ring_file("x"))] == [100.0, 101.0, 102.0]
-    assert msgspec.msgpack.decode(_frames(peer2, 1)[-1], type=wire.Ack).count == 2
+    assert [p.timestamp for p in read_points(state.ring_file("x"))] == [100.0, 101.0, 102.0, 103.0, 104.0]
+    assert msgspec.msgpack.decode(_frames(peer2, 1)[-1], type=wire.Ack).count == 4
+    assert w2.fleet.samples_total == 2 and w2.fleet.agents["x"].last.timestamp == 104.0
+
+
+def test_a_malformed_packed_batch_changes_nothing_then_is_dropped_when_sent_again(tmp_path, address):
+    """Packed samples that do not match their ids (a bug: a worker never sends such a batch) raise
+    before any is applied; sent again to a new writer, the batch is dropped and counted lost."""
+    state = StateDir(tmp_path / "state").create()
+    w, conn, _ = _registered_writer(state, address[1])
+    good = _batch(1, [_sample("x", 100.0), _sample("y", 100.0)], packed=True)
+    bad = msgspec.structs.replace(_batch(2, [_sample("x", 101.0), _sample("y", 101.0)], packed=True), packed_ids="x")
+    w._dispatch(conn, good)
+    with pytest.raises(ValueError, match="do not match"):
+        w._dispatch(conn, bad)
+    assert w.fleet.samples_total == 2 and w.fleet.agents["x"].last.timestamp == 100.0
+    w.rings.close_all()
+    w2, conn2, peer2 = _registered_writer(state, address[1])
+    w2._dispatch(conn2, wire.Resend(1))
+    w2._dispatch(conn2, bad)
+    w2._dispatch(conn2, _batch(3, [_sample("x", 102.0)], packed=True))
+    w2._send_acks()
+    assert msgspec.msgpack.decode(_frames(peer2, 1)[-1], type=wire.Ack).count == 2 and w2.lost_batches == 1
+    w2.rings.close_all()
+    assert [p.timestamp for p in read_points(state.ring_file("x"))] == [100.0, 102.0]
 
 
 # --- the store on a full disk and with planted files ------------------------------------------------

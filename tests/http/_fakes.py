@@ -15,7 +15,10 @@ CT = 1_699_999_000.0
 
 
 class NullRings:
-    """The RingStore calls Fleet makes, without files."""
+    """The RingStore calls Fleet makes, without files (no ring is open: the fast path takes nothing)."""
+
+    opened: dict = {}
+    reorder_above = 0
 
     def append(self, agent_id, point) -> None:
         pass
