@@ -64,6 +64,8 @@ def synthetic_samples(ids: list[str], tick: int, now: float) -> list[wire.Sample
             8192 * tick,
             12 + tick % 3,
             3,
+            (),
+            0.01 * tick,
         )
         for i, agent_id in enumerate(ids)
     ]
@@ -81,7 +83,8 @@ def fake_worker(index: int, ids: list[str], address: str, token: str, commands, 
             break
         c = _cpu()
         now = time.time()
-        batch = wire.Batch(index, tick, now, now, synthetic_samples(ids, tick, now))
+        rest, packed_ids, packed = wire.pack_samples(synthetic_samples(ids, tick, now))  # as a worker sends them
+        batch = wire.Batch(index, tick, now, now, rest, packed_ids=packed_ids, packed=packed)
         conn.send(encoder.encode(batch))
         while not conn.flush():
             conn.recv()  # acknowledgements: read so the writer's outbox to us stays empty

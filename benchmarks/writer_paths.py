@@ -1,22 +1,25 @@
-"""What would a columnar writer path save? Today's per-sample path against a prototype of a vectorised one.
+"""What does the writer's batch-at-a-time path save, and what would a columnar writer save beyond it?
 
 The writer's CPU per sample is what keeps 2 workers under 2x of 1 on 2 cores (benchmarks/README.md,
 "What is left"). This script feeds the same synthetic batches (two workers' worth per tick, every
 agent with limits that no sample crosses) to:
 
-- **today's writer**, in process: the msgpack decode of each Batch, ``Fleet.on_sample`` for each
-  sample (identity, the threshold gate, a 64-byte record into the agent's ring file, through its
-  memory map where the filesystem allows), and the flush after each tick, at a 0.02 s interval
+- **today's writer**, in process: the msgpack decode of each Batch as a worker sends it (the samples
+  packed, ``wire.pack_samples``), ``Fleet.on_packed`` (``fastpath.Columns``: identity and limits
+  checked as arrays, the 64-byte records and their CRC32s built at once, each copied into its
+  agent's ring file through its memory map), and the flush after each tick, at a 0.02 s interval
   (status.json at most once a second), as in a CPU-bound run;
+- **the per-sample path** (what the writer did before, and still does for a sample the fast path
+  leaves): the Batch's samples as msgpack structs, ``Fleet.on_sample`` for each, and the same flush;
 - **a prototype** (numpy; not fleetmon code): every agent's ring a fixed slot of one memory-mapped
   file; a batch one packed array; identity and limits checked as arrays (a Python path would take
   only the samples that fail them: none here); sequence numbers, heads and a checksum (not CRC32:
   numpy has none) computed as arrays; the records scattered into the map in one assignment.
 
-Both write one 64-byte record per sample into files of the same total size on the same filesystem,
-and both are read back at the end: every agent's history must hold as many records as were written
+All write one 64-byte record per sample into files of the same total size on the same filesystem,
+and all are read back at the end: every agent's history must hold as many records as were written
 (up to its capacity), the newest one from the last tick. Reported: microseconds per sample (minimum
-and median over ``--repeat`` runs of ``--ticks`` ticks); for today's path, decode-and-apply apart from
+and median over ``--repeat`` runs of ``--ticks`` ticks); for the writer's paths, decode-and-apply apart from
 the flush after each batch (status.json at most once a second, daemon.json, alerts), which the
 prototype leaves out; and what it costs a worker to encode a batch for each.
 
@@ -131,6 +134,12 @@ def _packed(samples: list[wire.Sample], slot: dict[str, int]) -> bytes:
     ).tobytes()
 
 
+def _as_sent(worker: int, tick: int, samples: list[wire.Sample]) -> wire.Batch:
+    """A batch as a worker sends it (``fleetmon.workers.worker.sample_tick``)."""
+    rest, packed_ids, packed = wire.pack_samples(samples)
+    return wire.Batch(worker, tick, 0.0, 0.0, rest, packed_ids=packed_ids, packed=packed)
+
+
 def measure(args) -> dict:
     from fleetmon.store.layout import StateDir
     from fleetmon.store.ring import read_points
@@ -144,19 +153,24 @@ def measure(args) -> dict:
     logger.disable("fleetmon")
     listener = socket.socket(socket.AF_UNIX)
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)  # the Writer raises it for its rings
-    writer = columnar = None
+    writers: dict[str, Writer] = {}
+    columnar = None
     try:
-        state = StateDir(root / "state").create()
-        writer = Writer(state, Config(history_size=args.history_size), listener, "token", [0.0, 0.0], os.getppid())
-        writer.fleet.set_registry([wire.RegisteredAgent(i, "default", 10_000 + k, None, LIMITS) for k, i in enumerate(ids)], time.time())
-        writer.early = None
+        for name in ("today", "per_sample"):
+            state = StateDir(root / name).create()
+            w = writers[name] = Writer(state, Config(history_size=args.history_size), listener, "token", [0.0, 0.0], os.getppid())
+            w.fleet.set_registry([wire.RegisteredAgent(i, "default", 10_000 + k, None, LIMITS) for k, i in enumerate(ids)], time.time())
+            w.early = None
         pids = 10_000 + np.arange(n, dtype=np.int32)
         ctimes = 1.7e9 + np.arange(n, dtype=np.float64)  # synthetic_samples' create times
         columnar = Columnar(root / "history.bin", n, args.history_size, pids, ctimes)
         encoder, decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(wire.ToWriter)
         infos = [wire.WorkerInfo(0, 1, half), wire.WorkerInfo(1, 2, n - half)]
         tick, last_ts = 0, 0.0
-        today_us, flush_us, proto_us, encode_us = [], [], [], {"msgpack": [], "packed array": []}
+        apply_us: dict[str, list[float]] = {"today": [], "per_sample": []}
+        flush_us: dict[str, list[float]] = {"today": [], "per_sample": []}
+        proto_us: list[float] = []
+        encode_us: dict[str, list[float]] = {"packed batch": [], "msgpack": [], "packed array": []}
 
         def batches(count: int):
             nonlocal tick, last_ts
@@ -166,7 +180,11 @@ def measure(args) -> dict:
                 samples = synthetic_samples(ids, tick, last_ts)
                 parts = (samples[:half], samples[half:])
                 started = time.process_time()
-                msgs = [encoder.encode(wire.Batch(w, tick, 0.0, 0.0, part)) for w, part in enumerate(parts)]
+                msgs = {}
+                msgs["today"] = [encoder.encode(_as_sent(w, tick, part)) for w, part in enumerate(parts)]
+                encode_us["packed batch"].append((time.process_time() - started) / n * 1e6)
+                started = time.process_time()
+                msgs["per_sample"] = [encoder.encode(wire.Batch(w, tick, 0.0, 0.0, part)) for w, part in enumerate(parts)]
                 encode_us["msgpack"].append((time.process_time() - started) / n * 1e6)
                 started = time.process_time()
                 packed = [_packed(part, slot) for part in parts]
@@ -175,19 +193,21 @@ def measure(args) -> dict:
                 tick += 1
             return out
 
-        def run_today(ticks) -> tuple[float, float]:
-            """(decode and apply, flush) in us per sample."""
+        def run_writer(name: str, ticks) -> None:
+            """Decode and apply, then flush, in us per sample, into ``apply_us`` and ``flush_us``."""
+            writer = writers[name]
             apply = flush = 0.0
             clock = time.process_time
             for t, msgs, _ in ticks:
                 writer.daemon = wire.DaemonInfo(1, 2, infos, t, 0.02)
-                for w, msg in enumerate(msgs):
+                for w, msg in enumerate(msgs[name]):
                     started = clock()
                     writer._on_batch(w, decoder.decode(msg))
                     between = clock()
                     writer._maybe_flush()
                     apply, flush = apply + between - started, flush + clock() - between
-            return apply / (n * len(ticks)) * 1e6, flush / (n * len(ticks)) * 1e6
+            apply_us[name].append(apply / (n * len(ticks)) * 1e6)
+            flush_us[name].append(flush / (n * len(ticks)) * 1e6)
 
         def run_prototype(ticks) -> float:
             started = time.process_time()
@@ -197,27 +217,32 @@ def measure(args) -> dict:
             return (time.process_time() - started) / (n * len(ticks)) * 1e6
 
         warm = batches(2)
-        run_today(warm), run_prototype(warm)
-        while any(a.meta_dirty for a in writer.fleet.agents.values()):  # every agents/<id>.json out of the way
-            writer._flush()
-        for r in range(args.repeat):  # alternating which goes first
+        runs = {"today": lambda ticks: run_writer("today", ticks), "per_sample": lambda ticks: run_writer("per_sample", ticks),
+                "prototype": lambda ticks: proto_us.append(run_prototype(ticks))}
+        for run in runs.values():
+            run(warm)
+        for writer in writers.values():
+            while any(a.meta_dirty for a in writer.fleet.agents.values()):  # every agents/<id>.json out of the way
+                writer._flush()
+        for r in range(args.repeat):  # taking turns at going first
             ticks = batches(args.ticks)
-            if r % 2:
-                proto_us.append(run_prototype(ticks))
-                apply, flush = run_today(ticks)
-            else:
-                apply, flush = run_today(ticks)
-                proto_us.append(run_prototype(ticks))
-            today_us.append(apply)
-            flush_us.append(flush)
+            order = list(runs)
+            for name in order[r % 3 :] + order[: r % 3]:
+                runs[name](ticks)
+        del proto_us[0]  # (the warm-up)
+        for v in (*apply_us.values(), *flush_us.values()):
+            del v[0]
         expected = min(tick, args.history_size)
-        writer.rings.close_all()
 
-        def today_holds(agent_id: str) -> bool:
-            points = read_points(writer.rings.path(agent_id))
-            return len(points) == expected and points[-1].timestamp == last_ts
+        def holds_all(writer: Writer) -> bool:
+            writer.rings.close_all()
+            for agent_id in ids:
+                points = read_points(writer.rings.path(agent_id))
+                if len(points) != expected or points[-1].timestamp != last_ts:
+                    return False
+            return True
 
-        today_ok = all(today_holds(i) for i in ids)
+        written = {name: holds_all(w) for name, w in writers.items()}
         newest = columnar.history["seq"].argmax(axis=1)
         proto_ok = bool(
             (columnar.records_written() == expected).all()
@@ -228,7 +253,7 @@ def measure(args) -> dict:
         with H.cleanup():
             if columnar is not None:
                 columnar.close()
-            if writer is not None:
+            for writer in writers.values():
                 writer.ring_sync.close(5.0)
                 writer.rings.close_all()
                 writer.alert_log.close()
@@ -246,9 +271,13 @@ def measure(args) -> dict:
         "command": "python -m benchmarks.writer_paths " + " ".join(args.argv),
         "machine": H.machine(),
         "params": {"agents": n, "ticks": args.ticks, "repeat": args.repeat, "history_size": args.history_size},
-        "today": {**summary(today_us), "flush": summary(flush_us), "every_record_written": today_ok},
+        **{
+            name: {**summary(apply_us[name]), "flush": summary(flush_us[name]), "every_record_written": written[name]}
+            for name in writers
+        },
         "prototype": {**summary(proto_us), "every_record_written": proto_ok},
-        "prototype_vs_today": round(min(proto_us) / min(today_us), 3),  # decode and apply, flush left out
+        "today_vs_per_sample": round(min(apply_us["today"]) / min(apply_us["per_sample"]), 3),  # decode and apply
+        "prototype_vs_today": round(min(proto_us) / min(apply_us["today"]), 3),  # decode and apply, flush left out
         "worker_encode": {k: summary(v) for k, v in encode_us.items()},
     }
 
@@ -258,13 +287,15 @@ def table(result: dict) -> Table:
     for col in ("path", "writer us/sample (min)", "median", "x today", "worker encode us/sample (min)", "all records written"):
         t.add_column(col, justify="left" if col == "path" else "right")
     enc = result["worker_encode"]
-    today, proto = result["today"], result["prototype"]
-    t.add_row("today (msgpack, per sample)", f"{today['min_us']:.2f}", f"{today['median_us']:.2f}", "1.00",
-              f"{enc['msgpack']['min_us']:.2f}", str(today["every_record_written"]))
-    t.add_row("  today's flush after each batch", f"{today['flush']['min_us']:.2f}", f"{today['flush']['median_us']:.2f}", "", "", "")
-    t.add_row("prototype (packed array, numpy)", f"{proto['min_us']:.2f}", f"{proto['median_us']:.2f}",
+    today, per, proto = result["today"], result["per_sample"], result["prototype"]
+    t.add_row("today (packed batch, Fleet.on_packed)", f"{today['min_us']:.2f}", f"{today['median_us']:.2f}", "1.00",
+              f"{enc['packed batch']['min_us']:.2f}", str(today["every_record_written"]))
+    t.add_row("  its flush after each batch", f"{today['flush']['min_us']:.2f}", f"{today['flush']['median_us']:.2f}", "", "", "")
+    t.add_row("per sample (msgpack structs, on_sample each)", f"{per['min_us']:.2f}", f"{per['median_us']:.2f}",
+              f"{1 / result['today_vs_per_sample']:.2f}", f"{enc['msgpack']['min_us']:.2f}", str(per["every_record_written"]))
+    t.add_row("prototype (one mapped file, numpy)", f"{proto['min_us']:.2f}", f"{proto['median_us']:.2f}",
               f"{result['prototype_vs_today']:.2f}", f"{enc['packed array']['min_us']:.2f}", str(proto["every_record_written"]))
-    t.caption = "writer: decode and apply, in process (today's flush apart: the prototype has none); the prototype is not fleetmon code"
+    t.caption = "writer: decode and apply, in process (the flush apart: the prototype has none); the prototype is not fleetmon code"
     return t
 
 
