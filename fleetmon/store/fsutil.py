@@ -83,7 +83,10 @@ def ensure_dir(path: Path) -> Path:
         parent = parent.parent
     for d in reversed(missing):  # (mkdir's parents=True makes them with the umask: 0755, readable by all)
         d.mkdir(mode=DIR_MODE, exist_ok=True)
-    path.mkdir(mode=DIR_MODE, exist_ok=True)
+    try:
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
+    except FileExistsError:  # a file (or a link to one) is there: named below, as a link is
+        pass
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, f"{path} is not a directory (symlinks are not followed)")

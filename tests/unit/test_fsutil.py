@@ -148,6 +148,15 @@ def test_ensure_dir_mode_and_refuses_symlinks(tmp_path):
         fsutil.ensure_dir(link)
 
 
+def test_ensure_dir_names_a_file_in_the_way(tmp_path):
+    """A file where the state dir should be: the CLI said only "<path>: File exists"."""
+    in_the_way = tmp_path / "state"
+    in_the_way.write_text("x")
+    with pytest.raises(OSError, match="is not a directory") as exc:
+        fsutil.ensure_dir(in_the_way)
+    assert exc.value.errno == errno.ENOTDIR
+
+
 def test_ensure_dir_leaves_the_modes_of_parents_that_were_there(tmp_path):
     os.chmod(tmp_path, 0o755)
     fsutil.ensure_dir(tmp_path / "state" / "registry")
