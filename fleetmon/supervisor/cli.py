@@ -141,7 +141,11 @@ def build_parser() -> Parser:
         "(0: valid, 2: not) without starting: before a reload or a restart",
     )
 
-    agents = sub.add_parser("agents", help="add, import, remove and list registered agents", description="Manage the registry: <state>/registry/<id>.json.")
+    # (--state-dir here too: `fleetmon agents --state-dir DIR ls` took DIR for the action)
+    agents = sub.add_parser(
+        "agents", parents=[state_parent], help="add, import, remove and list registered agents",
+        description="Manage the registry: <state>/registry/<id>.json.",
+    )
     asub = agents.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser, required=True)
     add = asub.add_parser(
         "add", parents=[state_parent], help="register an agent (or point it at a new process)",

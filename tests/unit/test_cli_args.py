@@ -43,6 +43,18 @@ def test_options_of_fleetmon_itself_before_the_command_still_work(capsys, tmp_pa
     assert not missing.exists()
 
 
+def test_state_dir_between_agents_and_its_action(capsys, tmp_path):
+    """``fleetmon agents --state-dir DIR ls``: argparse took DIR for the action ("invalid choice")."""
+    missing = tmp_path / "none"
+    assert cli.main(["agents", "--state-dir", str(missing), "ls", "--json"]) == 0
+    assert capsys.readouterr().out == '{"agents":[]}\n'
+    assert not missing.exists()
+    state = tmp_path / "state"
+    assert cli.main(["--state-dir", str(missing), "agents", "--state-dir", str(tmp_path / "other"), "add", "a", "--pid", "1",
+                     "--state-dir", str(state)]) == 0  # (the last one given wins)
+    assert (state / "registry" / "a.json").exists() and not missing.exists()
+
+
 def test_an_abbreviation_of_fleetmon_s_own_option_before_the_command_still_works(capsys, tmp_path):
     """argparse takes a unique prefix of a long option (``--state`` for ``--state-dir``): it worked
     before the command, and must not be refused, nor called ``alerts --state``, as misplaced."""
