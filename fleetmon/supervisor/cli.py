@@ -257,10 +257,15 @@ def build_parser() -> Parser:
     top.add_argument("--refresh", type=_positive_duration, default=1.0, metavar="DUR", help="redraw every DUR (default 1s)")
 
     demo = sub.add_parser(
-        "demo", parents=[state_parent], help="run a small live fleet with alerts, then clean up",
+        "demo", help="run a small live fleet with alerts, then clean up",
         description="Spawn a small fleet of its own (idle agents, a CPU hog, a memory grower, an fd leaker), "
         "register them with thresholds, run the daemon with a 1s interval and show live status. Everything it "
         "started is stopped at the end or on Ctrl-C; the state dir is left to explore.",
+    )
+    # (its own --state-dir: without one it takes a fresh directory, never $FLEETMON_STATE_DIR's)
+    demo.add_argument(
+        "--state-dir", type=_path, metavar="DIR", default=argparse.SUPPRESS,
+        help="state directory (default: a fresh temporary directory, left behind to explore; not $FLEETMON_STATE_DIR)",
     )
     demo.add_argument("--agents", type=_count, default=8, metavar="N", help="how many agents (4 to 200, default 8: a Python process each; benchmarks/ measures large fleets)")
     demo.add_argument("--duration", type=_positive_duration, default=60.0, metavar="DUR", help="how long to run (default 60s)")

@@ -67,3 +67,12 @@ def test_an_abbreviation_of_fleetmon_s_own_option_before_the_command_still_works
         cli.main(["--vers"])
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("fleetmon ")
     assert "--json is an option of fleetmon status" in _error(capsys, "--state", str(missing), "--json", "status")
+
+
+def test_demo_help_gives_its_own_default_state_dir():
+    """demo runs in a fresh temporary directory unless given --state-dir: its --help said the
+    default was $FLEETMON_STATE_DIR, the production one under the shipped units."""
+    demo = cli._subcommands(cli.build_parser())["demo"]
+    text = " ".join(demo.format_help().split())
+    assert "default: a fresh temporary directory" in text
+    assert "default: $FLEETMON_STATE_DIR" not in text
