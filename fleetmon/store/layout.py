@@ -15,10 +15,10 @@ from fleetmon.store import fsutil
 def default_state_dir() -> Path:
     """``$FLEETMON_STATE_DIR`` (a leading ``~`` is the home directory: quoted in a unit file or a
     config, no shell expands it), else ``$XDG_STATE_HOME/fleetmon`` when that is an absolute path
-    (the XDG spec: a relative one is invalid, ignored), else ``~/.local/state/fleetmon``."""
+    once a leading ``~`` is expanded (the XDG spec: a relative one is invalid, ignored), else ``~/.local/state/fleetmon``."""
     if os.environ.get("FLEETMON_STATE_DIR"):  # (relative: to the current directory, said in full)
         return Path(os.environ["FLEETMON_STATE_DIR"]).expanduser().absolute()
-    xdg = os.environ.get("XDG_STATE_HOME")
+    xdg = os.path.expanduser(os.environ.get("XDG_STATE_HOME", ""))  # (~: as for FLEETMON_STATE_DIR)
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / "fleetmon"
     return Path.home() / ".local" / "state" / "fleetmon"

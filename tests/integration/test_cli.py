@@ -556,6 +556,7 @@ def test_default_state_dir_is_fleetmon_state_dir_then_xdg_then_home(tmp_path):
         ({}, home / ".local" / "state" / "fleetmon"),
         ({"XDG_STATE_HOME": "relative/xdg"}, home / ".local" / "state" / "fleetmon"),  # invalid (XDG): ignored
         ({"FLEETMON_STATE_DIR": "~/fm"}, home / "fm"),  # quoted: no shell expanded it
+        ({"XDG_STATE_HOME": "~/xdg-home"}, home / "xdg-home" / "fleetmon"),  # the same: not taken for relative
     ]
     for i, (extra, where) in enumerate(cases):
         env = {**base, "HOME": str(home), **extra}
