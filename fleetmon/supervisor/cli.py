@@ -132,7 +132,7 @@ def build_parser() -> Parser:
     run.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (flags override it)")
     run.add_argument("--workers", type=_count, metavar="N", help="sampling processes (default and 0: one per CPU; more than the CPUs only helps when reads block)")
     run.add_argument("--interval", type=_positive_duration, metavar="DUR", help="time between samples (default 60s)")
-    run.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and the JSON API (a bare port binds 127.0.0.1)")
+    run.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and the JSON API (default: off; a bare port binds 127.0.0.1)")
     run.add_argument("--log-level", type=_log_level, metavar="LEVEL", help="DEBUG, INFO (default), WARNING or ERROR (also loguru's TRACE, SUCCESS, CRITICAL)")
     run.add_argument("--log-format", choices=["text", "json"], help="text (default) or one JSON object per line")
     run.add_argument(

@@ -76,3 +76,9 @@ def test_demo_help_gives_its_own_default_state_dir():
     text = " ".join(demo.format_help().split())
     assert "default: a fresh temporary directory" in text
     assert "default: $FLEETMON_STATE_DIR" not in text
+
+
+def test_run_help_says_http_is_off_by_default():
+    """Every other option of run gives its default; --http, off unless given, did not say so."""
+    run = cli._subcommands(cli.build_parser())["run"]
+    assert "(default: off; a bare port binds 127.0.0.1)" in " ".join(run.format_help().split())
