@@ -218,10 +218,14 @@ class Fleet:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
-    def spawn(self, n: int, busy: int = 0, memory: int = 0, memory_mb: int = 50, progress=None) -> list[int]:
+    def spawn(
+        self, n: int, busy: int = 0, memory: int = 0, memory_mb: int = 50, progress=None, idle_argv: list[str] | None = None
+    ) -> list[int]:
+        """``idle_argv``: the command line of the idle processes (default ``sleep 1000000``), e.g. one
+        a tool can match on to find exactly this fleet."""
         kinds = [("busy", [sys.executable, "-c", BUSY_CODE])] * busy
         kinds += [("memory", [sys.executable, "-c", MEMORY_CODE, str(memory_mb)])] * memory
-        kinds += [("idle", ["sleep", "1000000"])] * max(0, n - busy - memory)
+        kinds += [("idle", idle_argv or ["sleep", "1000000"])] * max(0, n - busy - memory)
         # A SIGINT or SIGTERM while Popen forks would raise inside it, after the child exists but
         # before it is in self.procs, where stop() would never see it: hold them until it is.
         held: list[int] = []
