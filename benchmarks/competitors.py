@@ -339,6 +339,7 @@ def run_process_exporter(pids: list[int], args, workdir: Path, progress: Progres
                 tool.stop()
     r.update(
         watched=groups.value,
+        pids=sorted(tool.seen) + [scraper.pid],
         version=version([EXPORTER, "-version"]),
         config=f"one group per pid (agent-{{{{.PID}}}}, cmdline matcher), {args.exporter_flags}; scraped every "
         f"{args.interval:g}s",
@@ -383,6 +384,7 @@ def run_apps_plugin(pids: list[int], args, workdir: Path, progress: Progress) ->
                 tool.stop()
     r.update(
         watched=len(pids),
+        pids=sorted(tool.seen),
         version=version([APPS_PLUGIN, "-v"]),
         config=f"standalone `apps.plugin {every}`, default apps_groups.conf, output discarded; reads all "
         f"{r['host_processes']} processes of the host",
@@ -460,6 +462,7 @@ def run_monit(pids: list[int], args, workdir: Path, progress: Progress) -> dict:
         log = ""
     r.update(
         watched=len(pids),
+        pids=sorted(tool.seen),
         version=version([MONIT, "-V"]),
         config=f"{len(pids)} x `check process ... with pidfile`, `set daemon {every}`, no tests, no alerts",
         detail={"cycle_s": round(r["window_s"] / r["intervals"], 3) if r["intervals"] else None,
@@ -551,6 +554,7 @@ def run(args: argparse.Namespace) -> dict:
         ),
         "machine": H.machine(),
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
+        "fleet_command": f"sleep 1000000.{token}",
         "bare_before": before,
         "bare_after": after,
         "bare_cpu_per_sample_us": round(bare_us, 2),
