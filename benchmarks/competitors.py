@@ -24,9 +24,10 @@ performed, and its peak RSS:
   time). ``--monit-agents`` checks only the first M processes.
 
 The baseline: the bare psutil loop (``benchmarks.baselines``: one process, a cached
-``psutil.Process`` and ``oneshot()``), back to back over the same processes before the first tool and
-after the last; their mean is the reference, and ``x bare`` a tool's CPU per process per interval
-over it. Tools never run at once. A tool that is not installed is skipped (``--install`` apt-gets
+``psutil.Process`` and ``oneshot()``), back to back over the same processes before each tool and after
+the last: ``x bare`` is a tool's CPU per process per interval over the mean of the bare runs just
+before and just after it (the host is shared, and its speed drifts from one tool to the next). Tools
+never run at once. A tool that is not installed is skipped (``--install`` apt-gets
 it; nothing is installed or downloaded otherwise). Telegraf's procstat is not here: Telegraf is not
 packaged in Debian, nor on the registries this project uses.
 
@@ -70,6 +71,9 @@ MONIT = "/usr/bin/monit"
 BINARIES = {"process-exporter": (EXPORTER, "prometheus-process-exporter"), "apps.plugin": (APPS_PLUGIN, "netdata-core"),
             "monit": (MONIT, "monit")}
 TOOLS = ("fleetmon", "process-exporter", "apps.plugin", "monit")
+# Those that read every process of the host each interval (process-exporter to match them, monit to
+# build its process tree): their cost grows with the host's processes, not only the fleet's.
+SCANS_HOST = ("process-exporter", "apps.plugin", "monit")
 
 # What each tool gives, beyond the CPU it costs (as configured here).
 GIVES = {
@@ -500,6 +504,7 @@ def run(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="fleetmon-competitors-", dir=args.workdir or H.default_workdir()))
     fleet_procs = H.Fleet()
     rows: list[dict] = []
+    bare_runs: list[dict] = []  # the bare psutil loop before each tool, and after the last
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
                       transient=True) as progress:
@@ -507,15 +512,20 @@ def run(args: argparse.Namespace) -> dict:
             pids = fleet_procs.spawn(n, progress=lambda i, total: progress.update(spawn, completed=i),
                                      idle_argv=["sleep", f"1000000.{token}"])
             progress.remove_task(spawn)
-            task = progress.add_task("bare psutil loop", total=None)
-            before = baselines.psutil_baseline("bare", pids, args.baseline_seconds)
-            progress.remove_task(task)
+
+            def bare() -> dict:
+                task = progress.add_task(f"bare psutil loop ({len(bare_runs) + 1})", total=None)
+                bare_runs.append(baselines.psutil_baseline("bare", pids, args.baseline_seconds))
+                progress.remove_task(task)
+                return bare_runs[-1]
+
             for tool in args.tools:
                 why = missing(tool)
                 if why:
                     console.print(f"[yellow]skipped {tool}: {why}")
                     rows.append({"tool": tool, "skipped": why})
                     continue
+                bare()
                 if tool == "fleetmon":
                     r = run_fleetmon(pids, args, workdir, progress)
                 elif tool == "process-exporter":
@@ -524,24 +534,28 @@ def run(args: argparse.Namespace) -> dict:
                     r = run_apps_plugin(pids, args, workdir, progress)
                 else:
                     r = run_monit(pids, args, workdir, progress)
-                rows.append({"tool": tool, **r})
-            task = progress.add_task("bare psutil loop again", total=None)
-            after = baselines.psutil_baseline("bare", pids, args.baseline_seconds)
-            progress.remove_task(task)
+                rows.append({"tool": tool, "bare_run": len(bare_runs) - 1, **r})
+            bare()
     finally:
         with H.cleanup():
             fleet_procs.stop()
             shutil.rmtree(workdir, ignore_errors=True)
-    bare_us = statistics.mean([before["cpu_per_sample_us"], after["cpu_per_sample_us"]])
+    bare_all = [b["cpu_per_sample_us"] for b in bare_runs]
     for r in rows:
         if "skipped" in r:
             continue
+        i = r.pop("bare_run")
+        bare_us = statistics.mean(bare_all[i : i + 2])
+        r["bare_cpu_per_sample_us"] = round(bare_us, 2)
         per = r["watched"] * r["intervals"]
         r["cpu_per_process_interval_us"] = round(r["cpu_s"] / per * 1e6, 2) if per else None
         r["helper_cpu_per_process_interval_us"] = (
             round(r["helper_cpu_s"] / per * 1e6, 2) if per and r["helper_cpu_s"] is not None else None
         )
         r["cpu_vs_bare"] = H.ratio(r["cpu_per_process_interval_us"], bare_us)
+        if r["tool"] in SCANS_HOST:  # what it costs per process it read, the fleet's or not
+            hp = r["host_processes"] * r["intervals"]
+            r["cpu_per_host_process_interval_us"] = round(r["cpu_s"] / hp * 1e6, 2) if hp else None
         r["gives"] = GIVES[r["tool"]]
         if r["tool"] in BINARIES:
             r["package"] = f"{BINARIES[r['tool']][1]} {package_version(r['tool'])}"
@@ -555,33 +569,37 @@ def run(args: argparse.Namespace) -> dict:
         "machine": H.machine(),
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
         "fleet_command": f"sleep 1000000.{token}",
-        "bare_before": before,
-        "bare_after": after,
-        "bare_cpu_per_sample_us": round(bare_us, 2),
+        "bare_runs": bare_runs,
+        "bare_cpu_per_sample_us": round(statistics.mean(bare_all), 2) if bare_all else None,
         "tools": rows,
     }
 
 
 def table(result: dict) -> Table:
     p = result["params"]
-    t = Table(title=f"{p['agents']} idle processes sampled every {p['interval']:g}s, {p['duration']:g}s per tool; "
-                    f"bare psutil loop {result['bare_cpu_per_sample_us']:.1f} us per process per pass")
-    for col in ("tool", "watched", "intervals", "CPU/process/interval", "x bare", "+ scraper", "peak RSS", "others",
-                "what it gives"):
+    t = Table(title=f"{p['agents']} idle processes sampled every {p['interval']:g}s, {p['duration']:g}s per tool")
+    for col in ("tool", "watched", "host procs", "intervals", "CPU/process/interval", "bare psutil", "x bare",
+                "+ scraper", "peak RSS", "others", "what it gives"):
         t.add_column(col, justify="left" if col in ("tool", "what it gives") else "right",
-                     overflow="fold", max_width=70 if col == "what it gives" else None)
+                     overflow="fold", max_width=60 if col == "what it gives" else None)
     for r in result["tools"]:
         if "skipped" in r:
-            t.add_row(r["tool"], "-", "-", "-", "-", "-", "-", "-", f"skipped: {r['skipped']}")
+            t.add_row(r["tool"], *["-"] * 9, f"skipped: {r['skipped']}")
             continue
         t.add_row(
-            r["tool"], str(r["watched"]), str(r["intervals"]), H.fmt(r["cpu_per_process_interval_us"], ".1f", " us"),
-            H.fmt(r["cpu_vs_bare"], ".2f"), H.fmt(r["helper_cpu_per_process_interval_us"], ".1f", " us"),
-            H.fmt(r["peak_rss_mb"], ".0f", " MB"), H.fmt(r["others_cpus_busy"], ".2f"), r["gives"],
+            r["tool"], str(r["watched"]), str(r["host_processes"]) if r["tool"] in SCANS_HOST else "-",
+            str(r["intervals"]), H.fmt(r["cpu_per_process_interval_us"], ".1f", " us"),
+            H.fmt(r["bare_cpu_per_sample_us"], ".1f", " us"), H.fmt(r["cpu_vs_bare"], ".2f"),
+            H.fmt(r["helper_cpu_per_process_interval_us"], ".1f", " us"), H.fmt(r["peak_rss_mb"], ".0f", " MB"),
+            H.fmt(r["others_cpus_busy"], ".2f"), r["gives"],
         )
-    t.caption = ("CPU/process/interval: utime+stime of the tool's processes / (processes watched x intervals done); "
-                 "x bare: over the bare psutil loop (mean of before and after); + scraper: process-exporter's scraper, "
-                 "apart; others: CPUs the rest of the host kept busy")
+    t.caption = (
+        "CPU/process/interval: utime+stime of the tool's processes / (processes watched x intervals done); "
+        "host procs: the host's processes, which the tool reads every interval (fleetmon reads its agents only); "
+        "bare psutil: the bare psutil loop's CPU per process per pass, mean of its runs just before and after the "
+        "tool; x bare: the ratio; + scraper: process-exporter's scraper, apart; others: CPUs the rest of the host "
+        "kept busy"
+    )
     return t
 
 
