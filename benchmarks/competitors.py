@@ -31,7 +31,14 @@ never run at once. A tool that is not installed is skipped (``--install`` apt-ge
 it; nothing is installed or downloaded otherwise). Telegraf's procstat is not here: Telegraf is not
 packaged in Debian, nor on the registries this project uses.
 
+process-exporter, apps.plugin and monit read every process of the host each interval (to match
+them, or to build a process tree), fleetmon only its agents: on a host with more processes than the
+fleet they pay for all of them (the ``host procs`` column). To give them a host with nothing but the
+fleet, run the script in a PID namespace of its own (as root), where /proc lists only its processes;
+the JSON says ``own_pid_namespace``:
+
     python -m benchmarks.competitors                     # 2000 processes, every 1 s, 30 s per tool
+    unshare --pid --fork --mount-proc python -m benchmarks.competitors    # the tools see only the fleet
     python -m benchmarks.competitors --agents 20 --duration 3 --tools fleetmon,monit
 
 Prints a table and writes ``benchmarks/results/competitors-<time>.json``.
@@ -567,6 +574,8 @@ def run(args: argparse.Namespace) -> dict:
             if k not in ("out", "workdir", "install") and v is not None
         ),
         "machine": H.machine(),
+        # run as pid 1: in a PID namespace of its own (unshare --pid --fork --mount-proc), /proc lists the fleet only
+        "own_pid_namespace": os.getpid() == 1,
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
         "fleet_command": f"sleep 1000000.{token}",
         "bare_runs": bare_runs,
@@ -577,7 +586,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def table(result: dict) -> Table:
     p = result["params"]
-    t = Table(title=f"{p['agents']} idle processes sampled every {p['interval']:g}s, {p['duration']:g}s per tool")
+    t = Table(title=f"{p['agents']} idle processes sampled every {p['interval']:g}s, {p['duration']:g}s per tool"
+                    + (", in a PID namespace of their own" if result["own_pid_namespace"] else ""))
     for col in ("tool", "watched", "host procs", "intervals", "CPU/process/interval", "bare psutil", "x bare",
                 "+ scraper", "peak RSS", "others", "what it gives"):
         t.add_column(col, justify="left" if col in ("tool", "what it gives") else "right",
