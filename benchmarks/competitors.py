@@ -533,14 +533,19 @@ def run(args: argparse.Namespace) -> dict:
                     rows.append({"tool": tool, "skipped": why})
                     continue
                 bare()
-                if tool == "fleetmon":
-                    r = run_fleetmon(pids, args, workdir, progress)
-                elif tool == "process-exporter":
-                    r = run_process_exporter(pids, args, workdir, progress, token)
-                elif tool == "apps.plugin":
-                    r = run_apps_plugin(pids, args, workdir, progress)
-                else:
-                    r = run_monit(pids, args, workdir, progress)
+                try:
+                    if tool == "fleetmon":
+                        r = run_fleetmon(pids, args, workdir, progress)
+                    elif tool == "process-exporter":
+                        r = run_process_exporter(pids, args, workdir, progress, token)
+                    elif tool == "apps.plugin":
+                        r = run_apps_plugin(pids, args, workdir, progress)
+                    else:
+                        r = run_monit(pids, args, workdir, progress)
+                except RuntimeError as exc:  # it did not start or stopped working: the others still run
+                    console.print(f"[red]{tool} failed: {exc}")
+                    rows.append({"tool": tool, "skipped": f"failed: {str(exc).splitlines()[0]}", "error": str(exc)})
+                    continue
                 rows.append({"tool": tool, "bare_run": len(bare_runs) - 1, **r})
             bare()
     finally:
