@@ -124,6 +124,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # --- a tool's processes ---------------------------------------------------------------------------
 
 
+def _start_time(pid: int) -> bytes | None:
+    f = H.read_stat(pid)
+    return f[19] if f is not None else None  # starttime, field 22 of /proc/<pid>/stat
+
+
 class ToolRun:
     """A competitor started by pid and watched from /proc (its tree, reaped children included);
     ``stop()`` TERMs it, then KILLs by pid whatever of its tree is left."""
@@ -134,12 +139,14 @@ class ToolRun:
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout or self._log, stderr=self._log, cwd=cwd)
         self.pid = self.proc.pid
-        self.seen: set[int] = {self.pid}
+        self.seen: dict[int, bytes | None] = {self.pid: _start_time(self.pid)}  # pid: its start time
         self.peak_rss = 0
 
     def tree(self) -> list[int]:
         pids = H.process_tree(self.pid)
-        self.seen.update(pids)
+        for p in pids:
+            if p not in self.seen:
+                self.seen[p] = _start_time(p)
         return pids
 
     def cpu(self) -> float:
@@ -170,7 +177,8 @@ class ToolRun:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-            H.kill_pids([p for p in self.seen if p != self.pid and H.pid_alive(p)])
+            # only what is still the process seen: a pid of the tree may have been given to another since
+            H.kill_pids([p for p, t in self.seen.items() if p != self.pid and H.pid_alive(p) and _start_time(p) == t])
             for f in (self.proc.stdin, self.proc.stdout):
                 if f is not None:
                     f.close()
