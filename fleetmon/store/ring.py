@@ -147,13 +147,15 @@ def read_points(path: Path) -> list[Point]:
 class Ring:
     """An open ring file: ``append`` writes one record in place."""
 
-    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts", "map", "page", "counted")
+    __slots__ = ("path", "fd", "capacity", "head", "seq", "last_ts", "map", "page", "counted", "ino")
 
     def __init__(
-        self, path: Path, fd: int, capacity: int, head: int, seq: int, last_ts: float = 0.0, mapped: bool = False
+        self, path: Path, fd: int, capacity: int, head: int, seq: int, last_ts: float = 0.0, mapped: bool = False,
+        ino: int = 0,
     ):
         self.path, self.fd, self.capacity, self.head, self.seq = path, fd, capacity, head, seq
         self.last_ts = last_ts  # timestamp of the newest record (0.0: none)
+        self.ino = ino or os.fstat(fd).st_ino  # the file's inode: which file ``head`` and ``seq`` are of
         self.map: mmap.mmap | None = None  # the whole file, shared, when written through a map
         self.page = -1  # the page of the map written to last: the only one left mapped in
         self.counted = False  # counted among the RingStore's mapped rings (as it was when opened)
@@ -213,6 +215,32 @@ class Ring:
         head, seq = _find_head(memoryview(data)[RECORD_SIZE:], capacity)
         last_ts = struct.unpack_from("<d", data, RECORD_SIZE * (1 + (head - 1) % capacity))[0] if seq else 0.0
         return cls(path, fd, capacity, head, seq, last_ts, mapped)
+
+    @classmethod
+    def reopen(cls, path: Path, capacity: int, closed: tuple[int, int, int, float], mapped: bool = False) -> Ring | None:
+        """The ring this process closed as ``closed`` (``Ring.position``), opened again without
+        reading it: ``open`` reads the whole file to find its head, ~90 us a ring at 1440 points,
+        paid per sample when the agents outnumber the open rings. None when the file is not that
+        one any more, whole (removed, replaced, cut short): ``open`` it then."""
+        ino, head, seq, last_ts = closed
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_ino != ino or not stat.S_ISREG(st.st_mode) or st.st_size != RECORD_SIZE * (capacity + 1):
+                os.close(fd)
+                return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, capacity, head, seq, last_ts, mapped, ino=ino)
+
+    @property
+    def position(self) -> tuple[int, int, int, float]:
+        """What ``reopen`` needs to go on where this ring is: (inode, head, seq, last_ts)."""
+        return self.ino, self.head, self.seq, self.last_ts
 
     @classmethod
     def _rewrite(cls, path: Path, capacity: int, records: bytes | memoryview, mapped: bool) -> Ring:
@@ -289,7 +317,7 @@ class Ring:
             data = os.pread(self.fd, RECORD_SIZE * self.capacity, RECORD_SIZE)
         new = Ring._rewrite(self.path, self.capacity, data, self.map is not None)
         self.close()
-        self.fd, self.map, self.page = new.fd, new.map, new.page
+        self.fd, self.map, self.page, self.ino = new.fd, new.map, new.page, new.ino
         self.head, self.seq, self.last_ts = new.head, new.seq, new.last_ts
         new.fd, new.map = -1, None
 
@@ -381,6 +409,10 @@ class RingStore:
         # Called with the agent's id when its ring is closed (evicted, or closed by its owner): the
         # Fleet's fast path keeps the ring too, and must stop writing to it.
         self.on_close: Callable[[str], None] = lambda agent_id: None
+        # Rings evicted to stay within max_open, by agent: where they were (``Ring.position``), so
+        # that opening one again costs an open, not a read of the whole file.
+        self._closed: dict[str, tuple[int, int, int, float]] = {}
+        self.evicted = 0  # rings closed to make room, in all (logged the first time)
 
     def path(self, agent_id: str) -> Path:
         return self.directory / f"{agent_id}.ring"
@@ -393,9 +425,21 @@ class RingStore:
             return ring
         if len(self._open) >= self.max_open:
             self._evict(max(1, self.max_open // 8))
+        closed = self._closed.pop(agent_id, None)
+        # (written with pwrite, not mapped: a ring opened again is likely to be evicted again soon,
+        # and a map costs more to set up and tear down than the writes it would save)
+        ring = None if closed is None else Ring.reopen(self.path(agent_id), self.capacity, closed)
+        if ring is None:
+            ring = self._open_file(agent_id)
+        self._open[agent_id] = ring
+        ring.counted = ring.mapped  # (what it was opened as: a renumbering may leave it unmapped)
+        self.mapped_open += ring.counted
+        return ring
+
+    def _open_file(self, agent_id: str) -> Ring:
         path = self.path(agent_id)
         try:
-            ring = Ring.open(path, self.capacity, self._map_next())
+            return Ring.open(path, self.capacity, self._map_next())
         except (CorruptRing, OSError) as exc:
             # A bad header, or something planted in place of the file (a symlink is not followed:
             # ELOOP; a directory: EISDIR) is moved aside; any other OSError (ENOSPC ...) propagates.
@@ -407,11 +451,7 @@ class RingStore:
             logger.bind(agent_id=agent_id).error(
                 "history file {} is corrupt ({}): moved aside to {}, starting a new one", path, exc, aside
             )
-            ring = Ring.open(path, self.capacity, self._map_next())
-        self._open[agent_id] = ring
-        ring.counted = ring.mapped  # (what it was opened as: a renumbering may leave it unmapped)
-        self.mapped_open += ring.counted
-        return ring
+            return Ring.open(path, self.capacity, self._map_next())
 
     @property
     def opened(self) -> dict[str, Ring]:
@@ -446,6 +486,7 @@ class RingStore:
         return self.mapped and self.mapped_open < self.max_mapped
 
     def close(self, agent_id: str) -> None:
+        self._closed.pop(agent_id, None)
         ring = self._open.pop(agent_id, None)
         if ring is not None:
             self.on_close(agent_id)
@@ -456,10 +497,24 @@ class RingStore:
         ring.close()
 
     def _evict(self, count: int) -> None:
+        if not self.evicted:
+            from loguru import logger
+
+            logger.warning(
+                "history: more agents than rings kept open ({}, the open-file limit less 256): rings are "
+                "closed and opened again as samples come (raise the limit, e.g. LimitNOFILE=, to avoid it)",
+                self.max_open,
+            )
         for _ in range(min(count, len(self._open))):
             agent_id, ring = self._open.popitem(last=False)
             self.on_close(agent_id)
+            self._closed[agent_id] = ring.position
             self._close(ring)
+            self.evicted += 1
 
     def close_all(self) -> None:
-        self._evict(len(self._open))
+        for agent_id, ring in self._open.items():
+            self.on_close(agent_id)
+            self._close(ring)
+        self._open.clear()
+        self._closed.clear()
