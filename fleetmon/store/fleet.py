@@ -295,7 +295,9 @@ class Fleet:
             or (s.open_files is not None and s.open_files > a.fds_max)
         ):
             self._evaluate(a, s)
-        cols.sync(a, self.rings.opened.get(a.id))
+        opened = self.rings.opened
+        if len(opened) <= self.rings.reorder_above:  # (past it, on_packed takes the per-sample path anyway)
+            cols.sync(a, opened.get(a.id))
 
     def _identify(self, a: Agent, s: Sample) -> bool:
         """Follow the agent to the sample's process (a new pid: a restart), or learn its create
