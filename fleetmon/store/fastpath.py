@@ -182,9 +182,12 @@ class Columns:
         ok &= (head != 0) & ((at >> rings._PAGE_SHIFT) == self.page[s]) & (self.seq[s] + 1 < rings.SEQ_MAX)
         take = np.flatnonzero(ok)
         if len(take):
-            s = s[take]
-            if len(take) > 1 and np.bincount(s).max() > 1:  # an agent twice in one batch: one at a time
+            # An agent twice in one batch: one at a time, in order. Any two of its samples, not only two
+            # the fast path would take: one it takes must not be written before an earlier one that
+            # ``on_sample`` applies (a value over a limit, say, and the next back under it).
+            if len(arr) > 1 and np.bincount(slots[known]).max() > 1:
                 return np.arange(len(arr))
+            s = s[take]
             self._write(s, arr[take], at[take], head[take])
         if len(take) == len(arr):
             return take[:0]
