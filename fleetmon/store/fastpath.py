@@ -237,7 +237,9 @@ class Columns:
             assert ring is not None and ring is self.rings[slot] and ring.map is not None, agent_id
             assert a.registered and not a.alerts and a.status in ("running", "stalled"), agent_id
             assert (self.pid[slot], self.create_time[slot]) == (a.pid, a.create_time), agent_id
-            assert self.cpu_max[slot] == a.cpu_max, agent_id
+            assert (self.cpu_max[slot], self.rss_max[slot], self.fds_max[slot]) == (
+                a.cpu_max, _int_limit(a.rss_max), _int_limit(a.fds_max)
+            ), agent_id
             assert (self.head[slot], self.seq[slot], self.capacity[slot], self.page[slot]) == (
                 ring.head, ring.seq, ring.capacity, ring.page
             ), agent_id

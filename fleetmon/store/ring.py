@@ -282,7 +282,8 @@ class Ring:
 
     def append_read(self, s) -> None:
         """``append`` for a point or a sample (a ``wire.Sample``: the same metric attributes) whose
-        every metric was read, packed straight from its attributes (``Fleet.on_samples``)."""
+        every metric was read, packed straight from its attributes (``fastpath.Columns`` writes the same
+        bytes for a batch's packed samples)."""
         if self.seq >= SEQ_MAX:
             self._renumber()
         seq = self.seq + 1
@@ -455,7 +456,7 @@ class RingStore:
 
     @property
     def opened(self) -> dict[str, Ring]:
-        """The open rings by agent id: for looking up only (``Fleet.on_samples``)."""
+        """The open rings by agent id: for looking up only (``Fleet.on_packed``, ``Fleet.on_sample``)."""
         return self._open
 
     def newest(self, agent_id: str) -> float:
