@@ -23,6 +23,7 @@ keeps 2 workers from doubling the throughput of 1 (benchmarks/scaling.py, benchm
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import numpy as np
@@ -77,6 +78,10 @@ class Columns:
         self.rings: list[rings.Ring | None] = []
         self._free: list[int] = []
         self._used = 0
+        # Held while rows of ``last`` are written and while one is read: numpy copies a batch's rows
+        # without the GIL, and the HTTP thread reads ``Agent.last`` (a row half written is half one
+        # sample, half the one before).
+        self.lock = threading.Lock()
         self._resize(slots)
 
     def _resize(self, n: int) -> None:
@@ -154,7 +159,9 @@ class Columns:
         return idx, [(ids[slot], row) for slot, row in zip(idx.tolist(), rows, strict=True)]
 
     def last_sample(self, agent_id: str, slot: int) -> wire.Sample:
-        pid, ctime, ts, cpu, cpu_s, rss, vms, rd, wr, fds, thr = self.last[slot].item()
+        with self.lock:
+            row = self.last[slot].item()
+        pid, ctime, ts, cpu, cpu_s, rss, vms, rd, wr, fds, thr = row
         return wire.Sample(agent_id, pid, ctime, ts, cpu, rss, vms, rd, wr, fds, thr, (), cpu_s)
 
     # --- the fast path ----------------------------------------------------------------------------
@@ -221,7 +228,8 @@ class Columns:
             raise
         self.seq[s] = seq
         self.head[s] = new_head
-        self.last[s] = p
+        with self.lock:
+            self.last[s] = p
         self.fresh[s] = True
 
     # --- tests ------------------------------------------------------------------------------------

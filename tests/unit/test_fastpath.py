@@ -46,3 +46,52 @@ def test_an_agent_twice_in_a_packed_batch_is_applied_in_order(tmp_path):
     assert rest == []
     fast.on_packed(packed_ids, packed)
     assert _outcome(fast, fast_dir, fast_events) == _outcome(ref, ref_dir, ref_events)
+
+
+def test_last_read_from_another_thread_is_one_sample_never_a_mix(tmp_path):
+    """The HTTP thread reads ``Agent.last`` while the writer's thread applies batches. numpy lets go
+    of the GIL while it copies a batch's rows into ``Columns.last``: a row read meanwhile must still
+    be one sample (here every number of sample k is k), not part of one and part of the next."""
+    import threading
+    import time
+
+    n = 4096
+    ids = [f"a{i}" for i in range(n)]
+    fleet = Fleet(RingStore(tmp_path, 130, max_open=2 * n + 16, mapped=True), lambda e: None)
+    fleet.set_registry([wire.RegisteredAgent(i, "default", 7, None, wire.Thresholds()) for i in ids], 0)
+
+    def batch(k: int) -> tuple[str, bytes]:
+        rest, packed_ids, packed = wire.pack_samples(
+            [wire.Sample(i, 7, CT, CT + k, float(k), k, k, k, k, k, k, (), float(k)) for i in ids]
+        )
+        assert rest == []
+        return packed_ids, packed
+
+    batches = [batch(k) for k in range(1, 65)]
+    for packed_ids, packed in batches[:2]:
+        fleet.on_packed(packed_ids, packed)
+    watched = [fleet.agents[i] for i in ids[-8:]]
+    mixed: list = []
+    stop = threading.Event()
+
+    def http() -> None:
+        while not stop.is_set():
+            for a in watched:
+                p = a.last
+                if len({p.timestamp - CT, p.cpu, p.memory_rss, p.memory_vms, p.disk_read_bytes, p.num_threads, p.cpu_seconds}) != 1:
+                    mixed.append(p)
+
+    reader = threading.Thread(target=http)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        k = 2
+        while time.monotonic() < deadline and not mixed:
+            packed_ids, packed = batches[k % len(batches)]
+            fleet.on_packed(packed_ids, packed)
+            k += 1
+    finally:
+        stop.set()
+        reader.join(10)
+        fleet.rings.close_all()
+    assert mixed == []
