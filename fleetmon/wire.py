@@ -167,8 +167,8 @@ PACKED = struct.Struct("<qddddqqqqii")
 
 def pack_samples(samples: list[Sample]) -> tuple[list[Sample], str, bytes]:
     """``(rest, packed_ids, packed)``: the samples whose every metric was read, packed (see Batch),
-    and the others as they are (a metric denied or unreadable, no create time, a number too big for
-    its field)."""
+    and the others as they are (a metric denied or unreadable, no create time or cpu_seconds, a
+    number too big for its field)."""
     rest: list[Sample] = []
     ids: list[str] = []
     out = bytearray(PACKED.size * len(samples))
