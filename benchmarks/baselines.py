@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from benchmarks.harness import cleanup, kill_pids
+from benchmarks.harness import cleanup, join_or_kill, kill_pids
 
 
 def _rusage_cpu() -> float:
@@ -199,10 +199,7 @@ class BareProbe:
                 self.conn.send("stop")
             except (BrokenPipeError, OSError):
                 pass
-            self.proc.join(10)
-            if self.proc.is_alive():
-                kill_pids([self.proc.pid])
-                self.proc.join(5)
+            join_or_kill(self.proc)
 
 
 # --- the bare loops in parallel: what this host's cores give the floor ------------------------------

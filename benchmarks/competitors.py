@@ -350,10 +350,7 @@ def run_process_exporter(pids: list[int], args, workdir: Path, progress: Progres
         with H.cleanup():
             stop.set()
             if scraper is not None:
-                scraper.join(10)
-                if scraper.is_alive():
-                    H.kill_pids([scraper.pid])
-                    scraper.join(5)
+                H.join_or_kill(scraper)
             if tool is not None:
                 tool.stop()
     r.update(

@@ -204,6 +204,14 @@ def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
             pass
 
 
+def join_or_kill(proc, timeout: float = 10.0) -> None:
+    """Wait up to ``timeout`` for a child process (multiprocessing's) to end; then kill it by pid."""
+    proc.join(timeout)
+    if proc.is_alive():
+        kill_pids([proc.pid])
+        proc.join(5)
+
+
 # --- the fleet --------------------------------------------------------------------------------
 
 

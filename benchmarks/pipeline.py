@@ -228,17 +228,11 @@ def closed_loop(args, state_dir: Path, use_sink: bool, progress: Progress) -> di
                     if not alive:  # the rest died (Ctrl-C reaches them too): their CPU is unknown
                         break
             for p in started:
-                p.join(10)
-                if p.is_alive():
-                    H.kill_pids([p.pid])
-                    p.join(5)
+                H.join_or_kill(p)
             stop.set()
             link.close()
             if sink_proc is not None:
-                sink_proc.join(10)
-                if sink_proc.is_alive():
-                    H.kill_pids([sink_proc.pid])
-                    sink_proc.join(5)
+                H.join_or_kill(sink_proc)
             if writer.alive:
                 children.stop_all([writer], grace=10.0)
             listener.close()
