@@ -194,13 +194,8 @@ class Columns:
             # ``on_sample`` applies (a value over a limit, say, and the next back under it).
             if len(arr) > 1 and np.bincount(slots[known]).max() > 1:
                 return np.arange(len(arr))
-            s = s[take]
-            self._write(s, arr[take], at[take], head[take])
-        if len(take) == len(arr):
-            return take[:0]
-        rest = np.ones(len(arr), bool)
-        rest[take] = False
-        return np.flatnonzero(rest)
+            self._write(s[take], arr[take], at[take], head[take])
+        return np.flatnonzero(~ok)
 
     def _write(self, s: np.ndarray, p: np.ndarray, at: np.ndarray, head: np.ndarray) -> None:
         n = len(s)

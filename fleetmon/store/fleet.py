@@ -234,7 +234,7 @@ class Fleet:
         others through ``on_sample``. Raises ValueError on a malformed batch, before applying any."""
         if not packed:
             return
-        if len(self.rings.opened) > self.rings.reorder_above:  # (LRU order kept: ``RingStore.ring`` moves it)
+        if self.rings.lru_kept:  # (``RingStore.ring`` moves each ring it is asked for)
             self.on_samples(unpack_samples(packed_ids, packed))
             return
         before = len(packed) // PACKED.size
@@ -295,9 +295,8 @@ class Fleet:
             or (s.open_files is not None and s.open_files > a.fds_max)
         ):
             self._evaluate(a, s)
-        opened = self.rings.opened
-        if len(opened) <= self.rings.reorder_above:  # (past it, on_packed takes the per-sample path anyway)
-            cols.sync(a, opened.get(a.id))
+        if not self.rings.lru_kept:  # (else on_packed takes the per-sample path anyway)
+            cols.sync(a, self.rings.opened.get(a.id))
 
     def _identify(self, a: Agent, s: Sample) -> bool:
         """Follow the agent to the sample's process (a new pid: a restart), or learn its create

@@ -418,10 +418,16 @@ class RingStore:
     def path(self, agent_id: str) -> Path:
         return self.directory / f"{agent_id}.ring"
 
+    @property
+    def lru_kept(self) -> bool:
+        """Whether ``ring`` keeps the open rings in LRU order now (eviction is near; approximate below):
+        a caller that looks rings up in ``opened`` must go through ``ring`` then."""
+        return len(self._open) > self.reorder_above
+
     def ring(self, agent_id: str) -> Ring:
         ring = self._open.get(agent_id)
         if ring is not None:
-            if len(self._open) > self.reorder_above:  # LRU order, kept once eviction is near (approximate below)
+            if self.lru_kept:
                 self._open.move_to_end(agent_id)
             return ring
         if len(self._open) >= self.max_open:
@@ -465,7 +471,7 @@ class RingStore:
 
     def append(self, agent_id: str, point: Point | tuple) -> None:
         ring = self._open.get(agent_id)
-        if ring is None or len(self._open) > self.reorder_above:  # (ring() would only look it up)
+        if ring is None or self.lru_kept:  # (else ring() would only look it up)
             ring = self.ring(agent_id)
         try:
             ring.append(point)

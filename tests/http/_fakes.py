@@ -18,7 +18,7 @@ class NullRings:
     """The RingStore calls Fleet makes, without files (no ring is open: the fast path takes nothing)."""
 
     opened: dict = {}
-    reorder_above = 0
+    lru_kept = False
 
     def append(self, agent_id, point) -> None:
         pass
