@@ -83,8 +83,7 @@ def fake_worker(index: int, ids: list[str], address: str, token: str, commands, 
             break
         c = _cpu()
         now = time.time()
-        rest, packed_ids, packed = wire.pack_samples(synthetic_samples(ids, tick, now))  # as a worker sends them
-        batch = wire.Batch(index, tick, now, now, rest, packed_ids=packed_ids, packed=packed)
+        batch = wire.Batch.sent(index, tick, now, now, synthetic_samples(ids, tick, now))
         conn.send(encoder.encode(batch))
         while not conn.flush():
             conn.recv()  # acknowledgements: read so the writer's outbox to us stays empty

@@ -134,12 +134,6 @@ def _packed(samples: list[wire.Sample], slot: dict[str, int]) -> bytes:
     ).tobytes()
 
 
-def _as_sent(worker: int, tick: int, samples: list[wire.Sample]) -> wire.Batch:
-    """A batch as a worker sends it (``fleetmon.workers.worker.sample_tick``)."""
-    rest, packed_ids, packed = wire.pack_samples(samples)
-    return wire.Batch(worker, tick, 0.0, 0.0, rest, packed_ids=packed_ids, packed=packed)
-
-
 def measure(args) -> dict:
     from fleetmon.store.layout import StateDir
     from fleetmon.store.ring import read_points
@@ -181,7 +175,7 @@ def measure(args) -> dict:
                 parts = (samples[:half], samples[half:])
                 started = time.process_time()
                 msgs = {}
-                msgs["today"] = [encoder.encode(_as_sent(w, tick, part)) for w, part in enumerate(parts)]
+                msgs["today"] = [encoder.encode(wire.Batch.sent(w, tick, 0.0, 0.0, part)) for w, part in enumerate(parts)]
                 encode_us["packed batch"].append((time.process_time() - started) / n * 1e6)
                 started = time.process_time()
                 msgs["per_sample"] = [encoder.encode(wire.Batch(w, tick, 0.0, 0.0, part)) for w, part in enumerate(parts)]

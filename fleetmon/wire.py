@@ -149,6 +149,15 @@ class Batch(msgspec.Struct, frozen=True, tag=True):
     packed_ids: str = ""
     packed: bytes = b""
 
+    @classmethod
+    def sent(
+        cls, worker: int, tick: int, started: float, finished: float, samples: list[Sample], gone: list[Gone] | None = None,
+        lost_batches: int = 0, early: bool = False,
+    ) -> Batch:
+        """The batch as a worker sends it: ``samples`` packed where they can be (``pack_samples``)."""
+        rest, packed_ids, packed = pack_samples(samples)
+        return cls(worker, tick, started, finished, rest, gone or [], lost_batches, early, packed_ids, packed)
+
     def count(self) -> int:
         """How many samples it holds, packed or not."""
         return len(self.samples) + len(self.packed) // PACKED.size
@@ -198,10 +207,13 @@ def unpack_samples(packed_ids: str, packed: bytes) -> list[Sample]:
     ids = packed_ids.split("\n") if packed else []
     if len(packed) != PACKED.size * len(ids):
         raise ValueError(f"a batch's packed samples do not match its ids ({len(packed)} bytes, {len(ids)} ids)")
-    return [
-        Sample(agent_id, pid, ctime, ts, cpu, rss, vms, rd, wr, fds, thr, (), cpu_s)
-        for agent_id, (pid, ctime, ts, cpu, cpu_s, rss, vms, rd, wr, fds, thr) in zip(ids, PACKED.iter_unpack(packed), strict=True)
-    ]
+    return [from_packed(agent_id, row) for agent_id, row in zip(ids, PACKED.iter_unpack(packed), strict=True)]
+
+
+def from_packed(agent_id: str, row: tuple) -> Sample:
+    """The ``Sample`` of one packed record's values (``PACKED``'s order)."""
+    pid, ctime, ts, cpu, cpu_s, rss, vms, rd, wr, fds, thr = row
+    return Sample(agent_id, pid, ctime, ts, cpu, rss, vms, rd, wr, fds, thr, (), cpu_s)
 
 
 class Registry(msgspec.Struct, frozen=True, tag=True):

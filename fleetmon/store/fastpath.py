@@ -161,8 +161,7 @@ class Columns:
     def last_sample(self, agent_id: str, slot: int) -> wire.Sample:
         with self.lock:
             row = self.last[slot].item()
-        pid, ctime, ts, cpu, cpu_s, rss, vms, rd, wr, fds, thr = row
-        return wire.Sample(agent_id, pid, ctime, ts, cpu, rss, vms, rd, wr, fds, thr, (), cpu_s)
+        return wire.from_packed(agent_id, row)
 
     # --- the fast path ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from fleetmon.store.fastpath import Columns
 from fleetmon.store.records import AgentRecord, AlertBrief, PointJSON
 from fleetmon.store.ring import Point, RingStore
 from fleetmon.units import format_duration, rfc3339
-from fleetmon.wire import PACKED, Gone, RegisteredAgent, Sample, Thresholds, unpack_samples
+from fleetmon.wire import PACKED, Gone, RegisteredAgent, Sample, Thresholds, from_packed, unpack_samples
 
 IDENTITY_TOLERANCE = 0.05  # seconds; create times are jiffies (10 ms) since a fixed boot time
 UNKNOWN_MAX = 50_000  # samples of agents not in the registry yet, held for its next update (Fleet._unknown)
@@ -250,10 +250,10 @@ class Fleet:
         once (status.json reads every agent's: one at a time, from the arrays, costs more)."""
         cols = self.cols
         slots, rows = cols.fresh_rows()
-        for agent_id, (pid, ctime, ts, cpu, cpu_s, rss, vms, rd, wr, fds, thr) in rows:
+        for agent_id, row in rows:
             a = self.agents.get(agent_id)
             if a is not None:
-                a._last = Sample(agent_id, pid, ctime, ts, cpu, rss, vms, rd, wr, fds, thr, (), cpu_s)
+                a._last = from_packed(agent_id, row)
         cols.fresh[slots] = False  # (after: the HTTP thread reads a slot's row until its object is there)
 
     def _ring_closed(self, agent_id: str) -> None:

@@ -178,7 +178,4 @@ def sample_tick(index, tick: wire.Tick, agents, sampler: Sampler, heartbeat, hoo
         heartbeat[HB_TICK_DONE] = tick.number
     else:
         heartbeat[HB_TICK_STARTED] = heartbeat[HB_TICK_DONE]
-    rest, packed_ids, packed = wire.pack_samples(samples)
-    return wire.Batch(
-        index, tick.number, started, time.time(), rest, gone, lost, early=only is not None, packed_ids=packed_ids, packed=packed
-    )
+    return wire.Batch.sent(index, tick.number, started, time.time(), samples, gone, lost, early=only is not None)

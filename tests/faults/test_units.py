@@ -123,9 +123,9 @@ def _batch(tick: int, samples: list[wire.Sample], packed: bool) -> wire.Batch:
     """A batch of ``samples``; ``packed``: as a worker sends them (every metric read: packed)."""
     if not packed:
         return wire.Batch(0, tick, 0, 0, samples)
-    rest, packed_ids, data = wire.pack_samples([msgspec.structs.replace(s, cpu_seconds=0.5) for s in samples])
-    assert rest == []
-    return wire.Batch(0, tick, 0, 0, rest, packed_ids=packed_ids, packed=data)
+    batch = wire.Batch.sent(0, tick, 0, 0, [msgspec.structs.replace(s, cpu_seconds=0.5) for s in samples])
+    assert batch.samples == []
+    return batch
 
 
 @pytest.mark.parametrize("packed", [False, True])
