@@ -124,66 +124,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # --- a tool's processes ---------------------------------------------------------------------------
 
 
-def _start_time(pid: int) -> bytes | None:
-    f = H.read_stat(pid)
-    return f[19] if f is not None else None  # starttime, field 22 of /proc/<pid>/stat
-
-
-class ToolRun:
+class ToolRun(H.Watched):
     """A competitor started by pid and watched from /proc (its tree, reaped children included);
     ``stop()`` TERMs it, then KILLs by pid whatever of its tree is left."""
 
     def __init__(self, argv: list[str], log_path: Path, stdin=subprocess.DEVNULL, stdout=None, cwd: Path | None = None):
+        super().__init__(argv, log_path, stdin=stdin, stdout=stdout, cwd=cwd)
         self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout or self._log, stderr=self._log, cwd=cwd)
-        self.pid = self.proc.pid
-        self.seen: dict[int, bytes | None] = {self.pid: _start_time(self.pid)}  # pid: its start time
         self.peak_rss = 0
-
-    def tree(self) -> list[int]:
-        pids = H.process_tree(self.pid)
-        for p in pids:
-            if p not in self.seen:
-                self.seen[p] = _start_time(p)
-        return pids
-
-    def cpu(self) -> float:
-        tree = self.tree()
-        return sum(H.cpu_seconds(p) for p in tree if p != self.pid) + H.cpu_seconds(self.pid, children=True)
 
     def sample_rss(self) -> int:
         rss = sum(H.rss_bytes(p) for p in self.tree())
         self.peak_rss = max(self.peak_rss, rss)
         return rss
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
     def log_tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
+        return super().log_tail(n)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        with H.cleanup():
-            if self.proc.poll() is None:
-                self.tree()
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            # only what is still the process seen: a pid of the tree may have been given to another since
-            H.kill_pids([p for p, t in self.seen.items() if p != self.pid and H.pid_alive(p) and _start_time(p) == t])
-            for f in (self.proc.stdin, self.proc.stdout):
-                if f is not None:
-                    f.close()
-            self._log.close()
-        return self.proc.returncode
+    def stop(self, timeout: float = 10.0, linger: float = 0.0) -> int | None:
+        return super().stop(timeout, linger)
 
 
 def version(argv: list[str]) -> str | None:

@@ -328,20 +328,78 @@ def thresholds_flag(parser) -> None:
     )
 
 
-class DaemonRun:
+class Watched:
+    """A process started here, watched from /proc with its whole tree (reaped children included).
+    ``stop`` TERMs it, KILLs it after ``timeout``, then KILLs by pid whatever of its tree is left,
+    and only what is still the process seen there (not a stranger given its pid since)."""
+
+    def __init__(self, argv: list[str], log_path: Path, stdin=subprocess.DEVNULL, stdout=None, cwd: Path | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout or self._log, stderr=self._log, cwd=cwd)
+        self.pid = self.proc.pid
+        # Every process seen in the tree, by pid, with its start time.
+        self.seen: dict[int, int | None] = {self.pid: started(self.pid)}
+
+    def tree(self) -> list[int]:
+        pids = process_tree(self.pid)
+        for p in pids:
+            if p not in self.seen or self.seen[p] is None:
+                self.seen[p] = started(p)
+        return pids
+
+    def cpu(self) -> float:
+        """CPU seconds of the whole tree: every live process of it, plus what the top process's
+        reaped children (replaced ones) used."""
+        tree = self.tree()
+        return sum(cpu_seconds(p) for p in tree if p != self.pid) + cpu_seconds(self.pid, children=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 30.0, linger: float = 5.0) -> int | None:
+        """``linger``: seconds given to the rest of the tree to exit on its own first (the daemon's
+        children notice their parent's death)."""
+        with cleanup():
+            if self.proc.poll() is None:
+                self.tree()
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            leftovers = [p for p, start in self.seen.items() if p != self.pid and start is not None and pid_alive(p)]
+            deadline = time.monotonic() + linger
+            while leftovers and time.monotonic() < deadline:
+                time.sleep(0.05)
+                leftovers = [p for p in leftovers if pid_alive(p)]
+            kill_pids(p for p in leftovers if started(p) == self.seen[p])
+            for f in (self.proc.stdin, self.proc.stdout):
+                if f is not None:
+                    f.close()
+            self._log.close()
+        return self.proc.returncode
+
+
+class DaemonRun(Watched):
     """``python -m fleetmon run`` on a state dir, with the opt-in timing log, watched from /proc."""
 
     def __init__(self, state_dir: Path, workers: int, interval: float, history_size: int = 1440, extra_config: str = ""):
         self.state_dir = state_dir
         self.timing_path = state_dir.parent / f"{state_dir.name}-ticks.jsonl"
-        self.log_path = state_dir.parent / f"{state_dir.name}-daemon.log"
         self.config_path = state_dir.parent / f"{state_dir.name}.toml"
         self.timing_path.unlink(missing_ok=True)  # a run of its own, even on a state dir used before
         self.config_path.write_text(
             f'timing_log = "{self.timing_path}"\nhistory_size = {history_size}\nstall_timeout = "60s"\n{extra_config}'
         )
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [
                 sys.executable,
                 "-m",
@@ -358,15 +416,9 @@ class DaemonRun:
                 "--log-level",
                 "WARNING",
             ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
+            state_dir.parent / f"{state_dir.name}-daemon.log",
             cwd=state_dir.parent,  # not the checkout: fleetmon is imported as installed (or from PYTHONPATH)
         )
-        self.pid = self.proc.pid
-        # Every process seen in the daemon's tree, by pid, with its start time: ended by pid at the
-        # end when still alive, and only if it is still that process (not a stranger given its pid).
-        self.seen: dict[int, int | None] = {self.pid: started(self.pid)}
         self.ticks: list[dict] = []
         self._timing_pos = 0
         self._partial = b""
@@ -380,19 +432,6 @@ class DaemonRun:
             return json.loads((self.state_dir / "daemon.json").read_text())["writer_pid"]
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return None
-
-    def tree(self) -> list[int]:
-        pids = process_tree(self.pid)
-        for p in pids:
-            if p not in self.seen or self.seen[p] is None:
-                self.seen[p] = started(p)
-        return pids
-
-    def cpu(self) -> float:
-        """CPU seconds of the whole daemon: every live process of the tree, plus what the
-        supervisor's reaped children (replaced workers) used."""
-        tree = self.tree()
-        return sum(cpu_seconds(p) for p in tree if p != self.pid) + cpu_seconds(self.pid, children=True)
 
     def cpu_by_role(self) -> dict[str, float]:
         """CPU seconds by role: ``supervisor`` (with reaped children), ``writer``, ``workers``."""
@@ -427,38 +466,6 @@ class DaemonRun:
         new = [json.loads(line) for line in lines if line.strip()]
         self.ticks += new
         return new
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
-
-    # --- stop ---
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """TERM the supervisor (it drains and stops its children), KILL after ``timeout``; then KILL
-        by pid any process of its tree still alive."""
-        with cleanup():
-            if self.proc.poll() is None:
-                self.tree()
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            leftovers = [p for p, start in self.seen.items() if p != self.pid and start is not None and pid_alive(p)]
-            deadline = time.monotonic() + 5
-            while leftovers and time.monotonic() < deadline:  # children exit when the supervisor does
-                time.sleep(0.05)
-                leftovers = [p for p in leftovers if pid_alive(p)]
-            kill_pids(p for p in leftovers if started(p) == self.seen[p])
-            self._log.close()
-        return self.proc.returncode
 
 
 # --- statistics and output --------------------------------------------------------------------
