@@ -370,10 +370,13 @@ def run_apps_plugin(pids: list[int], args, workdir: Path, progress: Progress) ->
 class BurstCounter:
     """Monit's cycles, from outside: bursts of its read syscalls (``syscr`` in /proc/<pid>/io, polled
     every 50 ms by a thread) separated by a quiet spell (it sleeps a whole interval after a cycle). A
-    burst counts once it is over."""
+    burst counts once it is over, at the first poll that finds it quiet (``ends``: when)."""
+
+    POLL = 0.05  # seconds: the resolution of ``ends``
 
     def __init__(self, pid: int, quiet: float = 0.3):
         self.count = 0
+        self.ends: list[float] = []
         self._pid, self._quiet = pid, quiet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -391,7 +394,7 @@ class BurstCounter:
 
     def _poll(self) -> None:
         last, changed_at, in_burst = self._syscr(), time.monotonic(), False
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(self.POLL):
             now, value = time.monotonic(), self._syscr()
             if value is None:
                 return
@@ -399,7 +402,14 @@ class BurstCounter:
                 last, changed_at, in_burst = value, now, True
             elif in_burst and now - changed_at >= self._quiet:
                 in_burst = False
+                self.ends.append(now)
                 self.count += 1
+
+    def cycle(self) -> float | None:
+        """Seconds from one cycle to the next, from the first burst seen to the last (None: under two).
+        The window's intervals over its length count a burst at either edge whole, by up to a cycle."""
+        ends = self.ends
+        return (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) >= 2 else None
 
     def close(self) -> None:
         self._stop.set()
@@ -440,7 +450,8 @@ def run_monit(pids: list[int], args, workdir: Path, progress: Progress) -> dict:
         pids=sorted(tool.seen),
         version=version([MONIT, "-V"]),
         config=f"{len(pids)} x `check process ... with pidfile`, `set daemon {every}`, no tests, no alerts",
-        detail={"cycle_s": round(r["window_s"] / r["intervals"], 3) if r["intervals"] else None,
+        detail={"cycle_s": None if (cycle := bursts.cycle()) is None else round(cycle, 3),
+                "cycle_resolution_s": BurstCounter.POLL,
                 "not_running_logged": log.count("not running")},
     )
     return r

@@ -67,7 +67,9 @@ def test_competitors_small_run(tmp_path):
         assert pe["detail"]["failed_scrapes"] == 0 and pe["helper_cpu_per_process_interval_us"] is not None
     if "skipped" not in rows["monit"]:
         assert rows["monit"]["detail"]["not_running_logged"] == 0, "monit found every pid alive"
-        assert rows["monit"]["detail"]["cycle_s"] >= 1.0
+        # (it sleeps the whole interval after a cycle; the bursts are seen to within a poll)
+        monit = rows["monit"]["detail"]
+        assert monit["cycle_s"] >= 1.0 - monit["cycle_resolution_s"]
 
     _no_children_left()
     token, workdir = result["fleet_command"], str(tmp_path)
